@@ -1,0 +1,174 @@
+"""AdvAmd settings: defaults, hyperparameter YAMLs, validation and `key=value` parsing on Ultralytics' cfg machinery."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from difflib import get_close_matches
+
+from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+from ultralytics.utils import DEFAULT_CFG_DICT, YAML
+
+ADVAMD_DEFAULTS = YAML.load(Path(__file__).with_name("default.yaml"))
+ADVAMD_KEYS = frozenset(ADVAMD_DEFAULTS)
+METHODS = ("advamd", "advtrain", "vanilla")
+ATTACKS = ("fgsm", "pgd", "deepfool")
+DEFAULT_PHI = {"fgsm": 0.7, "deepfool": 0.6, "pgd": 0.5}  # the paper, section 5.3
+DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 50}
+CHOICES = {
+    "method": METHODS,
+    "attack": ATTACKS,
+    "norm": ("inf", 2),
+    "attack_terms": ("all", "cls"),
+    "attack_model": ("auto", "target", "current"),
+    "abar_update": ("none", "epoch"),
+    "abar_norm": ("none", "mean"),
+}
+SWITCHES = ("mediate", "aux_bn", "advamd_loss")
+
+
+def load_hyp(path: str | Path) -> dict:
+    """Load a hyperparameter YAML (AdvAmd and/or Ultralytics keys).
+
+    Args:
+        path (str | Path): The YAML file, e.g. hyps/advamd-pgd.yaml.
+
+    Returns:
+        (dict): Its settings.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"hyp={path} does not exist: pass a YAML such as hyp=hyps/advamd-fgsm.yaml")
+    hyp = YAML.load(path) or {}
+    if not isinstance(hyp, dict):
+        raise ValueError(f"hyp={path} must hold key: value settings, found {type(hyp).__name__}")
+    hyp.pop("hyp", None)
+    return hyp
+
+
+def check_advamd_cfg(cfg: dict) -> dict:
+    """Validate AdvAmd settings before any work and fill the per-attack defaults (steps, phi, random_start).
+
+    Args:
+        cfg (dict): Settings holding at least every AdvAmd key (other keys are ignored).
+
+    Returns:
+        (dict): `cfg` itself, with `method`, `attack` and `norm` normalized and per-attack defaults resolved.
+
+    Raises:
+        ValueError: Naming the key, the value and the valid range, for the first bad setting.
+    """
+    for key in ("method", "attack", "attack_terms", "attack_model", "abar_update", "abar_norm"):
+        cfg[key] = str(cfg[key]).lower()
+    cfg["norm"] = "inf" if str(cfg["norm"]).lower() in {"inf", "linf"} else cfg["norm"]
+    for key, choices in CHOICES.items():
+        if cfg[key] not in choices:
+            raise ValueError(f"{key}={cfg[key]} is not valid: choose one of {', '.join(map(str, choices))}")
+    eps = cfg["eps"]
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps <= 1:
+        raise ValueError(
+            f"eps={eps} is outside (0, 1]: eps is an L-{cfg['norm']} budget on images scaled to [0, 1], e.g. eps=0.01"
+        )
+    attack = cfg["attack"]
+    if cfg["steps"] is None:
+        cfg["steps"] = DEFAULT_STEPS[attack]
+    if not isinstance(cfg["steps"], int) or isinstance(cfg["steps"], bool) or cfg["steps"] < 1:
+        raise ValueError(f"steps={cfg['steps']} must be a whole number >= 1, e.g. steps=10")
+    if cfg["step_size"] is not None and not (isinstance(cfg["step_size"], (int, float)) and cfg["step_size"] > 0):
+        raise ValueError(f"step_size={cfg['step_size']} must be > 0, or empty for the attack's default")
+    if cfg["phi"] is None:
+        cfg["phi"] = DEFAULT_PHI[attack]
+    if not isinstance(cfg["phi"], (int, float)) or not 0 < cfg["phi"] < 1:
+        raise ValueError(f"phi={cfg['phi']} is outside (0, 1): the mediate sample is x + phi * delta, e.g. phi=0.5")
+    if cfg["random_start"] is None:
+        cfg["random_start"] = attack == "pgd"
+    for key in ("beta1", "beta2", "beta3"):
+        beta = cfg[key]
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
+            raise ValueError(f"{key}={beta} must be a number >= 0 (the paper uses 1.0)")
+    for key in (*SWITCHES, "random_start"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"{key}={cfg[key]} must be True or False")
+    ab = cfg["abar_batches"]
+    if not isinstance(ab, int) or isinstance(ab, bool) or ab < 1:
+        raise ValueError(f"abar_batches={ab} must be a whole number >= 1: A-bar is estimated from that many batches")
+    if cfg["method"] == "advtrain":  # the paper's Adv-Train baseline is AdvAmd with every amendment off
+        cfg.update(dict.fromkeys(SWITCHES, False))
+    return cfg
+
+
+def check_keys(base: dict, custom: dict, source: str = "argument") -> None:
+    """Reject keys of `custom` that `base` does not have, suggesting the closest valid ones.
+
+    Raises:
+        SyntaxError: Listing each unknown key with similar valid keys.
+    """
+    if unknown := [k for k in custom if k not in base and k != "save_dir"]:
+        lines = []
+        for k in unknown:
+            close = get_close_matches(k, base, n=3)
+            hint = f" Did you mean {', '.join(f'{c}={base[c]}' for c in close)}?" if close else ""
+            lines.append(f"'{k}' is not a valid {source}.{hint}")
+        raise SyntaxError("\n".join(lines) + "\nRun with 'help' for the AdvAmd keys; every Ultralytics key is valid too.")
+
+
+def merge_cfg(overrides: dict) -> dict:
+    """Expand an optional `hyp=` YAML under explicit overrides and reject unknown keys with suggestions.
+
+    Args:
+        overrides (dict): User settings (Ultralytics and AdvAmd keys, optionally `hyp`).
+
+    Returns:
+        (dict): The user settings with the hyp file's settings added (explicit overrides win); no defaults added.
+
+    Raises:
+        SyntaxError: For an unknown key, listing similar valid keys.
+    """
+    base = {**DEFAULT_CFG_DICT, **ADVAMD_DEFAULTS}
+    check_keys(base, overrides)
+    if not overrides.get("hyp"):
+        return dict(overrides)
+    hyp = load_hyp(overrides["hyp"])
+    check_keys(base, hyp, source=f"key in hyp={overrides['hyp']}")
+    return {**hyp, **overrides}
+
+
+def split_cfg(cfg: dict) -> tuple[dict, dict]:
+    """Split settings into (Ultralytics settings, AdvAmd settings)."""
+    return {k: v for k, v in cfg.items() if k not in ADVAMD_KEYS}, {k: v for k, v in cfg.items() if k in ADVAMD_KEYS}
+
+
+def parse_cli(argv: list[str] | None = None) -> dict:
+    """Parse `key=value` command-line arguments like `yolo train` does.
+
+    Args:
+        argv (list[str] | None): Arguments without the program name; defaults to `sys.argv[1:]`.
+
+    Returns:
+        (dict): The parsed settings, or {"help": True} when help was asked for.
+
+    Raises:
+        SyntaxError: For an argument that is not `key=value`.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.lstrip("-") in {"help", "h"} for a in argv):
+        return {"help": True}
+    out = {}
+    for arg in merge_equals_args(argv):
+        if "=" not in arg:
+            raise SyntaxError(f"'{arg}' is not a key=value argument: write e.g. epochs=10 (or 'help' for the keys)")
+        try:
+            key, value = parse_key_value_pair(arg)
+        except AssertionError as e:
+            raise SyntaxError(f"'{arg}' has no value: {e}") from e
+        out[key] = value
+    return out
+
+
+def help_text(program: str, usage: str, keys: dict) -> str:
+    """Help for a CLI: usage and its own keys with defaults; every Ultralytics key is accepted too."""
+    lines = [f"usage: python {program} {usage}", "", "keys (key=value, defaults shown):"]
+    lines += [f"  {k}={'' if v is None else v}" for k, v in keys.items()]
+    lines += ["", "Every Ultralytics setting (ultralytics/cfg/default.yaml) is accepted as well, e.g. epochs=30 batch=16."]
+    return "\n".join(lines)

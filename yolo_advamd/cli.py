@@ -1,0 +1,85 @@
+"""Command-line entry points behind train_advamd.py, val_advamd.py and export.py: `key=value` like `yolo train`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from yolo_advamd.cfg import ADVAMD_DEFAULTS, help_text, merge_cfg, parse_cli
+from yolo_advamd.offline import check_local_weights
+
+DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tune from it (FGSM, the paper's settings)
+    "baseline": {"model": "yolov8n.yaml", "epochs": 5, "method": "vanilla"},
+    "advamd": {"epochs": 2, "method": "advamd", "hyp": "hyps/advamd-fgsm.yaml"},
+    "shared": {"data": "data/digits-det.yaml", "imgsz": 160, "batch": 16, "project": "runs/advamd-demo", "exist_ok": True},
+}
+
+
+def use_all_cores() -> None:
+    """Use every core for torch on the CPU: Ultralytics keeps one free (`min(8, cpu_count - 1)` threads).
+
+    On a 2-core machine that is one thread; CPU training runs its data loading in the main process (workers=0), so a
+    spare core only idles. Set YOLO_ADVAMD_THREADS to choose another number.
+    """
+    import ultralytics.utils as uu
+    import ultralytics.utils.torch_utils as tu
+
+    threads = int(os.getenv("YOLO_ADVAMD_THREADS", os.cpu_count() or 1))
+    uu.NUM_THREADS = tu.NUM_THREADS = threads  # select_device() re-applies NUM_THREADS for CPU training
+    torch.set_num_threads(threads)
+
+
+def prepare(overrides: dict) -> dict:
+    """Expand `hyp=`, check keys and local weights, and build or locate the dataset; return the settings."""
+    from yolo_advamd.data import resolve_dataset
+
+    overrides = merge_cfg(overrides)
+    if overrides.get("model"):
+        check_local_weights(overrides["model"])
+    if overrides.get("data"):
+        overrides["data"] = resolve_dataset(overrides["data"])
+    return overrides
+
+
+def train(overrides: dict):
+    """Train with `AdvAmdTrainer` and return the trainer."""
+    from yolo_advamd.trainer import AdvAmdTrainer
+
+    overrides = prepare({"model": "yolov8n.yaml", "data": "data/digits-det.yaml", **overrides})
+    trainer = AdvAmdTrainer(overrides=overrides)
+    trainer.train()
+    return trainer
+
+
+def demo():
+    """Run the embedded demo: a vanilla baseline, an AdvAmd fine-tune from its best.pt, and their benign mAP."""
+    base = train({**DEMO["shared"], **DEMO["baseline"], "name": "baseline"})
+    amended = train({**DEMO["shared"], **DEMO["advamd"], "model": str(base.best), "name": "advamd"})
+    rows = [("baseline (vanilla)", base), ("AdvAmd fine-tune", amended)]
+    print("\nbenign val mAP50-95 / mAP50 (main BN):")
+    for name, t in rows:
+        m = t.metrics or {}
+        print(f"  {name:20s} {m.get('metrics/mAP50-95(B)', 0):.4f} / {m.get('metrics/mAP50(B)', 0):.4f}  {t.save_dir}")
+    return amended
+
+
+def main_train(argv: list[str] | None = None) -> int:
+    """`python train_advamd.py key=value ...`; no arguments runs the embedded demo."""
+    return run(argv, "train_advamd.py", "model=yolov8n.yaml data=data/digits-det.yaml hyp=hyps/advamd-fgsm.yaml eps=0.01 epochs=30", ADVAMD_DEFAULTS, lambda a: train(a) if a else demo())
+
+
+def run(argv, program: str, usage: str, keys: dict, job) -> int:
+    """Parse `key=value` arguments, print help or run `job(args)`, and turn bad input into a one-line error."""
+    try:
+        args = parse_cli(argv)
+        if args.get("help"):
+            print(help_text(program, usage, keys))
+            return 0
+        use_all_cores()
+        job(args)
+        return 0
+    except (SyntaxError, ValueError, FileNotFoundError) as e:
+        print(f"{program}: error: {e}", file=sys.stderr)
+        return 2

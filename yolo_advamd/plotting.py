@@ -1,0 +1,35 @@
+"""Pictures of AdvAmd training: benign, mediate and adversarial views beside the amplified perturbation."""
+
+from __future__ import annotations
+
+import torch
+
+from ultralytics.utils.plotting import plot_images
+
+
+def plot_views(batch: dict, fname, on_plot=None, max_images: int = 4) -> None:
+    """Plot a grid like Ultralytics' `train_batch*.jpg`: one row per image, columns benign | mediate | adversarial | δ.
+
+    The perturbation δ = adversarial - benign is amplified to the full grey range per image (mid-grey is 0).
+
+    Args:
+        batch (dict): A preprocessed batch with `img`, `img_med`, `img_adv` (B, 3, H, W) in [0, 1] and its labels.
+        fname (str | Path): Output JPG path.
+        on_plot (callable, optional): Ultralytics' plot callback.
+        max_images (int): Number of images (rows) to show.
+    """
+    n = min(max_images, len(batch["img"]))
+    img, med, adv = (batch[k][:n].detach().float().cpu() for k in ("img", "img_med", "img_adv"))
+    delta = adv - img
+    scale = delta.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12)
+    images = torch.stack([img, med, adv, 0.5 + delta / (2 * scale)], 1).flatten(0, 1)  # (n*4, 3, H, W)
+    idx = batch["batch_idx"].cpu()
+    keep = idx < n
+    cls, boxes, idx = batch["cls"].cpu()[keep], batch["bboxes"].cpu()[keep], idx[keep].long()
+    labels = {
+        "img": images,
+        "cls": cls.repeat(3, 1),
+        "bboxes": boxes.repeat(3, 1),
+        "batch_idx": torch.cat([idx * 4 + v for v in range(3)]).float(),  # boxes on the three image views only
+    }
+    plot_images(labels=labels, fname=fname, on_plot=on_plot, max_subplots=4 * n)

@@ -1,0 +1,185 @@
+"""AdvAmdTrainer: Ultralytics' DetectionTrainer with the AdvAmd attack stage, auxiliary BN and three-view loss."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+import torch
+from torch import distributed as dist
+
+from ultralytics.cfg import cfg2dict
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, TQDM
+from ultralytics.utils.torch_utils import unwrap_model
+
+from yolo_advamd.attacks import build_attack
+from yolo_advamd.cfg import ADVAMD_DEFAULTS, ADVAMD_KEYS, check_advamd_cfg, merge_cfg
+from yolo_advamd.loss import backward_extra_views, wrap_criterion
+from yolo_advamd.nn.dual_bn import convert_dual_bn, has_dual_bn, strip_aux_bn
+from yolo_advamd.plotting import plot_views
+from yolo_advamd.stage import AttackStage
+from yolo_advamd.vulnerability import Vulnerability
+
+
+class AdvAmdTrainer(DetectionTrainer):
+    """Train a detector with Adversarial Amendment (paper Algorithm 1) through Ultralytics' own training loop.
+
+    Each step, `preprocess_batch` attacks the batch (`AttackStage`: the frozen target model M_T or the current model)
+    and trains the mediate view (main BN) and the adversarial view (auxiliary BN, classification loss weighted by Ā),
+    each forward and backward in turn; Ultralytics' loop then trains the benign view and steps the optimizer, so its
+    optimizer, scheduler, EMA, AMP, warmup, early stopping and checkpoints stay as they are. `method=vanilla` is
+    exactly `DetectionTrainer`. Ā is calibrated before the first epoch and refreshed by callbacks; Ā, the flip counts
+    and the frozen target's weights ride in the checkpoint as the model attribute `advamd_state`.
+
+    Examples:
+        >>> trainer = AdvAmdTrainer(overrides={"model": "best.pt", "data": "data/digits-det.yaml", "attack": "pgd"})
+        >>> trainer.train()
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Validate the AdvAmd settings before any work, then initialize the Ultralytics trainer with them.
+
+        Args:
+            cfg (str | dict | SimpleNamespace): Base configuration; AdvAmd defaults are added to it.
+            overrides (dict, optional): Ultralytics and AdvAmd settings, optionally `hyp=path/to.yaml`.
+            _callbacks (dict, optional): Ultralytics callbacks.
+        """
+        overrides = merge_cfg(overrides or {})
+        check_advamd_cfg({**ADVAMD_DEFAULTS, **overrides})  # fail before any directory is made
+        super().__init__({**ADVAMD_DEFAULTS, **cfg2dict(cfg)}, overrides, _callbacks)
+        check_advamd_cfg(vars(self.args))  # resolves per-attack defaults in place, saved with train_args
+        if self.args.attack_model == "auto":
+            self.args.attack_model = "target" if str(self.args.model).endswith(".pt") else "current"
+        self.amend = self.args.method != "vanilla"
+        self.stage = self.vulnerability = self.abar = self.resume_state = None
+        self.skip_step = False
+        if self.amend:
+            self.add_callback("on_train_start", AdvAmdTrainer.setup_advamd)
+            self.add_callback("on_train_epoch_end", AdvAmdTrainer.refresh_abar)
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        """Return a detection model, converted to dual BN when the auxiliary BN is on (before EMA is built)."""
+        if not (self.amend and self.args.aux_bn):
+            return super().get_model(cfg, weights, verbose)
+        model = super().get_model(cfg, None, verbose)
+        if weights is not None and has_dual_bn(weights):  # an AdvAmd checkpoint: keep its trained auxiliary BN
+            convert_dual_bn(model).load(weights)
+        else:  # stock weights: the auxiliary BN starts as a copy of the loaded main BN
+            if weights:
+                model.load(weights)
+            convert_dual_bn(model)
+        if self.resume and weights is not None:
+            self.resume_state = getattr(weights, "advamd_state", None)
+        return model
+
+    def get_validator(self):
+        """Return Ultralytics' DetectionValidator (main BN only, stock losses) with the Ultralytics settings."""
+        self.loss_names = self.loss_names or ("box_loss", "cls_loss", "dfl_loss")
+        args = deepcopy(self.args)
+        for k in ADVAMD_KEYS:
+            delattr(args, k)
+        return DetectionValidator(self.test_loader, save_dir=self.save_dir, args=args, _callbacks=self.callbacks)
+
+    def setup_advamd(self):
+        """Build the attack stage and the frozen target M_T, then calibrate Ā (paper Algorithm 1, stage 1)."""
+        args, model = self.args, unwrap_model(self.model)
+        nc = self.data["nc"]
+        self.vulnerability = Vulnerability(nc)
+        state = self.resume_state or {}
+        target = None
+        if args.attack_model == "target":
+            target = strip_aux_bn(deepcopy(model)).float()
+            if state.get("target") is not None:
+                target.load_state_dict(state["target"])
+        attack = build_attack(
+            args.attack,
+            eps=args.eps,
+            norm=args.norm,
+            steps=args.steps,
+            step_size=args.step_size,
+            random_start=args.random_start,
+            seed=args.seed,
+        )
+        self.stage = AttackStage(
+            attack, phi=args.phi, attack_model=args.attack_model, target=target, terms=args.attack_terms
+        )
+        if state.get("vulnerability") is not None:
+            self.vulnerability.load_state_dict(state["vulnerability"])
+        if state.get("abar") is not None:
+            self.abar = state["abar"].to(self.device)
+        elif args.advamd_loss:
+            self.calibrate_abar()
+        self.stage.vulnerability = self.vulnerability if args.advamd_loss and args.abar_update == "epoch" else None
+        self.save_advamd_state()
+
+    def calibrate_abar(self):
+        """Attack `abar_batches` training batches to estimate Ā before the first epoch."""
+        model = unwrap_model(self.model)
+        self.stage.vulnerability = self.vulnerability
+        n = min(self.args.abar_batches, len(self.train_loader))
+        loader = self.train_loader
+        for _, batch in TQDM(zip(range(n), loader), total=n, desc="A-bar calibration"):
+            self.stage(super().preprocess_batch(batch), model=model)
+        self.abar = self.reduced_abar()
+        LOGGER.info(f"A-bar ({self.args.abar_norm}): {self.abar.cpu().numpy().round(3)}")
+
+    def reduced_abar(self) -> torch.Tensor:
+        """Return Ā from the flip counts summed over DDP ranks."""
+        counts = self.vulnerability.counts
+        if dist.is_available() and dist.is_initialized():
+            summed = counts.to(self.device)
+            dist.all_reduce(summed)
+            self.vulnerability.counts = summed.cpu()
+        return self.vulnerability.abar(normalize=self.args.abar_norm).to(self.device)
+
+    def refresh_abar(self):
+        """At the end of each epoch: Ā from this epoch's flip statistics (`abar_update=epoch`), kept for checkpoints."""
+        if self.stage.vulnerability is not None and self.vulnerability.counts.sum() > 0:
+            self.abar = self.reduced_abar()
+            self.vulnerability.reset()
+        self.save_advamd_state()
+
+    def save_advamd_state(self):
+        """Attach Ā, the flip counts and the target's weights to the model and its EMA, so checkpoints carry them."""
+        target = self.stage.target
+        state = {
+            "abar": None if self.abar is None else self.abar.detach().cpu(),
+            "vulnerability": self.vulnerability.state_dict(),
+            "target": None if target is None else {k: v.detach().cpu() for k, v in target.state_dict().items()},
+        }
+        for m in (unwrap_model(self.model), self.ema.ema if self.ema else None):
+            if m is not None:
+                m.advamd_state = state
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        """Preprocess like Ultralytics, then attack the batch and train its mediate and adversarial views."""
+        batch = super().preprocess_batch(batch)
+        if not self.amend:
+            return batch
+        module = wrap_criterion(unwrap_model(self.model))
+        batch = self.stage(batch, model=module)
+        world = self.world_size if RANK != -1 else 1
+        bad = backward_extra_views(
+            self.model, module, batch, self.args, self.abar, lambda loss: self.scaler.scale(loss * world).backward()
+        )
+        if bad:
+            LOGGER.warning(f"non-finite AdvAmd loss {bad} at epoch {self.epoch + 1}: this optimizer step is skipped")
+            self.skip_step = True
+        return batch
+
+    def optimizer_step(self):
+        """Step like Ultralytics, but skip a step whose gradients are not finite (a NaN never reaches the weights)."""
+        if not self.scaler.is_enabled():  # with AMP, GradScaler already skips non-finite steps
+            finite = all(torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None)
+            if self.skip_step or not finite:
+                LOGGER.warning(f"non-finite gradients at epoch {self.epoch + 1}: optimizer step skipped")
+                self.optimizer.zero_grad()
+                self.skip_step = False
+                return
+        super().optimizer_step()
+
+    def plot_training_samples(self, batch: dict, ni: int) -> None:
+        """Plot Ultralytics' training mosaic and, with AdvAmd, the benign / mediate / adversarial views."""
+        super().plot_training_samples(batch, ni)
+        if "img_adv" in batch:
+            plot_views(batch, self.save_dir / f"train_views{ni}.jpg", on_plot=self.on_plot)
