@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from yolo_advamd.cfg import ADVAMD_DEFAULTS, help_text, merge_cfg, parse_cli
+from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, help_text, merge_cfg, parse_cli
 from yolo_advamd.offline import check_local_weights
 
 DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tune from it (FGSM, the paper's settings)
@@ -36,6 +36,7 @@ def prepare(overrides: dict) -> dict:
     from yolo_advamd.data import resolve_dataset
 
     overrides = merge_cfg(overrides)
+    check_advamd_cfg({**ADVAMD_DEFAULTS, **overrides})
     if overrides.get("model"):
         check_local_weights(overrides["model"])
     if overrides.get("data"):
@@ -45,9 +46,9 @@ def prepare(overrides: dict) -> dict:
 
 def train(overrides: dict):
     """Train with `AdvAmdTrainer` and return the trainer."""
+    overrides = prepare({"model": "yolov8n.yaml", "data": "data/digits-det.yaml", **overrides})
     from yolo_advamd.trainer import AdvAmdTrainer
 
-    overrides = prepare({"model": "yolov8n.yaml", "data": "data/digits-det.yaml", **overrides})
     trainer = AdvAmdTrainer(overrides=overrides)
     trainer.train()
     return trainer

@@ -1,0 +1,117 @@
+"""Settings, `key=value` parsing and command-line errors: every bad input fails before any work, naming the fix."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, merge_cfg, parse_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(**kw):
+    """AdvAmd defaults with `kw` applied, validated."""
+    return check_advamd_cfg({**ADVAMD_DEFAULTS, **merge_cfg(kw)})
+
+
+def test_parse_cli_reads_key_value_like_yolo():
+    args = parse_cli(["model=yolov8n.yaml", "eps=0.1", "mediate=False", "name=3", "attack", "=", "pgd"])
+    assert args == {"model": "yolov8n.yaml", "eps": 0.1, "mediate": False, "name": "3", "attack": "pgd"}
+    assert parse_cli(["help"]) == {"help": True}
+    with pytest.raises(SyntaxError, match="not a key=value"):
+        parse_cli(["epochs", "10"])
+
+
+def test_unknown_key_is_rejected_with_suggestion():
+    with pytest.raises(SyntaxError, match=r"'epsilon' is not a valid argument\. Did you mean eps=0\.01"):
+        merge_cfg({"epsilon": 0.1})
+    with pytest.raises(SyntaxError, match="lr0"):
+        merge_cfg({"lr": 0.1})
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"eps": 2.0}, r"eps=2\.0 is outside \(0, 1\]"),
+        ({"eps": 0}, r"eps=0 is outside \(0, 1\]"),
+        ({"phi": 1.0}, r"phi=1\.0 is outside \(0, 1\)"),
+        ({"steps": 0}, r"steps=0 must be a whole number >= 1"),
+        ({"beta2": -1.0}, r"beta2=-1\.0 must be a number >= 0"),
+        ({"attack": "cw"}, r"attack=cw is not valid: choose one of fgsm, pgd, deepfool"),
+        ({"method": "magnet"}, r"method=magnet is not valid"),
+        ({"abar_batches": 0}, r"abar_batches=0 must be a whole number >= 1"),
+        ({"norm": 1}, r"norm=1 is not valid"),
+        ({"step_size": -0.1}, r"step_size=-0\.1 must be > 0"),
+    ],
+)
+def test_bad_setting_names_key_value_and_range(bad, message):
+    with pytest.raises(ValueError, match=message):
+        settings(**bad)
+
+
+def test_per_attack_defaults_follow_the_paper():
+    assert settings(attack="fgsm")["phi"] == 0.7
+    assert settings(attack="deepfool")["phi"] == 0.6
+    pgd = settings(attack="pgd")
+    assert (pgd["phi"], pgd["steps"], pgd["random_start"]) == (0.5, 10, True)
+    assert settings(attack="pgd", phi=0.3)["phi"] == 0.3
+
+
+def test_advtrain_turns_every_amendment_off():
+    s = settings(method="advtrain", mediate=True)
+    assert not (s["mediate"] or s["aux_bn"] or s["advamd_loss"])
+
+
+def test_hyp_file_expands_under_explicit_overrides(tmp_path):
+    for f in sorted((ROOT / "hyps").glob("*.yaml")):  # every shipped hyp file is valid
+        settings(hyp=str(f))
+    hyp = tmp_path / "h.yaml"
+    hyp.write_text("attack: pgd\neps: 0.1\nlr0: 0.002\n")
+    s = settings(hyp=str(hyp), eps=0.05)
+    assert (s["attack"], s["eps"], s["lr0"]) == ("pgd", 0.05, 0.002)
+    hyp.write_text("epz: 0.1\n")
+    with pytest.raises(SyntaxError, match=r"'epz' is not a valid key in hyp="):
+        merge_cfg({"hyp": str(hyp)})
+    with pytest.raises(FileNotFoundError, match="hyp=missing.yaml does not exist"):
+        merge_cfg({"hyp": "missing.yaml"})
+
+
+def cli(*args, cwd):
+    """Run train_advamd.py with `args` in `cwd`."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train_advamd.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_help_lists_advamd_keys(tmp_path):
+    r = cli("help", cwd=tmp_path)
+    assert r.returncode == 0
+    for key in ("eps=0.01", "attack=fgsm", "abar_batches=20", "mediate=True"):
+        assert key in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["epsilon=0.1"], "'epsilon' is not a valid argument. Did you mean eps=0.01?"),
+        (["eps=3"], "eps=3 is outside (0, 1]"),
+        (["model=yolov8n.pt"], "model=yolov8n.pt is not on disk"),
+    ],
+)
+def test_cli_bad_input_fails_fast_and_writes_nothing(tmp_path, args, message):
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"^make (\w+)$", ci, flags=re.M)
+    assert commands == ["test"]
+    assert re.search(r"^make test$", readme, flags=re.M) and re.search(r"^make demo$", readme, flags=re.M)

@@ -1,0 +1,194 @@
+"""The attack stage: a batch -> batch transform adding the adversarial and mediate views (paper eq. 4 and 5)."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ultralytics.utils.torch_utils import unwrap_model
+
+from yolo_advamd.attacks.base import Attack
+from yolo_advamd.attacks.objectives import DetectionObjective
+from yolo_advamd.cfg import DEFAULT_PHI
+from yolo_advamd.vulnerability import Vulnerability
+
+__all__ = ("DEFAULT_PHI", "AttackStage", "freeze_target")
+ATTACK_MODELS = ("target", "current")
+
+
+def freeze_target(model: nn.Module) -> nn.Module:
+    """Return a frozen copy of `model`: the paper's target model M_T.
+
+    The copy is unwrapped from DDP / torch.compile, deep-copied, cast to float32, put in eval mode and has
+    `requires_grad=False` on every parameter; `model` itself is not changed.
+
+    Args:
+        model (nn.Module): The starting detector (e.g. a `DetectionModel` with `args` set for its criterion).
+
+    Returns:
+        (nn.Module): The frozen copy, on the same device as `model`.
+    """
+    target = copy.deepcopy(unwrap_model(model)).float().eval()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+class AttackStage:
+    """Attack a batch and add its adversarial view `img_adv` and mediate view `img_med` (paper Algorithm 1, l. 2-6).
+
+    For images x (`batch["img"]`, float in [0, 1]) and the attack's perturbation δ:
+    `img_adv = clip(x + δ)` and `img_med = clip(x + φ δ)`. The attacked model is either `target`, a frozen copy of
+    the starting weights in eval mode (M_T), or `current`, the model being trained, passed per call or held by
+    reference. The stage is a plain object, not an `nn.Module`: the target copy never becomes a submodule of the
+    trained model, so it stays out of its state dict, EMA, optimizer and checkpoints.
+
+    One implementation serves both uses: call it on a batch already on the device (a trainer, right after
+    `preprocess_batch`), or wrap a dataloader's collate function with `wrap_collate`.
+
+    Flip statistics: with `collect_stats=True` and a `vulnerability`, each call adds, for every ground-truth object,
+    its true class, its benign class and its class after the attack (argmax of the per-object class logits) to the
+    `Vulnerability`. The attack result's `clean_logits` / `adv_logits` are used when the attack computed them at no
+    extra cost; a missing one costs one extra no-grad forward of the attacked model (on x or on `img_adv`).
+
+    Attributes:
+        attack (Attack): The attack (FGSM, PGD, DeepFool, ...) that returns δ.
+        phi (float): Mediate coefficient φ in (0, 1).
+        attack_model (str): "target" or "current".
+        model (nn.Module | None): The model being trained, used in "current" mode when none is passed per call.
+        target (nn.Module | None): The frozen target model in "target" mode.
+        vulnerability (Vulnerability | None): Where flip statistics go.
+        terms (str): "all" (box + cls + dfl loss) or "cls" (classification term only) as the attack objective.
+        collect_stats (bool): Whether calls feed `vulnerability` (switch on for calibration and Ā refresh only).
+
+    Examples:
+        >>> stage = AttackStage(build_attack("fgsm", eps=0.01), DEFAULT_PHI["fgsm"], "target", model=model)
+        >>> batch = stage(batch)  # adds batch["img_adv"], batch["img_med"]
+    """
+
+    def __init__(
+        self,
+        attack: Attack,
+        phi: float,
+        attack_model: str = "target",
+        model: nn.Module | None = None,
+        target: nn.Module | None = None,
+        vulnerability: Vulnerability | None = None,
+        terms: str = "all",
+        collect_stats: bool = False,
+    ):
+        """Set up the stage; in "target" mode without `target`, freeze a copy of `model` now.
+
+        Args:
+            attack (Attack): The attack.
+            phi (float): Mediate coefficient φ in (0, 1), e.g. `DEFAULT_PHI["pgd"]`.
+            attack_model (str): "target" (attack the frozen M_T) or "current" (attack the model being trained).
+            model (nn.Module | None): The model being trained: the source of the target copy in "target" mode, the
+                default attacked model in "current" mode.
+            target (nn.Module | None): A ready frozen target (e.g. restored on resume); made from `model` if omitted.
+            vulnerability (Vulnerability | None): Receives flip statistics when `collect_stats` is on.
+            terms (str): "all" or "cls", the part of the detection loss the attack maximizes.
+            collect_stats (bool): Feed flip statistics to `vulnerability` on each call.
+        """
+        if attack_model not in ATTACK_MODELS:
+            raise ValueError(
+                f"attack_model={attack_model!r} is not valid: choose 'target' (frozen copy of the starting model) "
+                "or 'current' (the model being trained)"
+            )
+        if not 0 < phi < 1:
+            raise ValueError(f"phi={phi} is outside (0, 1): the mediate sample is x + phi * delta, e.g. phi=0.5")
+        if terms not in {"all", "cls"}:
+            raise ValueError(f"terms={terms!r} is not valid: choose 'all' (box + cls + dfl) or 'cls' (class term)")
+        if attack_model == "target" and target is None:
+            if model is None:
+                raise ValueError("attack_model='target' needs model= (to freeze a copy of) or target= (a frozen copy)")
+            target = freeze_target(model)
+        if collect_stats and vulnerability is None:
+            raise ValueError("collect_stats=True needs vulnerability=Vulnerability(nc) to receive the flip statistics")
+        self.attack = attack
+        self.phi = float(phi)
+        self.attack_model = attack_model
+        self.model = model if attack_model == "current" else None
+        self.target = target
+        self.vulnerability = vulnerability
+        self.terms = terms
+        self.collect_stats = collect_stats
+
+    def attacked(self, model: nn.Module | None = None) -> nn.Module:
+        """Return the model to attack: the target copy, or the current model (`model`, else the held reference)."""
+        if self.attack_model == "target":
+            return self.target
+        model = model if model is not None else self.model
+        if model is None:
+            raise ValueError("attack_model='current' needs the model being trained: AttackStage(model=...) or stage(batch, model)")
+        return unwrap_model(model)
+
+    def __call__(self, batch: dict, model: nn.Module | None = None) -> dict:
+        """Attack `batch` and return a new batch dict with `img_adv` and `img_med` added.
+
+        Args:
+            batch (dict): A preprocessed detection batch on the attacked model's device: `img` (B, 3, H, W) float in
+                [0, 1], `cls`, `bboxes`, `batch_idx`. It is not modified.
+            model (nn.Module | None): The model being trained ("current" mode); ignored in "target" mode.
+
+        Returns:
+            (dict): The same entries as `batch` plus `img_adv` and `img_med` (detached, dtype of `img`).
+        """
+        attacked = self.attacked(model)
+        img = batch["img"]
+        if self.attack_model == "target" and next(attacked.parameters()).device != img.device:
+            attacked.to(img.device)  # the frozen copy follows the data (e.g. wrap_collate to another device)
+        objective = DetectionObjective(attacked, batch, terms=self.terms)
+        result = self.attack(img, objective)
+        delta = result.delta.detach().to(img.dtype)
+        lo, hi = self.attack.clip
+        out = dict(batch)
+        out["img_adv"] = (img + delta).clamp_(lo, hi)
+        out["img_med"] = (img + self.phi * delta).clamp_(lo, hi)
+        if self.collect_stats:
+            self.update_stats(objective, img, out["img_adv"], result)
+        return out
+
+    @torch.no_grad()
+    def update_stats(self, objective: DetectionObjective, img: torch.Tensor, adv: torch.Tensor, result) -> None:
+        """Add the batch's flips to `vulnerability`, reusing the attack's logits and computing only missing ones."""
+        clean_logits = result.clean_logits
+        adv_logits = result.adv_logits
+        if clean_logits is None or adv_logits is None:
+            with objective.frozen():
+                clean_logits = objective.object_logits(img) if clean_logits is None else clean_logits
+                adv_logits = objective.object_logits(adv) if adv_logits is None else adv_logits
+        self.vulnerability.update(objective.labels, clean_logits, adv_logits)
+
+    def wrap_collate(self, collate_fn: Callable[[list], dict], device: str | torch.device) -> Callable[[list], dict]:
+        """Return a collate function: `collate_fn`, then Ultralytics-style preprocessing on `device`, then the stage.
+
+        The preprocessing matches `DetectionTrainer.preprocess_batch` without multi-scale: every tensor moves to
+        `device` and a uint8 `img` is scaled from 0-255 to float [0, 1] (a float `img` is taken as already scaled).
+        Attacking on a GPU inside dataloader workers is not possible with forked processes: use `num_workers=0`
+        then, or a CPU device.
+
+        Args:
+            collate_fn (Callable): The dataset's collate function, e.g. `YOLODataset.collate_fn`.
+            device (str | torch.device): Where the batch is moved and attacked.
+
+        Returns:
+            (Callable): `collate(samples) -> batch` with `img_adv` and `img_med`.
+        """
+        return partial(self._collate, collate_fn, torch.device(device))
+
+    def _collate(self, collate_fn: Callable[[list], dict], device: torch.device, samples: list) -> dict:
+        """Collate, preprocess and attack one batch (see `wrap_collate`)."""
+        return self(preprocess(collate_fn(samples), device))
+
+
+def preprocess(batch: dict, device: torch.device) -> dict:
+    """Move a batch's tensors to `device` and scale a uint8 `img` to float [0, 1], as Ultralytics' trainer does."""
+    batch = {k: v.to(device, non_blocking=device.type not in {"cpu", "mps"}) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if batch["img"].dtype == torch.uint8:
+        batch["img"] = batch["img"].float() / 255
+    return batch
