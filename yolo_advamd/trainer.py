@@ -17,7 +17,7 @@ from yolo_advamd.cfg import ADVAMD_DEFAULTS, ADVAMD_KEYS, check_advamd_cfg, merg
 from yolo_advamd.loss import backward_extra_views, wrap_criterion
 from yolo_advamd.nn.dual_bn import convert_dual_bn, has_dual_bn, strip_aux_bn
 from yolo_advamd.plotting import plot_views
-from yolo_advamd.stage import AttackStage
+from yolo_advamd.stage import AttackStage, freeze_target
 from yolo_advamd.vulnerability import Vulnerability
 
 
@@ -51,6 +51,12 @@ class AdvAmdTrainer(DetectionTrainer):
         if self.args.attack_model == "auto":
             self.args.attack_model = "target" if str(self.args.model).endswith(".pt") else "current"
         self.amend = self.args.method != "vanilla"
+        if self.amend and self.args.aux_bn and self.args.compile and self.world_size > 1:
+            raise ValueError(
+                "compile=True with DDP and aux_bn=True is not supported: Ultralytics then builds DDP with "
+                "find_unused_parameters=False, and each view leaves the main or the auxiliary BN unused. "
+                "Use compile=False for multi-GPU AdvAmd training."
+            )
         self.stage = self.vulnerability = self.abar = self.resume_state = None
         self.skip_step = False
         if self.amend:
@@ -59,7 +65,8 @@ class AdvAmdTrainer(DetectionTrainer):
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         """Return a detection model, converted to dual BN when the auxiliary BN is on (before EMA is built)."""
-        if not (self.amend and self.args.aux_bn):
+        if not (self.amend and self.args.aux_bn):  # a plain model, also from an AdvAmd checkpoint
+            weights = strip_aux_bn(deepcopy(weights)) if weights is not None and has_dual_bn(weights) else weights
             return super().get_model(cfg, weights, verbose)
         model = super().get_model(cfg, None, verbose)
         if weights is not None and has_dual_bn(weights):  # an AdvAmd checkpoint: keep its trained auxiliary BN
@@ -74,7 +81,6 @@ class AdvAmdTrainer(DetectionTrainer):
 
     def get_validator(self):
         """Return Ultralytics' DetectionValidator (main BN only, stock losses) with the Ultralytics settings."""
-        self.loss_names = self.loss_names or ("box_loss", "cls_loss", "dfl_loss")
         args = deepcopy(self.args)
         for k in ADVAMD_KEYS:
             delattr(args, k)
@@ -88,7 +94,7 @@ class AdvAmdTrainer(DetectionTrainer):
         state = self.resume_state or {}
         target = None
         if args.attack_model == "target":
-            target = strip_aux_bn(deepcopy(model)).float()
+            target = strip_aux_bn(freeze_target(model))  # M_T: the starting weights, frozen, in eval mode
             if state.get("target") is not None:
                 target.load_state_dict(state["target"])
         attack = build_attack(
@@ -101,7 +107,12 @@ class AdvAmdTrainer(DetectionTrainer):
             seed=args.seed,
         )
         self.stage = AttackStage(
-            attack, phi=args.phi, attack_model=args.attack_model, target=target, terms=args.attack_terms
+            attack,
+            phi=args.phi,
+            attack_model=args.attack_model,
+            target=target,
+            vulnerability=self.vulnerability,
+            terms=args.attack_terms,
         )
         if state.get("vulnerability") is not None:
             self.vulnerability.load_state_dict(state["vulnerability"])
@@ -109,13 +120,13 @@ class AdvAmdTrainer(DetectionTrainer):
             self.abar = state["abar"].to(self.device)
         elif args.advamd_loss:
             self.calibrate_abar()
-        self.stage.vulnerability = self.vulnerability if args.advamd_loss and args.abar_update == "epoch" else None
+        self.stage.collect_stats = args.advamd_loss and args.abar_update == "epoch"
         self.save_advamd_state()
 
     def calibrate_abar(self):
         """Attack `abar_batches` training batches to estimate Ā before the first epoch."""
         model = unwrap_model(self.model)
-        self.stage.vulnerability = self.vulnerability
+        self.stage.collect_stats = True
         n = min(self.args.abar_batches, len(self.train_loader))
         loader = self.train_loader
         for _, batch in TQDM(zip(range(n), loader), total=n, desc="A-bar calibration"):
@@ -134,7 +145,7 @@ class AdvAmdTrainer(DetectionTrainer):
 
     def refresh_abar(self):
         """At the end of each epoch: Ā from this epoch's flip statistics (`abar_update=epoch`), kept for checkpoints."""
-        if self.stage.vulnerability is not None and self.vulnerability.counts.sum() > 0:
+        if self.stage.collect_stats and self.vulnerability.counts.sum() > 0:
             self.abar = self.reduced_abar()
             self.vulnerability.reset()
         self.save_advamd_state()
@@ -180,6 +191,6 @@ class AdvAmdTrainer(DetectionTrainer):
 
     def plot_training_samples(self, batch: dict, ni: int) -> None:
         """Plot Ultralytics' training mosaic and, with AdvAmd, the benign / mediate / adversarial views."""
-        super().plot_training_samples(batch, ni)
-        if "img_adv" in batch:
+        if "img_adv" in batch:  # first: Ultralytics' plot turns the batch's tensors into arrays
             plot_views(batch, self.save_dir / f"train_views{ni}.jpg", on_plot=self.on_plot)
+        super().plot_training_samples(batch, ni)

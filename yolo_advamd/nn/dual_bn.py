@@ -67,7 +67,7 @@ torch.serialization.add_safe_globals(list(_DUAL.values()))  # dual checkpoints l
 
 
 def _copy_bn(bn: nn.Module) -> nn.Module:
-    """Return a BN of the same class and settings as `bn` holding copies of its tensors (dtype, device, requires_grad)."""
+    """Return a BN of the class and settings of `bn` holding copies of its tensors (dtype, device, requires_grad)."""
     kwargs = {"process_group": bn.process_group} if isinstance(bn, nn.SyncBatchNorm) else {}
     copy = type(bn)(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **kwargs)
     with torch.no_grad():
@@ -179,8 +179,8 @@ def dual_bn_overhead(model: nn.Module) -> dict[str, int | float]:
 
     Returns:
         (dict): `layers` (dual BNs), `parameters` and `buffers` added (elements), `parameters_fraction` (added
-            parameters / parameters of the stripped model) and `size_fraction` (added parameters and buffers / parameters
-            and buffers of the stripped model).
+            parameters / parameters of the stripped model) and `size_fraction` (added parameters and buffers /
+            parameters and buffers of the stripped model).
     """
     aux = [m.aux for m in model.modules() if isinstance(m, _DualNorm)]
     params = sum(p.numel() for a in aux for p in a.parameters())

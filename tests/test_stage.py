@@ -1,0 +1,197 @@
+"""Tests for the attack stage: adversarial and mediate views, target vs current model, collate wrapping, flip stats."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ultralytics.cfg import get_cfg
+from ultralytics.data.dataset import YOLODataset
+from ultralytics.nn.tasks import DetectionModel
+
+from yolo_advamd.attacks import build_attack
+from yolo_advamd.attacks.objectives import DetectionObjective
+from yolo_advamd.stage import DEFAULT_PHI, AttackStage, freeze_target, preprocess
+from yolo_advamd.vulnerability import Vulnerability
+
+NC, IMGSZ, EPS = 10, 64, 0.03
+
+
+def make_model() -> DetectionModel:
+    """A yolov8n detector (nc=10) in train mode whose BN statistics are calibrated, so eval-mode gradients are real."""
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
+    model.args = get_cfg()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = None  # cumulative average over the calibration batches
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(4, 3, IMGSZ, IMGSZ))
+    for bn in bns:
+        bn.momentum = 0.03
+    return model
+
+
+def samples(n: int = 4) -> list[dict]:
+    """Synthetic dataset items as a YOLODataset yields them: uint8 CHW image, per-image cls, normalized xywh boxes."""
+    g = torch.Generator().manual_seed(1)
+    items = []
+    for i in range(n):
+        k = 1 + i % 2
+        xy = 0.3 + 0.4 * torch.rand(k, 2, generator=g)
+        wh = 0.2 + 0.2 * torch.rand(k, 2, generator=g)
+        items.append(
+            {
+                "img": torch.randint(0, 256, (3, IMGSZ, IMGSZ), dtype=torch.uint8, generator=g),
+                "cls": torch.randint(0, NC, (k, 1), generator=g).float(),
+                "bboxes": torch.cat([xy, wh], 1),
+                "batch_idx": torch.zeros(k),
+                "im_file": f"img{i}.jpg",
+            }
+        )
+    return items
+
+
+def make_batch() -> dict:
+    """A preprocessed batch of 2 images on the CPU."""
+    return preprocess(YOLODataset.collate_fn(samples(2)), torch.device("cpu"))
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything an attack must leave alone: parameters, buffers, modes, requires_grad flags, gradients."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [p.grad for p in model.parameters()],
+    }
+
+
+def assert_same(before: dict, after: dict) -> None:
+    """Assert two snapshots are identical."""
+    assert before["state"].keys() == after["state"].keys()
+    for k, v in before["state"].items():
+        assert torch.equal(v, after["state"][k]), k
+    assert before["training"] == after["training"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert all(g is None for g in after["grad"])
+
+
+@pytest.fixture(scope="module")
+def model() -> DetectionModel:
+    """The model being trained (train mode)."""
+    return make_model()
+
+
+def test_views_stay_within_budget_and_image_range(model):
+    """img_adv is within eps of img, img_med within phi * eps, both in [0, 1]; img and the other keys are untouched."""
+    phi = DEFAULT_PHI["fgsm"]
+    stage = AttackStage(build_attack("fgsm", eps=EPS), phi, "target", model=model)
+    batch = make_batch()
+    img = batch["img"].clone()
+    out = stage(batch)
+    assert out is not batch and "img_adv" not in batch and torch.equal(batch["img"], img)
+    assert all(out[k] is batch[k] for k in batch)
+    adv, med = out["img_adv"], out["img_med"]
+    assert adv.shape == med.shape == img.shape and adv.dtype == med.dtype == img.dtype
+    assert (adv - img).abs().max() <= EPS + 1e-6
+    assert (med - img).abs().max() <= phi * EPS + 1e-6
+    assert (adv - img).abs().max() > EPS / 2  # the attack did move the image
+    for view in (adv, med):
+        assert view.min() >= 0 and view.max() <= 1
+    torch.testing.assert_close(med, (img + phi * (adv - img)).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_target_mode_never_changes_trained_model_nor_target(model):
+    """Attacking the frozen target changes neither the trained model nor the target (weights, BN stats, modes, flags)."""
+    model.train()
+    stage = AttackStage(build_attack("pgd", eps=EPS, steps=2, random_start=True, seed=0), 0.5, "target", model=model)
+    before_model, before_target = snapshot(model), snapshot(stage.target)
+    stage(make_batch(), model)
+    assert_same(before_model, snapshot(model))
+    assert_same(before_target, snapshot(stage.target))
+    assert model.training and not stage.target.training
+
+
+def test_target_copy_is_frozen_and_not_part_of_the_model(model):
+    """The target copy is eval, float32, requires_grad=False, and never in model.modules() or model.state_dict()."""
+    keys = set(model.state_dict())
+    stage = AttackStage(build_attack("fgsm", eps=EPS), 0.7, "target", model=model)
+    stage(make_batch())
+    target = stage.target
+    assert not isinstance(stage, nn.Module)
+    assert target is not model and all(m is not target for m in model.modules())
+    assert not any(p is q for p in target.parameters() for q in model.parameters())
+    assert set(model.state_dict()) == keys
+    assert not target.training and all(not p.requires_grad and p.dtype == torch.float32 for p in target.parameters())
+    for k, v in model.state_dict().items():  # same starting weights
+        torch.testing.assert_close(target.state_dict()[k], v.float())
+    assert freeze_target(model).training is False and model.training
+
+
+def test_current_mode_attacks_passed_model_and_leaves_it_as_it_was(model):
+    """In current mode the passed model is attacked (same δ as attacking it directly) and left exactly as it was."""
+    model.train()
+    stage = AttackStage(build_attack("fgsm", eps=EPS), 0.7, "current")
+    assert stage.target is None
+    batch = make_batch()
+    before = snapshot(model)
+    out = stage(batch, model)
+    assert_same(before, snapshot(model))
+    assert model.training
+    direct = build_attack("fgsm", eps=EPS)(batch["img"], DetectionObjective(model, batch))
+    torch.testing.assert_close(out["img_adv"], (batch["img"] + direct.delta).clamp(0, 1), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="needs the model being trained"):
+        stage(batch)
+    by_reference = AttackStage(build_attack("fgsm", eps=EPS), 0.7, "current", model=model)
+    torch.testing.assert_close(by_reference(batch)["img_adv"], out["img_adv"])
+
+
+def test_wrap_collate_equals_stage_on_preprocessed_batch(model):
+    """A dataloader with the wrapped collate gives the same views as the stage called on the preprocessed batch."""
+    target = freeze_target(model)
+
+    def stage():
+        attack = build_attack("pgd", eps=EPS, steps=2, random_start=True, seed=3)
+        return AttackStage(attack, 0.5, "target", target=target)
+
+    loader = DataLoader(samples(4), batch_size=2, collate_fn=stage().wrap_collate(YOLODataset.collate_fn, "cpu"))
+    reference = stage()
+    for i, batch in enumerate(loader):
+        expected = reference(preprocess(YOLODataset.collate_fn(samples(4)[2 * i : 2 * i + 2]), torch.device("cpu")))
+        assert batch["img"].dtype == torch.float32 and batch["img"].max() <= 1
+        assert batch["im_file"] == expected["im_file"]
+        for k in ("img", "img_adv", "img_med", "cls", "bboxes", "batch_idx"):
+            torch.testing.assert_close(batch[k], expected[k], atol=0, rtol=0)
+
+
+def test_flip_statistics_reach_the_vulnerability_only_when_collected(model):
+    """With collect_stats every object reaches the Vulnerability; without it nothing is counted."""
+    vuln = Vulnerability(NC)
+    stage = AttackStage(build_attack("pgd", eps=0.1, steps=3, seed=0), 0.5, "target", model=model, vulnerability=vuln)
+    batch = make_batch()
+    stage(batch)
+    assert vuln.seen.sum() == 0
+    stage.collect_stats = True
+    stage(batch)
+    stage(batch)
+    n = len(batch["cls"])
+    assert vuln.seen.sum() == 2 * n
+    assert torch.equal(vuln.seen, 2 * torch.bincount(batch["cls"].view(-1).long(), minlength=NC))
+    assert vuln.counts.sum() <= 2 * n
+    with pytest.raises(ValueError, match="needs vulnerability"):
+        AttackStage(build_attack("fgsm", eps=EPS), 0.7, "target", model=model, collect_stats=True)
+
+
+def test_bad_settings_raise_clear_errors(model):
+    """phi outside (0, 1), an unknown attack_model or terms, and target mode without a model name the fix."""
+    attack = build_attack("fgsm", eps=EPS)
+    with pytest.raises(ValueError, match=r"phi=1.0 is outside \(0, 1\)"):
+        AttackStage(attack, 1.0, "target", model=model)
+    with pytest.raises(ValueError, match="attack_model='ema'"):
+        AttackStage(attack, 0.5, "ema", model=model)
+    with pytest.raises(ValueError, match="terms='box'"):
+        AttackStage(attack, 0.5, "current", terms="box")
+    with pytest.raises(ValueError, match="needs model="):
+        AttackStage(attack, 0.5, "target")

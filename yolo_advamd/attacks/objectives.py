@@ -1,0 +1,247 @@
+"""What an attack maximizes: a detector's own Ultralytics loss on its ground-truth targets, or a classifier's CE.
+
+An objective is built per batch and gives an attack three things about images x: `loss(x)`, the scalar to maximize
+(paper eq. 4); `object_logits(x)`, class logits per ground-truth object, for DeepFool and for flip statistics; and
+`frozen()`, the context in which the attacked model may be run without any side effect on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
+
+from yolo_advamd.loss import ViewLoss
+
+TERMS = ("all", "cls")
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` for an attack without changing it: input gradients only, no BN statistics updates.
+
+    Inside, every parameter has `requires_grad=False` (no weight gradient is computed or accumulated in `.grad`) and
+    every BatchNorm in train mode has `track_running_stats=False`, so it normalizes with batch statistics exactly as
+    before but leaves `running_mean`, `running_var` and `num_batches_tracked` untouched. Train/eval modes are kept.
+    On exit, even after an exception, the `requires_grad` and `track_running_stats` flags are restored.
+
+    Args:
+        model (nn.Module): The attacked model, in train or eval mode.
+
+    Yields:
+        (nn.Module): `model`.
+    """
+    params = list(model.parameters())
+    grad_flags = [p.requires_grad for p in params]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    track_flags = [bn.track_running_stats for bn in bns]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for bn in bns:
+            bn.track_running_stats = False
+        yield model
+    finally:
+        for p, flag in zip(params, grad_flags):
+            p.requires_grad_(flag)
+        for bn, flag in zip(bns, track_flags):
+            bn.track_running_stats = flag
+
+
+class DetectionObjective:
+    """The detection loss of an Ultralytics detector on one batch's ground truth, as a function of the images.
+
+    `loss(x)` is the model's own training loss, `criterion(model(x), batch)` summed over its box, cls and dfl terms
+    with the hyperparameter gains (what the trainer minimizes, paper eq. 4), or only its classification term with
+    `terms="cls"`. For an end-to-end head (`E2ELoss`, e.g. yolo26) both branches count with their current weights.
+
+    Targets are assigned to anchors once, at the clean images `batch["img"]`, and kept for every other x: the loss
+    is L(F(x), y) with y the ground truth as the criterion's `TaskAlignedAssigner` places it on the clean images, so
+    `loss(batch["img"])` equals `model.loss(batch)[0].sum()` exactly. The stock loss re-assigns at each input from
+    detached predictions, which makes it a discontinuous function of x that its own input gradient does not climb
+    (on an untrained yolov8n a 1e-5 step along the gradient lowers it by 0.1 while the gradient promises +0.01); with
+    the assignment fixed it is smooth and the gradient is exact. The first call at other images costs one extra
+    no-grad forward pass at the clean images.
+
+    `object_logits(x)` gives each ground-truth object the mean class logits over the anchors assigned to it (the
+    same anchors at every x, so clean and attacked logits compare like with like). An object left without anchors
+    (smaller than a stride-8 cell, or out-competed by an overlapping object) takes the logits of the finest-level
+    anchor whose cell holds its box center. End-to-end heads use the one-to-many branch: its input gradients exist
+    in train mode too (Ultralytics detaches the one-to-one branch's features in training).
+
+    The model is run as it is (train mode: batch statistics, eval mode: running statistics); call the methods inside
+    `frozen()`, which every `Attack` does.
+
+    Attributes:
+        model (nn.Module): The attacked detector.
+        batch (dict): The batch whose `cls`, `bboxes`, `batch_idx` are the targets.
+        terms (str): "all" or "cls".
+        labels (torch.Tensor): (n_obj,) long, the true class of each ground-truth object, in batch order.
+        batch_idx (torch.Tensor): (n_obj,) long, the image of each ground-truth object.
+
+    Examples:
+        >>> objective = DetectionObjective(model, batch)  # batch from DetectionTrainer.preprocess_batch
+        >>> with objective.frozen():
+        ...     loss, logits = objective.loss_and_logits(batch["img"])
+    """
+
+    def __init__(self, model: nn.Module, batch: dict, terms: str = "all"):
+        """Bind `model` and the targets of `batch`, building the model's criterion if it has none yet.
+
+        Args:
+            model (nn.Module): An Ultralytics `DetectionModel` (float32 weights, `args` a namespace with box/cls/dfl).
+            batch (dict): A preprocessed batch on the model's device: `img` (B, 3, H, W) in [0, 1], `cls` (n, 1),
+                `bboxes` (n, 4) normalized xywh, `batch_idx` (n,) sorted as Ultralytics' collate function makes it.
+            terms (str): "all" (box + cls + dfl) or "cls" (the classification term only).
+        """
+        if terms not in TERMS:
+            raise ValueError(f"terms={terms!r} is not valid: choose 'all' (box + cls + dfl) or 'cls' (class term)")
+        if isinstance(getattr(model, "args", None), dict):
+            raise TypeError(
+                "model.args is a dict (as loaded from a checkpoint): the Ultralytics criterion needs a namespace, "
+                "set model.args = ultralytics.cfg.get_cfg(overrides=model.args) before attacking"
+            )
+        dtype = next(model.parameters()).dtype
+        if dtype != torch.float32:
+            raise TypeError(f"model weights are {dtype}: call model.float() before attacking (checkpoints store fp16)")
+        batch_idx = batch["batch_idx"].view(-1).long()
+        if batch_idx.numel() > 1 and bool((batch_idx[1:] < batch_idx[:-1]).any()):
+            raise ValueError("batch['batch_idx'] is not sorted: order objects by image as Ultralytics' collate_fn does")
+        if getattr(model, "criterion", None) is None:
+            model.criterion = model.init_criterion()  # as DetectionModel.loss does
+        criterion = model.criterion.criterion if isinstance(model.criterion, ViewLoss) else model.criterion
+        if isinstance(criterion, E2ELoss):
+            self.branches = (("one2many", criterion.one2many, criterion.o2m), ("one2one", criterion.one2one, criterion.o2o))
+        elif isinstance(criterion, v8DetectionLoss):
+            self.branches = ((None, criterion, 1.0),)
+        else:
+            raise TypeError(f"{type(criterion).__name__} is not a detection criterion: expected v8DetectionLoss or E2ELoss")
+        self.assigners = [_AssignOnce(criterion.assigner) for _, criterion, _ in self.branches]
+        self.model = model
+        self.batch = batch
+        self.terms = terms
+        with torch.inference_mode(False):  # normal tensors, usable by autograd even if the batch was made in a validator
+            self.labels = batch["cls"].view(-1).long().clone()
+            self.batch_idx = batch_idx.clone()
+            self.offsets = torch.zeros(batch["img"].shape[0] + 1, dtype=torch.long, device=batch_idx.device)
+            self.offsets.scatter_add_(0, self.batch_idx + 1, torch.ones_like(self.batch_idx)).cumsum_(0)  # 1st per image
+            self.centers = batch["bboxes"][:, :2].float().clone()
+
+    def frozen(self) -> contextlib.AbstractContextManager:
+        """Return the context in which the model runs without side effects (see `frozen`)."""
+        return frozen(self.model)
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the scalar detection loss at `images`, to be maximized."""
+        return self.loss_and_logits(images)[0]
+
+    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the class logits (n_obj, nc) of each ground-truth object at `images`."""
+        return self.loss_and_logits(images)[1]
+
+    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the loss and the per-object class logits at `images` from a single forward pass.
+
+        The first call at images other than `batch["img"]` runs a no-grad pass at `batch["img"]` first, to assign
+        the targets there.
+
+        Args:
+            images (torch.Tensor): (B, 3, H, W) images in [0, 1], usually requiring grad.
+
+        Returns:
+            loss (torch.Tensor): Scalar, the criterion's loss vector (gains applied, times batch size) summed over
+                the chosen terms.
+            logits (torch.Tensor): (n_obj, nc) float32 class logits per object, differentiable w.r.t. `images`.
+        """
+        if self.assigners[0].result is None and not torch.equal(images.detach(), self.batch["img"]):
+            with torch.no_grad():
+                self._evaluate(self.batch["img"])  # assign the targets at the clean images
+        return self._evaluate(images)
+
+    def _evaluate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model and its criterion at `images` with the fixed assignment (made now on the first call)."""
+        preds = self.model(images)
+        preds = preds[1] if isinstance(preds, tuple) else preds  # eval mode: (decoded, raw dict)
+        loss, logits = 0.0, None
+        for (key, criterion, weight), assigner in zip(self.branches, self.assigners):
+            p = preds[key] if key else preds
+            stock, criterion.assigner = criterion.assigner, assigner
+            try:
+                (fg_mask, gt_idx, *_), terms, _ = criterion.get_assigned_targets_and_loss(p, self.batch)
+            finally:
+                criterion.assigner = stock
+            term = terms.sum() if self.terms == "all" else terms[1]
+            loss = loss + weight * term * images.shape[0]
+            if logits is None:
+                logits = self._mean_assigned(p, fg_mask, gt_idx)
+        return loss, logits
+
+    def _mean_assigned(self, preds: dict, fg_mask: torch.Tensor, gt_idx: torch.Tensor) -> torch.Tensor:
+        """Average the class logits (B, nc, A) over each object's assigned anchors, with the center-cell fallback."""
+        scores = preds["scores"].float()
+        n, nc = self.labels.numel(), scores.shape[1]
+        b, a = fg_mask.nonzero(as_tuple=True)
+        obj = self.offsets[b] + gt_idx[b, a]  # flat object index of each foreground anchor
+        sums = scores.new_zeros(n, nc).index_add_(0, obj, scores[b, :, a])
+        counts = scores.new_zeros(n).index_add_(0, obj, scores.new_ones(obj.numel()))
+        h, w = preds["feats"][0].shape[2:]  # finest level, first in the anchor order
+        cx = (self.centers[:, 0] * w).long().clamp_(0, w - 1)
+        cy = (self.centers[:, 1] * h).long().clamp_(0, h - 1)
+        center = scores[self.batch_idx, :, cy * w + cx]
+        return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], center)
+
+
+class _AssignOnce:
+    """Stand in for a criterion's assigner: call it once, then return that first assignment on every call."""
+
+    def __init__(self, assigner: nn.Module):
+        """Wrap `assigner` (e.g. a `TaskAlignedAssigner`)."""
+        self.assigner = assigner
+        self.result = None
+
+    def __call__(self, *args, **kwargs) -> tuple:
+        """Return the first call's assignment."""
+        if self.result is None:
+            self.result = self.assigner(*args, **kwargs)
+        return self.result
+
+
+class ClassifierObjective:
+    """The cross-entropy of an image classifier on true labels: the same interface as `DetectionObjective`.
+
+    Each image is one object: `object_logits(x)` are the model's logits, `batch_idx` is `arange(B)`.
+
+    Attributes:
+        model (nn.Module): The attacked classifier, returning logits (B, nc).
+        labels (torch.Tensor): (B,) long, the true classes.
+        batch_idx (torch.Tensor): (B,) long, `arange(B)`.
+    """
+
+    def __init__(self, model: nn.Module, labels: torch.Tensor):
+        """Bind `model` and the true `labels` (B,) of the batch to attack."""
+        self.model = model
+        with torch.inference_mode(False):  # normal tensors, usable by autograd
+            self.labels = labels.view(-1).long().clone()
+            self.batch_idx = torch.arange(self.labels.numel(), device=self.labels.device)
+
+    def frozen(self) -> contextlib.AbstractContextManager:
+        """Return the context in which the model runs without side effects (see `frozen`)."""
+        return frozen(self.model)
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the mean cross-entropy at `images`, to be maximized."""
+        return self.loss_and_logits(images)[0]
+
+    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the logits (B, nc) at `images`."""
+        return self.model(images)
+
+    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the mean cross-entropy and the logits at `images` from a single forward pass."""
+        logits = self.model(images)
+        return F.cross_entropy(logits, self.labels), logits

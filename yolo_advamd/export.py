@@ -1,0 +1,267 @@
+"""Export: strip the auxiliary BN and all AdvAmd state, then hand a plain model to Ultralytics' exporter.
+
+An amended checkpoint differs from a stock one only by what training needs: `DualBatchNorm2d` modules (the auxiliary
+BN), the `advamd_state` model attribute and `advamd` checkpoint key (Ā, flip counts, the frozen target's weights) and
+AdvAmd keys in `train_args`. Deployment uses the main BN only (the paper's footnote 8), so every export starts by
+removing all of it: the exported model is, module for module and bit for bit, the stock architecture holding the main
+BN's values, with zero inference overhead.
+
+Formats:
+    - `pt`: a stock Ultralytics checkpoint `<stem>_stock.pt` (like `strip_optimizer`: fp16, no EMA, no optimizer),
+      loadable by `ultralytics.YOLO` in an environment without yolo-advamd.
+    - `state_dict`: a weights-only file `<stem>_state_dict.pt` (tensors and builtins only) for
+      `torch.load(weights_only=True)`; rebuild the model with `load_state_dict_file`.
+    - anything Ultralytics' exporter knows (`onnx`, `engine`, `torchscript`, `openvino`, ...): exported by
+      `YOLO.export` with the user's options passed through untouched, written beside the checkpoint.
+
+Safe loading: with `ULTRALYTICS_SAFE_LOAD=1`, Ultralytics loads checkpoints with `torch.load(weights_only=True)` and
+refuses classes it does not know. Importing `yolo_advamd.nn` (this module does) registers `DualBatchNorm2d` and
+`DualSyncBatchNorm` as safe globals, so amended and resume checkpoints load in that mode in any process that imported
+it; stock checkpoints written by `export_model(..., format="pt")` need nothing.
+
+Examples:
+    >>> export_model("runs/advamd/train/weights/best.pt", format="onnx", imgsz=640)  # -> '.../best.onnx'
+    >>> export_model("best.pt", format="pt")  # -> '.../best_stock.pt', for any Ultralytics install
+"""
+
+from __future__ import annotations
+
+import io
+import pickletools
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from yolo_advamd.nn.dual_bn import strip_aux_bn
+
+ADVAMD_ATTRIBUTES = ("advamd_state",)  # set on the model (and its EMA) by AdvAmdTrainer.save_advamd_state
+STOCK_KEYS = (  # top-level keys of an Ultralytics checkpoint (BaseTrainer.save_model, strip_optimizer)
+    "date",
+    "version",
+    "license",
+    "docs",
+    "epoch",
+    "best_fitness",
+    "stopper",
+    "model",
+    "ema",
+    "updates",
+    "modelopt",
+    "optimizer",
+    "scaler",
+    "train_args",
+    "train_metrics",
+    "train_results",
+    "git",
+)
+OWN_FORMATS = ("pt", "state_dict")
+
+
+def strip_advamd(model: nn.Module) -> nn.Module:
+    """Remove the auxiliary BN and every AdvAmd attribute from `model`, in place: a plain Ultralytics model remains.
+
+    Args:
+        model (nn.Module): An amended model (dual BN, `advamd_state`, AdvAmd loss criterion) or a stock one, which is
+            returned unchanged.
+
+    Returns:
+        (nn.Module): `model`, with plain BatchNorm layers holding the main BN's values, no AdvAmd attributes and no
+            criterion (it is rebuilt on demand by Ultralytics).
+    """
+    strip_aux_bn(model)
+    for m in model.modules():
+        for name in ADVAMD_ATTRIBUTES:
+            m.__dict__.pop(name, None)
+    if getattr(model, "criterion", None) is not None:
+        model.criterion = None  # a ViewLoss wrapper would pickle a yolo_advamd class
+    return model
+
+
+def stock_checkpoint(ckpt: dict) -> dict:
+    """Return a stock Ultralytics checkpoint made from an amended (or stock) checkpoint dict, as `strip_optimizer` does.
+
+    The model (the EMA when present) is stripped of the auxiliary BN and AdvAmd state, cast to fp16 with
+    `requires_grad=False`, and its `args` reduced to Ultralytics' keys; AdvAmd checkpoint keys are dropped, the EMA,
+    optimizer and training state emptied and `epoch=-1` set, so the result cannot be resumed and loads anywhere.
+
+    Args:
+        ckpt (dict): A checkpoint as loaded by `ultralytics.nn.tasks.torch_safe_load`; its objects are changed in place.
+
+    Returns:
+        (dict): The stock checkpoint, ready for `torch.save`.
+    """
+    from ultralytics import __version__
+    from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS
+
+    model = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"checkpoint has no model under 'ema' or 'model' (keys {sorted(ckpt)}): not an Ultralytics one")
+    strip_advamd(model)
+    if hasattr(model, "args"):  # the trainer's namespace, AdvAmd keys included
+        args = model.args if isinstance(model.args, dict) else vars(model.args)
+        model.args = {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS}
+    model.half()
+    for p in model.parameters():
+        p.requires_grad = False
+    args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+    return {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": __version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        **{k: v for k, v in ckpt.items() if k in STOCK_KEYS},
+        **dict.fromkeys(("ema", "optimizer", "best_fitness", "stopper", "updates", "scaler")),
+        "model": model,
+        "epoch": -1,
+        "train_args": {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS},
+    }
+
+
+def pickled_globals(path: str | Path) -> set[str]:
+    """Return the `module.name` globals the pickle of a `torch.save` file refers to (classes, functions).
+
+    Args:
+        path (str | Path): A file written by `torch.save` (zip format).
+
+    Returns:
+        (set[str]): E.g. {"ultralytics.nn.tasks.DetectionModel", "torch.nn.modules.conv.Conv2d", ...}.
+    """
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    found, strings = set(), []
+    for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+        if op.name == "GLOBAL":  # protocol <= 3 (torch.save's default): "module name"
+            found.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":  # protocol >= 4: module and name pushed as the two previous strings
+            found.add(".".join(strings[-2:]))
+        elif isinstance(arg, str):
+            strings.append(arg)
+    return found
+
+
+def save_stock(ckpt: dict, file: str | Path) -> Path:
+    """Save a stock checkpoint and check that its pickle refers to no yolo-advamd class.
+
+    Args:
+        ckpt (dict): The output of `stock_checkpoint`.
+        file (str | Path): Destination `.pt` file.
+
+    Returns:
+        (Path): `file`.
+
+    Raises:
+        RuntimeError: If an AdvAmd object survived stripping (the file would not load without yolo-advamd).
+    """
+    file = Path(file)
+    torch.save(ckpt, file)
+    ours = sorted(g for g in pickled_globals(file) if g.split(".")[0] == "yolo_advamd")
+    if ours:
+        file.unlink()
+        raise RuntimeError(
+            f"the stock checkpoint {file} would still refer to {ours}: an AdvAmd object is attached to the model "
+            f"and strip_advamd does not know it; add its attribute name to yolo_advamd.export.ADVAMD_ATTRIBUTES"
+        )
+    return file
+
+
+def weights_only_checkpoint(model: nn.Module, imgsz=None) -> dict:
+    """Return a plain state dict and the metadata to rebuild the model, all tensors and builtins.
+
+    Args:
+        model (nn.Module): A stripped Ultralytics model (see `strip_advamd`).
+        imgsz (int | list | None): The training image size, recorded for the user.
+
+    Returns:
+        (dict): `state_dict`, `yaml` (the model's architecture dict), `names`, `nc`, `task`, `stride`, `imgsz`,
+            `version`, `date`; loadable with `torch.load(path, weights_only=True)`.
+    """
+    from ultralytics import __version__
+
+    return {
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "yaml": dict(model.yaml),
+        "names": {int(k): str(v) for k, v in model.names.items()},
+        "nc": len(model.names),
+        "task": str(getattr(model, "task", "detect")),
+        "stride": [float(s) for s in model.stride],
+        "imgsz": imgsz,
+        "version": __version__,
+        "date": datetime.now().astimezone().isoformat(),
+    }
+
+
+def load_state_dict_file(path: str | Path) -> nn.Module:
+    """Rebuild a detection model from a weights-only file written by `export_model(..., format="state_dict")`.
+
+    Without yolo-advamd, the same takes three lines of Ultralytics:
+    `ckpt = torch.load(path, weights_only=True)`, `model = DetectionModel(ckpt["yaml"], nc=ckpt["nc"])`,
+    `model.load_state_dict(ckpt["state_dict"])`.
+
+    Args:
+        path (str | Path): The weights-only file.
+
+    Returns:
+        (DetectionModel): The model in fp32 and eval mode, with `names` and `stride` restored.
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("task", "detect") != "detect":
+        raise ValueError(f"{path} holds a task={ckpt['task']} model: load_state_dict_file rebuilds detection models")
+    model = DetectionModel(ckpt["yaml"], nc=ckpt["nc"], verbose=False)
+    model.load_state_dict(ckpt["state_dict"])
+    model.names = ckpt["names"]
+    model.stride = torch.tensor(ckpt["stride"])
+    return model.float().eval()
+
+
+def export_model(model: str | Path, format: str = "onnx", **overrides) -> str:
+    """Strip the auxiliary BN and all AdvAmd state from a checkpoint and export the plain model.
+
+    Args:
+        model (str | Path): An Ultralytics `.pt` checkpoint, amended or stock.
+        format (str): `pt` (stock checkpoint), `state_dict` (weights-only file), or any Ultralytics export format
+            (`onnx`, `engine`, `torchscript`, `openvino`, ...).
+        **overrides (Any): Ultralytics export options (`imgsz`, `half`, `dynamic`, `simplify`, `opset`, `device`,
+            `batch`, ...), passed through unchanged; not used by `pt` and `state_dict`.
+
+    Returns:
+        (str): Path of the exported file or directory, beside `model`.
+
+    Raises:
+        FileNotFoundError: If `model` is not on disk.
+        ModuleNotFoundError: If the format needs a package that is not installed (yolo-advamd never installs one).
+    """
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import torch_safe_load
+
+    path = Path(model)
+    if not path.is_file() or path.suffix != ".pt":
+        raise FileNotFoundError(
+            f"model={model} is not a .pt checkpoint on disk: pass one, e.g. model=runs/advamd/train/weights/best.pt"
+        )
+    fmt = str(format).lower()
+    if fmt in OWN_FORMATS:
+        if overrides:
+            raise ValueError(f"format={fmt} takes no export options: remove {sorted(overrides)}")
+        ckpt, _ = torch_safe_load(path)
+        if fmt == "pt":
+            return str(save_stock(stock_checkpoint(ckpt), path.with_name(f"{path.stem}_stock.pt")))
+        m = strip_advamd(ckpt.get("ema") or ckpt["model"])
+        file = path.with_name(f"{path.stem}_state_dict.pt")
+        torch.save(weights_only_checkpoint(m, (ckpt.get("train_args") or {}).get("imgsz")), file)
+        return str(file)
+    yolo = YOLO(path)
+    strip_advamd(yolo.model)
+    try:
+        return yolo.export(format=fmt, **overrides)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"format={fmt} needs the Python package '{e.name}', which is not installed, and yolo-advamd never "
+            f"installs packages (YOLO_AUTOINSTALL=False). Install it yourself (pip install {e.name}; see "
+            f"https://docs.ultralytics.com/modes/export for the versions Ultralytics supports) and export again.",
+            name=e.name,
+        ) from e

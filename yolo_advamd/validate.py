@@ -1,0 +1,499 @@
+"""Benign and adversarial validation: mAP per attack × ε laid out like the paper's Table 1, COCO JSON by pycocotools.
+
+Every evaluation runs Ultralytics' own `DetectionValidator` (dataloader, letterbox, NMS, matching, mAP), through
+`AdvDetectionValidator`, a subclass with two changes:
+    - `preprocess` replaces each batch's images by their adversarial version, attacked white-box on the device
+      against an fp32, eval-mode copy of the model under test (or, in the transfer setting, of `attack_model`), with
+      the detector's own loss on the ground truth as the objective;
+    - `eval_json` scores `save_json` predictions with pycocotools (Ultralytics 8.4 uses faster-coco-eval, which it
+      would try to pip-install), so nothing is ever installed.
+
+Models are always evaluated, and attacked, through the main BN (the paper's footnote 8): the auxiliary BN and all
+AdvAmd state are stripped from every model before use.
+
+Examples:
+    >>> results = validate_advamd("advamd.pt", "data/digits-det.yaml", attacks="fgsm,pgd", eps="0.01,0.1",
+    ...                           baseline="vanilla.pt", save_json=True)
+    >>> print(results["markdown"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+from copy import deepcopy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from ultralytics.cfg import get_save_dir
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS, LOGGER, IterableSimpleNamespace, colorstr
+from ultralytics.utils.torch_utils import select_device
+
+from yolo_advamd.attacks import build_attack
+from yolo_advamd.attacks.objectives import DetectionObjective
+from yolo_advamd.cfg import ATTACKS, DEFAULT_STEPS
+from yolo_advamd.export import strip_advamd
+
+BENIGN = "benign"
+COCO_STATS = (  # the 12 numbers of pycocotools' COCOeval.summarize(), in order
+    "AP50-95", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+)  # fmt: skip
+TABLE_METRICS = {  # table name -> key in a run's stats
+    "mAP50-95": "metrics/mAP50-95(B)",
+    "mAP50": "metrics/mAP50(B)",
+    "COCO AP50-95": "coco/AP50-95",
+    "COCO AP50": "coco/AP50",
+}
+
+
+class AdvDetectionValidator(DetectionValidator):
+    """Ultralytics' DetectionValidator on adversarial images, with COCO JSON scored by pycocotools.
+
+    With `attack=None` it is the stock validator (benign images), apart from the COCO scoring.
+
+    Attributes:
+        attack (Attack | None): The attack applied to every batch before inference.
+        attack_model (nn.Module | None): The fp32, eval-mode model the attack differentiates (white-box: a copy of
+            the model under test; transfer: another model), on the validation device.
+        terms (str): "all" (box + cls + dfl loss) or "cls" (classification term only) as the attack objective.
+        adv_dir (Path | None): Where adversarial images and labels are written in YOLO layout (`images/`, `labels/`).
+        coco (dict): pycocotools stats of the last run with `save_json=True` (`coco/AP50-95`, ...).
+
+    Examples:
+        >>> v = AdvDetectionValidator(args=dict(data="coco.yaml"), attack=build_attack("fgsm", eps=0.01),
+        ...                           attack_model=fp32_eval_model)
+        >>> stats = v(model=model)
+    """
+
+    def __init__(
+        self,
+        dataloader=None,
+        save_dir=None,
+        args=None,
+        _callbacks=None,
+        attack=None,
+        attack_model: nn.Module | None = None,
+        terms: str = "all",
+        adv_dir: str | Path | None = None,
+    ):
+        """Initialize the validator; see the class attributes for the AdvAmd arguments."""
+        super().__init__(dataloader, save_dir, args, _callbacks)
+        if attack is not None and attack_model is None:
+            raise ValueError("an attack needs attack_model=: the fp32 eval-mode model whose gradients it follows")
+        self.attack, self.attack_model, self.terms = attack, attack_model, terms
+        self.adv_dir = None if adv_dir is None else Path(adv_dir)
+        self.coco = {}
+
+    def preprocess(self, batch: dict) -> dict:
+        """Preprocess like Ultralytics, then replace `img` by its adversarial version (and save it if asked)."""
+        batch = super().preprocess(batch)
+        if self.attack is not None:
+            batch["img"] = self.adversarial(batch).to(batch["img"].dtype)
+        if self.adv_dir is not None:
+            self.save_images(batch)
+        return batch
+
+    def adversarial(self, batch: dict) -> torch.Tensor:
+        """Return the batch's images attacked against `attack_model` (float32, in the attack's clip range).
+
+        The validator runs under `torch.inference_mode`, whose tensors cannot enter autograd: the batch is cloned
+        into normal tensors with inference mode off and gradients on, and the attack runs in fp32 even when the
+        validated model runs in fp16.
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            clean = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            clean["img"] = clean["img"].float()
+            result = self.attack(clean["img"], DetectionObjective(self.attack_model, clean, terms=self.terms))
+            return (clean["img"] + result.delta.detach()).clamp_(*self.attack.clip)
+
+    def save_images(self, batch: dict) -> None:
+        """Write the batch's (adversarial) images as PNG and their labels as YOLO txt into `adv_dir`.
+
+        The images are what the model saw: letterboxed by the val dataloader (resized to `imgsz`, padded with gray
+        114 to the batch's rectangular shape), then attacked; labels are in that frame. PNG stores 8 bits: pixel
+        values are rounded to multiples of 1/255, so the saved perturbation differs from the attacked one by at most
+        0.5/255 per pixel. File names keep the source's stem (nested folders joined by `_`), so COCO image ids
+        derived from stems stay valid.
+        """
+        root = Path(os.path.commonpath([os.path.dirname(f) for f in self.dataloader.dataset.im_files]))
+        images = (batch["img"].float() * 255).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        for i, (file, image) in enumerate(zip(batch["im_file"], images)):
+            file = Path(file)
+            stem = "_".join(file.relative_to(root).with_suffix("").parts) if file.is_relative_to(root) else file.stem
+            cv2.imwrite(str(self.adv_dir / "images" / f"{stem}.png"), image[..., ::-1])  # RGB -> BGR for OpenCV
+            keep = batch["batch_idx"] == i
+            lines = [
+                f"{int(c)} " + " ".join(f"{v:.6f}" for v in box)
+                for c, box in zip(batch["cls"][keep].view(-1).tolist(), batch["bboxes"][keep].tolist())
+            ]
+            (self.adv_dir / "labels" / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+
+    def init_metrics(self, model: nn.Module) -> None:
+        """Initialize Ultralytics' metrics and, with `adv_dir`, the adversarial dataset's folders and data YAML."""
+        super().init_metrics(model)
+        if self.adv_dir is not None:
+            for sub in ("images", "labels"):
+                (self.adv_dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.adv_dir / "data.yaml").write_text(
+                f"# adversarial copy of {self.args.data} ({self.args.split}), letterboxed to imgsz={self.args.imgsz}\n"
+                + json.dumps({"path": str(self.adv_dir.resolve()), "train": "images", "val": "images",
+                              "names": {int(k): v for k, v in model.names.items()}})
+            )  # fmt: skip
+
+    def eval_json(self, stats: dict) -> dict:
+        """Score the predictions with pycocotools and add `coco/<stat>` entries to `stats` (never installs anything).
+
+        The ground truth is the dataset's COCO JSON: `annotations/instances_val2017.json` for COCO, the data YAML's
+        `coco_json` (digits-det: `annotations/instances_val.json`), else the COCO-format ground truth Ultralytics
+        built from the YOLO labels (written as `ground_truth.json`). Predictions are matched to its images by file
+        name (else by numeric stem) and to its categories by class name (else by Ultralytics' class map), and are
+        rewritten in COCO results format to `predictions.json`.
+        """
+        file = coco_json_file(self)
+        gt = coco_ground_truth(file or self.gdict)
+        names = {Path(img.get("file_name", "")).name: i for i, img in gt.imgs.items()}
+        categories = category_map(gt, self.names, self.class_map)
+        if file is None:  # Ultralytics' labels-as-COCO ground truth, whose image ids are dataloader indices
+            (self.save_dir / "ground_truth.json").write_text(json.dumps(self.gdict))
+            ids = iter(image["id"] for image, n in zip(self.gdict["images"], self.pred_counts) for _ in range(n))
+            preds = [{**p, "image_id": next(ids)} for p in self.jdict]
+            img_ids = gt.getImgIds()
+        else:
+            preds = [{**p, "image_id": names.get(p["file_name"], p["image_id"])} for p in self.jdict]
+            img_ids = [names.get(Path(f).name, _stem_id(f)) for f in self.dataloader.dataset.im_files]
+        preds = [{**p, "category_id": categories[p["category_id"]]} for p in preds if p["image_id"] in gt.imgs]
+        (self.save_dir / "predictions.json").write_text(json.dumps(preds))
+        self.coco = {f"coco/{k}": v for k, v in zip(COCO_STATS, coco_evaluate(gt, preds, img_ids))}
+        for size in ("small", "medium", "large"):  # Ultralytics' placeholders for these, filled as it does
+            stats[f"metrics/mAP_{size}(B)"] = self.coco[f"coco/AP_{size}"]
+        stats.update(self.coco)
+        return stats
+
+    def coco_evaluate(self, stats: dict, *args, **kwargs) -> dict:
+        """Route Ultralytics' faster-coco-eval scoring (which may pip-install) to `eval_json` (pycocotools)."""
+        return self.eval_json(stats)
+
+
+def coco_json_file(validator: DetectionValidator) -> Path | None:
+    """Return the dataset's COCO ground-truth JSON (COCO: instances_val2017.json, else the YAML's `coco_json`) or None.
+
+    Raises:
+        FileNotFoundError: If the dataset names a COCO JSON that is not on disk.
+    """
+    root = Path(validator.data["path"])
+    if validator.is_coco:
+        file = root / "annotations" / "instances_val2017.json"
+    elif validator.data.get("coco_json"):
+        file = root / validator.data["coco_json"]
+    else:
+        return None
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"save_json=True scores against the COCO ground truth {file}, which does not exist: put the dataset's COCO "
+            "JSON there (COCO: annotations/instances_val2017.json, see data/coco.yaml) or validate with save_json=False"
+        )
+    return file
+
+
+def coco_ground_truth(source: Path | dict):
+    """Return a pycocotools COCO object from a COCO JSON file or dict, without its console output."""
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    gt.dataset = json.loads(Path(source).read_text()) if isinstance(source, Path) else source
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def _stem_id(file: str) -> int | str:
+    """Return an image's id as Ultralytics derives it: the integer file stem, else the stem itself."""
+    stem = Path(file).stem
+    return int(stem) if stem.isnumeric() else stem
+
+
+def category_map(gt, names: dict, class_map: list) -> dict:
+    """Map Ultralytics' category ids (`class_map[class]`) to the ground truth's: by class name when all names match."""
+    by_name = {c["name"]: c["id"] for c in gt.cats.values() if "name" in c}
+    if all(name in by_name for name in names.values()):
+        return {class_map[int(k)]: by_name[name] for k, name in names.items()}
+    return {i: i for i in class_map}
+
+
+def coco_evaluate(gt, preds: list, img_ids: list) -> list[float]:
+    """Run pycocotools' bbox COCOeval on `img_ids` and return its 12 summary numbers (zeros without predictions)."""
+    from pycocotools.cocoeval import COCOeval
+
+    if not preds:
+        return [0.0] * len(COCO_STATS)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        evaluator = COCOeval(gt, gt.loadRes(preds), "bbox")
+        evaluator.params.imgIds = sorted(set(img_ids))
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    LOGGER.info(f"pycocotools bbox evaluation:\n{out.getvalue().split('DONE')[-1].strip()}")
+    return [float(s) for s in evaluator.stats]  # -1: no ground truth in that area range (pycocotools convention)
+
+
+def load_detector(model: str | Path | nn.Module) -> tuple[nn.Module, str, dict]:
+    """Load a `.pt` checkpoint (amended or stock) as a plain fp32 eval-mode model: main BN only, no AdvAmd state.
+
+    Args:
+        model (str | Path | nn.Module): A checkpoint path or a detection model (copied, not changed).
+
+    Returns:
+        (tuple): The model, its label for tables, and its training settings (Ultralytics keys only).
+    """
+    if isinstance(model, nn.Module):
+        net, label = deepcopy(model), type(model).__name__
+    else:
+        net, _ = load_checkpoint(check_checkpoint(model))
+        label = str(model)
+    args = net.args if isinstance(getattr(net, "args", None), dict) else vars(getattr(net, "args", {}))
+    return strip_advamd(net).float().eval(), label, {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS}
+
+
+def check_checkpoint(model: str | Path) -> Path:
+    """Return `model` as a Path if it is a `.pt` file on disk, else raise FileNotFoundError saying what to pass."""
+    path = Path(model)
+    if path.suffix != ".pt" or not path.is_file():
+        raise FileNotFoundError(
+            f"model={model} is not a PyTorch .pt checkpoint on disk: adversarial validation needs the model's "
+            "gradients, so pass the .pt file (exported formats such as ONNX cannot be attacked white-box)"
+        )
+    return path
+
+
+def attack_copy(model: nn.Module, train_args: dict, device: torch.device) -> nn.Module:
+    """Return the model the attacks differentiate: an fp32, eval-mode copy with frozen weights and a cfg namespace."""
+    net = deepcopy(model).float().eval().to(device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    net.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **train_args})  # box, cls, dfl gains of its training
+    net.criterion = None
+    return net
+
+
+def as_list(value, cast, key: str) -> list:
+    """Parse a CLI list (`"fgsm,pgd"`, `"0.01,0.1"`, a number, a list or tuple) into a list of `cast` values."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return [cast(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
+    except ValueError as e:
+        raise ValueError(f"{key}={value!r} is not a comma-separated list, e.g. {key}=0.01,0.1") from e
+
+
+def column_name(attack: str, eps: float) -> str:
+    """Return the table column of an attack and budget, e.g. `fgsm eps=0.01`."""
+    return f"{attack} eps={eps:g}"
+
+
+def validate_advamd(
+    model: str | Path | nn.Module,
+    data: str,
+    attacks: str | list[str] = ("fgsm", "pgd"),
+    eps: str | float | list[float] = (0.01, 0.1),
+    baseline: str | Path | nn.Module | None = None,
+    attack_model: str | Path | nn.Module | None = None,
+    save_json: bool = False,
+    save_adv: bool = False,
+    imgsz: int | None = None,
+    batch: int = 16,
+    device: str | None = None,
+    project: str | None = None,
+    name: str | None = None,
+    exist_ok: bool = False,
+    norm: str | int = "inf",
+    steps: int | None = None,
+    step_size: float | None = None,
+    random_start: bool | None = None,
+    attack_terms: str = "all",
+    seed: int = 0,
+    **overrides,
+) -> dict:
+    """Validate a detector on the benign val set and on its adversarial versions, and write the table.
+
+    Each model (and `baseline`) is evaluated on the benign images, then once per attack × ε on images attacked
+    batch-wise on the device, white-box against that same model, or against `attack_model` when one is named (the
+    transfer setting: the same attacked model then serves every row). Models are stripped to their main BN first.
+
+    Args:
+        model (str | Path | nn.Module): The detector under test: an amended or stock `.pt` checkpoint.
+        data (str): Data YAML, e.g. `data/coco.yaml` or the YAML `yolo_advamd.data.resolve_dataset` returns.
+        attacks (str | list[str]): Attack names (`fgsm`, `pgd`, `deepfool`), comma-separated or a list; empty for
+            benign validation only.
+        eps (str | float | list[float]): L-inf (or L2) budgets on images scaled to [0, 1], each in (0, 1].
+        baseline (str | Path | nn.Module | None): A second model evaluated the same way; the table adds its row and
+            the Δ (model − baseline).
+        attack_model (str | Path | nn.Module | None): Transfer setting: attack this model instead of each evaluated one.
+        save_json (bool): Write COCO-format predictions per run and score them with pycocotools (`coco/...`).
+        save_adv (bool): Write each attacked val set as PNG images and YOLO labels (see
+            `AdvDetectionValidator.save_images`), with a `data.yaml` other tools can read.
+        imgsz (int | None): Validation image size; the model's training `imgsz` when None.
+        batch (int): Validation batch size (attacks run on a whole batch at once).
+        device (str | None): Ultralytics device string, e.g. `0` or `cpu`.
+        project (str | None): Parent directory of the run; `<Ultralytics runs_dir>/advamd_val` when None.
+        name (str | None): Run name, `exp` when None, incremented (`exp2`, ...) unless `exist_ok`.
+        exist_ok (bool): Reuse an existing run directory.
+        norm (str | int): Attack norm, `inf` or 2.
+        steps (int | None): Iterations of pgd and deepfool (10 and 50 when None); fgsm is always one step of ε.
+        step_size (float | None): Per-step size of pgd and deepfool; the attack's default when None.
+        random_start (bool | None): Start from a random point of the ε-ball; True for pgd only when None.
+        attack_terms (str): `all` (box + cls + dfl loss) or `cls` (classification term) as the attack objective.
+        seed (int): Seed of the attacks' randomness.
+        **overrides (Any): Ultralytics val settings (`conf`, `iou`, `max_det`, `split`, `half`, `workers`, `plots`,
+            `fraction`, ...).
+
+    Returns:
+        (dict): `columns`, `rows` (per model: `name`, `attacked_by`, `stats` per column), `delta` (with a
+            baseline), `settings`, `save_dir`, and the rendered `markdown` table.
+    """
+    attacks = [a.lower() for a in as_list(attacks or [], str, "attacks") if a.lower() != "none"]
+    eps = as_list(eps, float, "eps")
+    for a in attacks:
+        if a not in ATTACKS:
+            raise ValueError(f"attacks={a} is not an attack: choose among {', '.join(ATTACKS)}, e.g. attacks=fgsm,pgd")
+    for e in eps:
+        if not 0 < e <= 1:
+            raise ValueError(f"eps={e} is outside (0, 1]: eps is a budget on images scaled to [0, 1], e.g. eps=0.01")
+    if attacks and not eps:
+        raise ValueError("eps is empty: give at least one budget for the attacks, e.g. eps=0.01,0.1")
+    unknown = sorted(set(overrides) - set(DEFAULT_CFG_KEYS))
+    if unknown:
+        raise ValueError(f"{unknown} are not Ultralytics val settings: see ultralytics/cfg/default.yaml")
+    for m in (model, baseline, attack_model):
+        if m is not None and not isinstance(m, nn.Module):
+            check_checkpoint(m)
+    save_dir = get_save_dir(
+        IterableSimpleNamespace(project=project, name=name or "exp", task="advamd_val", mode="val", exist_ok=exist_ok)
+    )
+    save_dir.mkdir(parents=True, exist_ok=True)
+    dev = select_device(device, batch, verbose=False)
+    transfer = None
+    if attack_model is not None:
+        net, label, train_args = load_detector(attack_model)
+        transfer = (attack_copy(net, train_args, dev), f"{label} (transfer)")
+    attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start, "seed": seed}
+    settings = {"data": str(data), "attacks": attacks, "eps": eps, **attack_kwargs, "attack_terms": attack_terms,
+                "attack_model": transfer and transfer[1], "batch": batch, "imgsz": imgsz, **overrides}  # fmt: skip
+    val_args = {**overrides, "data": data, "imgsz": imgsz, "batch": batch, "device": device, "save_json": save_json,
+                "plots": overrides.get("plots", False), "mode": "val"}  # fmt: skip
+    rows = []
+    for role, target in (("model", model), ("baseline", baseline)):
+        if target is None:
+            continue
+        net, label, train_args = load_detector(target)
+        victim, attacked_by = transfer or (attack_copy(net, train_args, dev), f"{label} (white-box)")
+        row = {"name": label, "role": role, "attacked_by": attacked_by, "stats": {}}
+        runs = {BENIGN: None, **build_attacks(attacks, eps, **attack_kwargs)}  # fresh attacks: same seeds per row
+        loader = None  # built by the first run, shared by the others
+        for i, (column, attack) in enumerate(runs.items(), 1):
+            LOGGER.info(f"\n{colorstr('bold', f'{role} {label}')}: {column} ({i}/{len(runs)})")
+            run_dir = save_dir / role / column.replace(" ", "_")
+            validator = AdvDetectionValidator(
+                dataloader=loader,
+                save_dir=run_dir,
+                args={**val_args, "imgsz": imgsz or train_args.get("imgsz", 640)},
+                attack=attack,
+                attack_model=victim,
+                terms=attack_terms,
+                adv_dir=run_dir / "adversarial" if save_adv and attack is not None else None,
+            )
+            row["stats"][column] = {k: float(v) for k, v in validator(model=net).items()}
+            loader = validator.dataloader
+        rows.append(row)
+    results = {
+        "columns": [BENIGN] + [column_name(a, e) for a in attacks for e in eps],
+        "rows": rows,
+        "delta": delta(rows),
+        "settings": settings,
+        "save_dir": str(save_dir),
+    }
+    results["markdown"] = write_table(results, save_dir)
+    LOGGER.info(f"\n{results['markdown']}\nResults saved to {colorstr('bold', save_dir)}")
+    return results
+
+
+def build_attacks(attacks: list[str], eps: list[float], norm, steps, step_size, random_start, seed) -> dict:
+    """Return a fresh attack per attack × ε, keyed by table column, with yolo_advamd.cfg's per-attack defaults.
+
+    FGSM is one step of size ε: `steps` and `step_size` apply to the iterative attacks (PGD, DeepFool) only.
+    """
+    out = {}
+    for a in attacks:
+        iterative = {"steps": steps or DEFAULT_STEPS[a], "step_size": step_size} if a != "fgsm" else {}
+        for e in eps:
+            start = a == "pgd" if random_start is None else random_start
+            out[column_name(a, e)] = build_attack(a, eps=e, norm=norm, random_start=start, seed=seed, **iterative)
+    return out
+
+def delta(rows: list[dict]) -> dict | None:
+    """Return model − baseline for every column and statistic, or None without a baseline."""
+    if len(rows) < 2:
+        return None
+    model, base = rows
+    return {
+        column: {k: v - base["stats"][column][k] for k, v in stats.items() if k in base["stats"][column]}
+        for column, stats in model["stats"].items()
+    }
+
+
+def table_rows(results: dict, metric: str) -> list[list[str]]:
+    """Return one metric's table (header first): rows for the model, the baseline and Δ, values in percent."""
+    key, columns, nan = TABLE_METRICS[metric], results["columns"], float("nan")
+    header = ["model", "attacked model", *columns]
+    lines = [header]
+    for row in results["rows"]:
+        name = row["name"] if row["role"] == "model" else f"baseline: {row['name']}"
+        lines.append([name, row["attacked_by"], *(f"{100 * row['stats'][c].get(key, nan):.2f}" for c in columns)])
+    if results["delta"]:
+        model, base = (r["name"] for r in results["rows"])
+        diff = results["delta"]
+        lines.append([f"Δ ({model} − {base})", "", *(f"{100 * diff[c].get(key, nan):+.2f}" for c in columns)])
+    return lines
+
+
+def write_table(results: dict, save_dir: str | Path) -> str:
+    """Write the results as `results.csv`, `results.json` and `results.md` in `save_dir`; return the Markdown.
+
+    The tables follow the paper's Table 1: one column per attack × ε after the benign one, one row per model (and
+    baseline) naming the model the attacks were computed on, and the Δ row (model − baseline). Values are AP in %:
+    Ultralytics' mAP50-95 and mAP50, and with `save_json` the pycocotools AP50-95 and AP50. The CSV holds the same
+    tables with a `metric` column; the JSON holds every statistic of every run as fractions.
+
+    Args:
+        results (dict): The output of `validate_advamd` (without `markdown`).
+        save_dir (str | Path): The run directory.
+
+    Returns:
+        (str): The Markdown tables.
+    """
+    save_dir = Path(save_dir)
+    first = results["rows"][0]["stats"][BENIGN]
+    metrics = [m for m, key in TABLE_METRICS.items() if key in first]
+    blocks, records = [], []
+    for metric in metrics:
+        lines = table_rows(results, metric)
+        md = ["| " + " | ".join(line) + " |" for line in lines]
+        md.insert(1, "|" + "---|" * len(lines[0]))
+        blocks.append(f"**{metric} (%)**\n\n" + "\n".join(md))
+        records += [[metric, *line] for line in lines[1:]]
+    with open(save_dir / "results.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["metric", *table_rows(results, metrics[0])[0]], *records])
+    (save_dir / "results.json").write_text(
+        json.dumps({k: v for k, v in results.items() if k != "markdown"}, indent=2, default=str)
+    )
+    markdown = "\n\n".join(blocks) + "\n"
+    (save_dir / "results.md").write_text(markdown, encoding="utf-8")
+    return markdown
