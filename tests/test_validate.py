@@ -61,6 +61,13 @@ def test_coco_json_is_scored_by_pycocotools_and_agrees_with_ultralytics_map(setu
     assert "**COCO AP50-95 (%)**" in table and "**mAP50-95 (%)**" in table
 
 
+def test_no_prediction_at_all_scores_zero_coco_stats_not_gaps(setup):
+    """Ultralytics skips scoring an empty predictions JSON: the COCO statistics are then 0 and the table has no gap."""
+    results = run(setup, "empty", save_json=True, conf=1.0)  # no score reaches 1
+    assert stats(results)["coco/AP50-95"] == 0 and stats(results)["metrics/mAP50-95(B)"] == 0
+    assert "nan" not in (Path(results["save_dir"]) / "results.md").read_text()
+
+
 def test_dataset_without_coco_json_is_scored_against_its_yolo_labels(setup, tmp_path):
     """Without a COCO JSON, pycocotools scores against the labels converted by Ultralytics, and still agrees."""
     cfg = yaml.safe_load(Path(setup["data"]).read_text())

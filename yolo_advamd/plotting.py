@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import cv2
 import torch
 
 from ultralytics.utils.plotting import plot_images
 
 
-def plot_views(batch: dict, fname, on_plot=None, max_images: int = 4) -> None:
-    """Plot a grid like Ultralytics' `train_batch*.jpg`: one row per image, columns benign | mediate | adversarial | δ.
+def tensorboard_writer():
+    """Return Ultralytics' TensorBoard `SummaryWriter` when its integration is on (`yolo settings tensorboard=True`)."""
+    from ultralytics.utils.callbacks import tensorboard
+
+    return getattr(tensorboard, "WRITER", None)
+
+
+def plot_views(batch: dict, fname, on_plot=None, max_images: int = 4):
+    """Plot a grid like Ultralytics' `train_batch*.jpg`: one column per image, rows benign, mediate, adversarial, δ.
 
     The perturbation δ = adversarial - benign is amplified to the full grey range per image (mid-grey is 0).
 
@@ -16,7 +24,10 @@ def plot_views(batch: dict, fname, on_plot=None, max_images: int = 4) -> None:
         batch (dict): A preprocessed batch with `img`, `img_med`, `img_adv` (B, 3, H, W) in [0, 1] and its labels.
         fname (str | Path): Output JPG path.
         on_plot (callable, optional): Ultralytics' plot callback.
-        max_images (int): Number of images (rows) to show.
+        max_images (int): Number of images (columns) to show.
+
+    Returns:
+        (np.ndarray): The grid as an RGB image (H, W, 3), also saved to `fname`.
     """
     n = min(max_images, len(batch["img"]))
     img, med, adv = (batch[k][:n].detach().float().cpu() for k in ("img", "img_med", "img_adv"))
@@ -32,4 +43,8 @@ def plot_views(batch: dict, fname, on_plot=None, max_images: int = 4) -> None:
         "bboxes": boxes.repeat(3, 1),
         "batch_idx": torch.cat([idx * 4 + v for v in range(3)]).float(),  # boxes on the three image views only
     }
-    plot_images(labels=labels, fname=fname, on_plot=on_plot, max_subplots=4 * n)
+    grid = plot_images(labels=labels, max_subplots=4 * n, save=False, threaded=False)
+    cv2.imwrite(str(fname), grid[..., ::-1])  # plot_images returns RGB
+    if on_plot:
+        on_plot(fname)
+    return grid

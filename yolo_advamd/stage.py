@@ -124,7 +124,9 @@ class AttackStage:
             return self.target
         model = model if model is not None else self.model
         if model is None:
-            raise ValueError("attack_model='current' needs the model being trained: AttackStage(model=...) or stage(batch, model)")
+            raise ValueError(
+                "attack_model='current' needs the model being trained: AttackStage(model=...) or stage(batch, model)"
+            )
         return unwrap_model(model)
 
     def __call__(self, batch: dict, model: nn.Module | None = None) -> dict:
@@ -144,11 +146,9 @@ class AttackStage:
             attacked.to(img.device)  # the frozen copy follows the data (e.g. wrap_collate to another device)
         objective = DetectionObjective(attacked, batch, terms=self.terms)
         result = self.attack(img, objective)
-        delta = result.delta.detach().to(img.dtype)
-        lo, hi = self.attack.clip
         out = dict(batch)
-        out["img_adv"] = (img + delta).clamp_(lo, hi)
-        out["img_med"] = (img + self.phi * delta).clamp_(lo, hi)
+        out["img_adv"] = result.adv.detach().to(img.dtype)  # clip(x + delta)
+        out["img_med"] = (img + self.phi * result.delta.detach().to(img.dtype)).clamp_(*self.attack.clip)
         if self.collect_stats:
             self.update_stats(objective, img, out["img_adv"], result)
         return out
@@ -188,7 +188,8 @@ class AttackStage:
 
 def preprocess(batch: dict, device: torch.device) -> dict:
     """Move a batch's tensors to `device` and scale a uint8 `img` to float [0, 1], as Ultralytics' trainer does."""
-    batch = {k: v.to(device, non_blocking=device.type not in {"cpu", "mps"}) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    non_blocking = device.type not in {"cpu", "mps"}
+    batch = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     if batch["img"].dtype == torch.uint8:
         batch["img"] = batch["img"].float() / 255
     return batch

@@ -16,7 +16,7 @@ from yolo_advamd.attacks import build_attack
 from yolo_advamd.cfg import ADVAMD_DEFAULTS, ADVAMD_KEYS, check_advamd_cfg, merge_cfg
 from yolo_advamd.loss import backward_extra_views, wrap_criterion
 from yolo_advamd.nn.dual_bn import convert_dual_bn, has_dual_bn, strip_aux_bn
-from yolo_advamd.plotting import plot_views
+from yolo_advamd.plotting import plot_views, tensorboard_writer
 from yolo_advamd.stage import AttackStage, freeze_target
 from yolo_advamd.vulnerability import Vulnerability
 
@@ -133,6 +133,7 @@ class AdvAmdTrainer(DetectionTrainer):
             self.stage(super().preprocess_batch(batch), model=model)
         self.abar = self.reduced_abar()
         LOGGER.info(f"A-bar ({self.args.abar_norm}): {self.abar.cpu().numpy().round(3)}")
+        self.log_vulnerability()
 
     def reduced_abar(self) -> torch.Tensor:
         """Return Ā from the flip counts summed over DDP ranks."""
@@ -147,8 +148,19 @@ class AdvAmdTrainer(DetectionTrainer):
         """At the end of each epoch: Ā from this epoch's flip statistics (`abar_update=epoch`), kept for checkpoints."""
         if self.stage.collect_stats and self.vulnerability.counts.sum() > 0:
             self.abar = self.reduced_abar()
+            self.log_vulnerability()
             self.vulnerability.reset()
         self.save_advamd_state()
+
+    def log_vulnerability(self):
+        """Plot the flip matrix and Ā to `vulnerability.png` and, when Ultralytics' TensorBoard is on, to TensorBoard."""
+        if RANK not in {-1, 0}:
+            return
+        figure = self.vulnerability.figure(self.data["names"])
+        if self.args.plots:
+            figure.savefig(self.save_dir / "vulnerability.png", dpi=100)
+        if writer := tensorboard_writer():
+            writer.add_figure("advamd/vulnerability", figure, self.epoch + 1)
 
     def save_advamd_state(self):
         """Attach Ā, the flip counts and the target's weights to the model and its EMA, so checkpoints carry them."""
@@ -192,5 +204,7 @@ class AdvAmdTrainer(DetectionTrainer):
     def plot_training_samples(self, batch: dict, ni: int) -> None:
         """Plot Ultralytics' training mosaic and, with AdvAmd, the benign / mediate / adversarial views."""
         if "img_adv" in batch:  # first: Ultralytics' plot turns the batch's tensors into arrays
-            plot_views(batch, self.save_dir / f"train_views{ni}.jpg", on_plot=self.on_plot)
+            grid = plot_views(batch, self.save_dir / f"train_views{ni}.jpg", on_plot=self.on_plot)
+            if writer := tensorboard_writer():
+                writer.add_image("advamd/views", grid, ni, dataformats="HWC")
         super().plot_training_samples(batch, ni)

@@ -28,8 +28,8 @@ from copy import deepcopy
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
+import yaml
 from torch import nn
 from ultralytics.cfg import get_save_dir
 from ultralytics.models.yolo.detect import DetectionValidator
@@ -91,7 +91,17 @@ class AdvDetectionValidator(DetectionValidator):
             raise ValueError("an attack needs attack_model=: the fp32 eval-mode model whose gradients it follows")
         self.attack, self.attack_model, self.terms = attack, attack_model, terms
         self.adv_dir = None if adv_dir is None else Path(adv_dir)
+        self.adv_root = None  # common folder of the val images, for flat names of the saved copies
+        self.score_json = self.args.save_json  # asked for; Ultralytics also forces save_json on COCO and LVIS
         self.coco = {}
+
+    def __call__(self, trainer=None, model=None):
+        """Validate like Ultralytics; with `save_json` and no prediction at all, every COCO statistic is 0."""
+        stats = super().__call__(trainer, model)
+        if self.score_json and not self.jdict and not self.training:  # Ultralytics skips scoring an empty JSON
+            self.coco = {f"coco/{k}": 0.0 for k in COCO_STATS}
+            stats.update(self.coco)
+        return stats
 
     def preprocess(self, batch: dict) -> dict:
         """Preprocess like Ultralytics, then replace `img` by its adversarial version (and save it if asked)."""
@@ -118,17 +128,18 @@ class AdvDetectionValidator(DetectionValidator):
     def save_images(self, batch: dict) -> None:
         """Write the batch's (adversarial) images as PNG and their labels as YOLO txt into `adv_dir`.
 
-        The images are what the model saw: letterboxed by the val dataloader (resized to `imgsz`, padded with gray
-        114 to the batch's rectangular shape), then attacked; labels are in that frame. PNG stores 8 bits: pixel
-        values are rounded to multiples of 1/255, so the saved perturbation differs from the attacked one by at most
-        0.5/255 per pixel. File names keep the source's stem (nested folders joined by `_`), so COCO image ids
-        derived from stems stay valid.
+        The images are what the model saw: letterboxed by the val dataloader (long side resized to `imgsz`, then
+        padded with gray 114 to imgsz x imgsz, or to the batch's rectangle with `rect=True`), then attacked; the
+        labels (normalized `class x y w h`) are in that frame, so validating the copy at the same `imgsz` feeds the
+        model the same pixels. PNG stores 8 bits: pixel values are rounded to multiples of 1/255, so the saved
+        perturbation differs from the attacked one by at most 0.5/255 per pixel. File names keep the source's stem
+        (nested folders joined by `_`), so COCO image ids derived from stems stay valid.
         """
-        root = Path(os.path.commonpath([os.path.dirname(f) for f in self.dataloader.dataset.im_files]))
         images = (batch["img"].float() * 255).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         for i, (file, image) in enumerate(zip(batch["im_file"], images)):
             file = Path(file)
-            stem = "_".join(file.relative_to(root).with_suffix("").parts) if file.is_relative_to(root) else file.stem
+            parts = file.relative_to(self.adv_root).with_suffix("").parts if file.is_relative_to(self.adv_root) else ()
+            stem = "_".join(parts) or file.stem
             cv2.imwrite(str(self.adv_dir / "images" / f"{stem}.png"), image[..., ::-1])  # RGB -> BGR for OpenCV
             keep = batch["batch_idx"] == i
             lines = [
@@ -141,12 +152,13 @@ class AdvDetectionValidator(DetectionValidator):
         """Initialize Ultralytics' metrics and, with `adv_dir`, the adversarial dataset's folders and data YAML."""
         super().init_metrics(model)
         if self.adv_dir is not None:
+            self.adv_root = Path(os.path.commonpath([os.path.dirname(f) for f in self.dataloader.dataset.im_files]))
             for sub in ("images", "labels"):
                 (self.adv_dir / sub).mkdir(parents=True, exist_ok=True)
             (self.adv_dir / "data.yaml").write_text(
                 f"# adversarial copy of {self.args.data} ({self.args.split}), letterboxed to imgsz={self.args.imgsz}\n"
-                + json.dumps({"path": str(self.adv_dir.resolve()), "train": "images", "val": "images",
-                              "names": {int(k): v for k, v in model.names.items()}})
+                + yaml.safe_dump({"path": str(self.adv_dir.resolve()), "train": "images", "val": "images",
+                                  "names": {int(k): str(v) for k, v in model.names.items()}}, sort_keys=False)
             )  # fmt: skip
 
     def eval_json(self, stats: dict) -> dict:
@@ -158,7 +170,13 @@ class AdvDetectionValidator(DetectionValidator):
         name (else by numeric stem) and to its categories by class name (else by Ultralytics' class map), and are
         rewritten in COCO results format to `predictions.json`.
         """
-        file = coco_json_file(self)
+        try:
+            file = coco_json_file(self)
+        except FileNotFoundError as e:
+            if self.score_json:
+                raise
+            LOGGER.warning(f"COCO evaluation skipped: {e}")  # COCO without its JSON, save_json not asked for
+            return stats
         gt = coco_ground_truth(file or self.gdict)
         names = {Path(img.get("file_name", "")).name: i for i, img in gt.imgs.items()}
         categories = category_map(gt, self.names, self.class_map)
@@ -437,6 +455,7 @@ def build_attacks(attacks: list[str], eps: list[float], norm, steps, step_size, 
             start = a == "pgd" if random_start is None else random_start
             out[column_name(a, e)] = build_attack(a, eps=e, norm=norm, random_start=start, seed=seed, **iterative)
     return out
+
 
 def delta(rows: list[dict]) -> dict | None:
     """Return model − baseline for every column and statistic, or None without a baseline."""

@@ -69,9 +69,9 @@ class DetectionObjective:
     no-grad forward pass at the clean images.
 
     `object_logits(x)` gives each ground-truth object the mean class logits over the anchors assigned to it (the
-    same anchors at every x, so clean and attacked logits compare like with like). An object left without anchors
-    (smaller than a stride-8 cell, or out-competed by an overlapping object) takes the logits of the finest-level
-    anchor whose cell holds its box center. End-to-end heads use the one-to-many branch: its input gradients exist
+    same anchors at every x, so clean and attacked logits compare like with like). An object left without anchors (the
+    assigner gives an anchor claimed by several boxes to the one its prediction overlaps most, so a duplicate box
+    can lose all of its anchors) takes the logits of the finest-level anchor whose cell holds its box center. End-to-end heads use the one-to-many branch: its input gradients exist
     in train mode too (Ultralytics detaches the one-to-one branch's features in training).
 
     The model is run as it is (train mode: batch statistics, eval mode: running statistics); call the methods inside
