@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sizes = [int(s) for s in str(args["imgsz"]).split(",")]
     rows = [benchmark(args["model"], s, int(args["runs"]), int(args["warmup"]), int(args["threads"])) for s in sizes]
     print(f"\nonnxruntime CPU latency, {args['runs']} interleaved runs, {args['threads']} thread(s), batch 1")
-    print(f"{'model':14s} {'imgsz':>5s} {'nodes':>11s} {'stock ms':>9s} {'amended ms':>10s} {'ratio':>6s}  same graph, outputs")
+    header = ("model", "imgsz", "nodes", "stock ms", "amended ms", "ratio")
+    print("{:14s} {:>5s} {:>11s} {:>9s} {:>10s} {:>6s}  same graph, outputs".format(*header))
     for r in rows:
         print(
             f"{r['model']:14s} {r['imgsz']:5d} {r['nodes']['stock']:5d}/{r['nodes']['amended']:<5d} "

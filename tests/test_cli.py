@@ -115,3 +115,18 @@ def test_readme_test_command_is_what_ci_runs():
     commands = re.findall(r"^make (\w+)$", ci, flags=re.M)
     assert commands == ["test"]
     assert re.search(r"^make test$", readme, flags=re.M) and re.search(r"^make demo$", readme, flags=re.M)
+
+
+@pytest.mark.parametrize(
+    "program, args, message",
+    [
+        ("val_advamd.py", ["model=best.pt", "epz=3"], "'epz' is not a valid argument. Did you mean eps=0.01,0.1?"),
+        ("val_advamd.py", ["model=missing.pt"], "model=missing.pt is not on disk"),
+        ("val_advamd.py", ["data=data/coco.yaml"], "model= is required"),
+        ("export.py", ["model=missing.pt", "format=onnx"], "model=missing.pt is not on disk"),
+    ],
+)
+def test_val_and_export_cli_errors(tmp_path, program, args, message):
+    r = subprocess.run([sys.executable, str(ROOT / program), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr

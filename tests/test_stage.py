@@ -58,6 +58,21 @@ def make_batch() -> dict:
     return preprocess(YOLODataset.collate_fn(samples(2)), torch.device("cpu"))
 
 
+def relabel_to_benign_prediction(model: nn.Module, batch: dict) -> dict:
+    """Relabel each object with the class `model` predicts for it, so that every object is benign-correct.
+
+    The assigned anchors depend on the labels, so this repeats until the labels are a fixed point.
+    """
+    for _ in range(5):
+        objective = DetectionObjective(model, batch)
+        with torch.no_grad(), objective.frozen():
+            pred = objective.object_logits(batch["img"]).argmax(1)
+        if torch.equal(pred, objective.labels):
+            return batch
+        batch = {**batch, "cls": pred.float().view(-1, 1)}
+    raise AssertionError("labels did not settle on the model's benign predictions")
+
+
 def snapshot(model: nn.Module) -> dict:
     """Everything an attack must leave alone: parameters, buffers, modes, requires_grad flags, gradients."""
     return {
@@ -104,9 +119,10 @@ def test_views_stay_within_budget_and_image_range(model):
 
 
 def test_target_mode_never_changes_trained_model_nor_target(model):
-    """Attacking the frozen target changes neither the trained model nor the target (weights, BN stats, modes, flags)."""
+    """Attacking the frozen target changes neither the trained model nor the target (weights, BN stats, modes)."""
     model.train()
-    stage = AttackStage(build_attack("pgd", eps=EPS, steps=2, random_start=True, seed=0), 0.5, "target", model=model)
+    attack = build_attack("pgd", eps=EPS, steps=2, random_start=True, seed=0)
+    stage = AttackStage(attack, 0.5, "target", model=model)
     before_model, before_target = snapshot(model), snapshot(stage.target)
     stage(make_batch(), model)
     assert_same(before_model, snapshot(model))
@@ -118,15 +134,19 @@ def test_target_copy_is_frozen_and_not_part_of_the_model(model):
     """The target copy is eval, float32, requires_grad=False, and never in model.modules() or model.state_dict()."""
     keys = set(model.state_dict())
     stage = AttackStage(build_attack("fgsm", eps=EPS), 0.7, "target", model=model)
-    stage(make_batch())
+    batch = make_batch()
+    out = stage(batch, model)  # the passed (trained) model is ignored in target mode
     target = stage.target
+    fgsm = build_attack("fgsm", eps=EPS)
+    assert torch.equal(out["img_adv"], fgsm(batch["img"], DetectionObjective(target, batch)).adv)
+    assert not torch.equal(out["img_adv"], fgsm(batch["img"], DetectionObjective(model, batch)).adv)
     assert not isinstance(stage, nn.Module)
     assert target is not model and all(m is not target for m in model.modules())
     assert not any(p is q for p in target.parameters() for q in model.parameters())
     assert set(model.state_dict()) == keys
     assert not target.training and all(not p.requires_grad and p.dtype == torch.float32 for p in target.parameters())
-    for k, v in model.state_dict().items():  # same starting weights
-        torch.testing.assert_close(target.state_dict()[k], v.float())
+    target_state = target.state_dict()
+    assert all(torch.equal(target_state[k], v) for k, v in model.state_dict().items())  # same starting weights
     assert freeze_target(model).training is False and model.training
 
 
@@ -182,6 +202,41 @@ def test_flip_statistics_reach_the_vulnerability_only_when_collected(model):
     assert vuln.counts.sum() <= 2 * n
     with pytest.raises(ValueError, match="needs vulnerability"):
         AttackStage(build_attack("fgsm", eps=EPS), 0.7, "target", model=model, collect_stats=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "extra"),
+    [
+        ("deepfool", {"steps": 3}, 0),  # clean and adv logits come with the attack
+        ("fgsm", {}, 1),  # clean logits come with the gradient pass; one forward at img_adv
+        ("pgd", {"steps": 2, "random_start": True, "seed": 0}, 2),  # no clean pass in the attack: two forwards
+    ],
+)
+def test_flip_statistics_reuse_attack_logits_and_match_direct_evaluation(model, name, kwargs, extra):
+    """Stats cost only the forwards the attack did not already make, and count the flips of img -> img_adv."""
+    target = freeze_target(model)
+    batch = relabel_to_benign_prediction(target, make_batch())
+    calls = []
+    handle = target.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        counts = []
+        for collect in (False, True):
+            vuln = Vulnerability(NC)
+            stage = AttackStage(build_attack(name, eps=0.1, **kwargs), 0.5, "target", target=target, vulnerability=vuln)
+            stage.collect_stats = collect
+            calls.clear()
+            out = stage(batch)
+            counts.append(len(calls))
+    finally:
+        handle.remove()
+    assert counts[1] - counts[0] == extra
+    objective = DetectionObjective(target, batch)
+    expected = Vulnerability(NC)
+    with torch.no_grad(), objective.frozen():
+        clean, adv = objective.object_logits(batch["img"]), objective.object_logits(out["img_adv"])
+        expected.update(objective.labels, clean, adv)
+    assert expected.counts.sum() == len(batch["cls"])  # every object benign-correct: the comparison is not vacuous
+    assert torch.equal(vuln.counts, expected.counts) and torch.equal(vuln.seen, expected.seen)
 
 
 def test_bad_settings_raise_clear_errors(model):

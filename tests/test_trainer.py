@@ -148,3 +148,28 @@ def test_bad_settings_fail_before_any_directory_is_made(tmp_path, tiny_data):
     with pytest.raises(SyntaxError, match="'beta4' is not a valid argument"):
         AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "bad", beta4=1.0))
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_nan_view_skips_the_step_and_never_reaches_the_weights(tmp_path, tiny_data, monkeypatch, caplog):
+    from yolo_advamd.stage import AttackStage
+
+    attack = AttackStage.__call__
+    calls = []
+
+    def poisoned(self, batch, model=None):
+        out = attack(self, batch, model)
+        calls.append(1)
+        if len(calls) == 4:  # one training batch (after 2 calibration batches and 1 clean step)
+            out["img_adv"] = torch.full_like(out["img_adv"], float("nan"))
+        return out
+
+    monkeypatch.setattr(AttackStage, "__call__", poisoned)
+    trainer = AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "nan", nbs=8))  # nbs=batch: a step per batch
+    trainer.train()
+    assert "non-finite AdvAmd loss {'adv': nan}" in caplog.text
+    assert caplog.text.count("optimizer step skipped") == 1  # the BN statistics were not poisoned for later steps
+    for v in trainer.model.state_dict().values():
+        assert torch.isfinite(v.float()).all()
+    for v in ema_state(trainer.last).values():
+        assert torch.isfinite(v).all()

@@ -1,4 +1,4 @@
-"""Adversarial validation: main BN only, white-box or named transfer attacks, Table-1 files, pycocotools, saved copies."""
+"""Adversarial validation: main BN only, white-box or named transfer attacks, Table-1 files, pycocotools, saved data."""
 
 import csv
 import json
@@ -114,7 +114,7 @@ def test_white_box_attacks_lower_map_and_the_table_is_written_like_table_1(setup
 
 
 def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup, monkeypatch):
-    """White-box: the attack differentiates the evaluated weights; transfer: those of attack_model, as the table says."""
+    """White-box: attacks differentiate the evaluated weights; transfer: those of attack_model, as the table says."""
     seen = []
 
     class Spy(validate.DetectionObjective):
@@ -123,7 +123,7 @@ def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup
             super().__init__(model, batch, terms)
 
     monkeypatch.setattr(validate, "DetectionObjective", Spy)
-    first_weight = {k: next(torch.load(setup[k], weights_only=False)["ema"].parameters()).float() for k in ("stock", "untrained")}
+    first_weight = {k: next(validate.load_detector(setup[k])[0].parameters()) for k in ("stock", "untrained")}
     white = run(setup, "white", attacks="fgsm", eps=0.01)
     assert seen and all(torch.equal(w, first_weight["stock"]) for w in seen)
     seen.clear()
@@ -140,7 +140,8 @@ def wide_copy(data: str, root: Path) -> Path:
         (root / sub).mkdir(parents=True)
     for f in sorted((source / "images" / "val").glob("*.png")):
         image = cv2.imread(str(f))
-        cv2.imwrite(str(root / "images" / f.name), cv2.copyMakeBorder(image, 0, 0, 0, 32, cv2.BORDER_CONSTANT, value=(114,) * 3))
+        wide = cv2.copyMakeBorder(image, 0, 0, 0, 32, cv2.BORDER_CONSTANT, value=(114,) * 3)
+        cv2.imwrite(str(root / "images" / f.name), wide)
         labels = np.loadtxt(source / "labels" / "val" / f"{f.stem}.txt", ndmin=2)
         labels[:, [1, 3]] *= 64 / 96  # x and w, normalized by the new width
         np.savetxt(root / "labels" / f"{f.stem}.txt", labels, fmt="%g")
@@ -173,7 +174,8 @@ def test_saved_adversarial_copy_is_the_letterboxed_input_in_yolo_layout_and_repr
     assert max(d.max() for d in diffs) <= round(eps * 255) + 1 and np.mean([d.mean() for d in diffs]) > 1
     ours = stats(results, f"fgsm eps={eps}")["metrics/mAP50-95(B)"]
     model, *_ = validate.load_detector(setup["stock"])
-    again = DetectionValidator(args={"data": str(adv / "data.yaml"), "imgsz": 96, "batch": 16, "plots": False})(model=model)
+    args = {"data": str(adv / "data.yaml"), "imgsz": 96, "batch": 16, "plots": False}
+    again = DetectionValidator(args=args)(model=model)  # stock Ultralytics reading the saved copy
     assert stats(results)["metrics/mAP50-95(B)"] > ours + 0.1  # the attack did something measurable
     assert again["metrics/mAP50-95(B)"] == pytest.approx(ours, abs=0.03)  # PNG rounding moves pixels by <= 0.5/255
 
@@ -184,7 +186,7 @@ def test_saved_adversarial_copy_is_the_letterboxed_input_in_yolo_layout_and_repr
         ({"attacks": "fgsmx"}, ValueError, "attacks=fgsmx is not an attack"),
         ({"attacks": "fgsm", "eps": 2}, ValueError, r"eps=2.0 is outside \(0, 1\]"),
         ({"attacks": "fgsm", "eps": "0.01,a"}, ValueError, "not a comma-separated list"),
-        ({"confx": 0.1}, ValueError, "not Ultralytics val settings"),
+        ({"confx": 0.1}, SyntaxError, "'confx' is not a valid YOLO argument"),
         ({"model": "best.onnx"}, FileNotFoundError, "not a PyTorch .pt checkpoint"),
         ({"baseline": "missing.pt"}, FileNotFoundError, "not a PyTorch .pt checkpoint"),
     ],

@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
 import torch
 
-from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, help_text, merge_cfg, parse_cli
+from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, check_keys, help_text, merge_cfg, parse_cli
 from yolo_advamd.offline import check_local_weights
 
 DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tune from it (FGSM, the paper's settings)
-    "baseline": {"model": "yolov8n.yaml", "epochs": 5, "method": "vanilla"},
-    "advamd": {"epochs": 2, "method": "advamd", "hyp": "hyps/advamd-fgsm.yaml"},
-    "shared": {"data": "data/digits-det.yaml", "imgsz": 160, "batch": 16, "project": "runs/advamd-demo", "exist_ok": True},
+    "baseline": {"model": "yolov8n.yaml", "epochs": 6, "method": "vanilla"},
+    "advamd": {"epochs": 1, "method": "advamd", "hyp": "hyps/advamd-fgsm.yaml", "abar_batches": 10},
+    "shared": {
+        "data": "data/digits-det.yaml",
+        "imgsz": 160,
+        "batch": 16,
+        "fraction": 0.5,
+        "close_mosaic": 2,
+        "project": "advamd-demo",  # runs/detect/advamd-demo
+        "exist_ok": True,
+    },
 }
+
+
+VAL_KEYS = {
+    "model": None,
+    "data": "data/digits-det.yaml",
+    "attacks": "fgsm,pgd",
+    "eps": "0.01,0.1",
+    "baseline": None,
+    "attack_model": None,
+    "save_json": False,
+    "save_adv": False,
+    "imgsz": None,
+    "batch": 16,
+    "device": None,
+}
+EXPORT_KEYS = {"model": None, "format": "onnx (engine, torchscript, openvino, pt: stock checkpoint, state_dict)"}
 
 
 def use_all_cores() -> None:
@@ -71,6 +96,41 @@ def main_train(argv: list[str] | None = None) -> int:
     return run(argv, "train_advamd.py", "model=yolov8n.yaml data=data/digits-det.yaml hyp=hyps/advamd-fgsm.yaml eps=0.01 epochs=30", ADVAMD_DEFAULTS, lambda a: train(a) if a else demo())
 
 
+def main_val(argv: list[str] | None = None) -> int:
+    """`python val_advamd.py model=best.pt data=... attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt]`."""
+
+    def job(args):
+        from ultralytics.utils import DEFAULT_CFG_DICT
+
+        from yolo_advamd.data import resolve_dataset
+        from yolo_advamd.validate import validate_advamd
+
+        check_keys({**DEFAULT_CFG_DICT, **dict.fromkeys(inspect.signature(validate_advamd).parameters), **VAL_KEYS}, args)
+        if not args.get("model"):
+            raise ValueError("model= is required: the checkpoint to evaluate, e.g. model=runs/detect/train/weights/best.pt")
+        for key in ("model", "baseline", "attack_model"):
+            if args.get(key):
+                check_local_weights(args[key])
+        args["data"] = resolve_dataset(args.get("data", VAL_KEYS["data"]))
+        print(validate_advamd(**args)["markdown"])
+
+    return run(argv, "val_advamd.py", "model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] [save_json=True] [save_adv=True]", VAL_KEYS, job)
+
+
+def main_export(argv: list[str] | None = None) -> int:
+    """`python export.py model=amended.pt format=onnx|engine|torchscript|openvino|pt|state_dict ...`."""
+
+    def job(args):
+        from yolo_advamd.export import export_model
+
+        if not args.get("model"):
+            raise ValueError("model= is required: the checkpoint to export, e.g. model=runs/detect/train/weights/best.pt")
+        check_local_weights(args["model"])
+        print(export_model(args.pop("model"), args.pop("format", "onnx"), **args))
+
+    return run(argv, "export.py", "model=amended.pt format=onnx [imgsz=640 half=False ...]", EXPORT_KEYS, job)
+
+
 def run(argv, program: str, usage: str, keys: dict, job) -> int:
     """Parse `key=value` arguments, print help or run `job(args)`, and turn bad input into a one-line error."""
     try:
@@ -81,6 +141,6 @@ def run(argv, program: str, usage: str, keys: dict, job) -> int:
         use_all_cores()
         job(args)
         return 0
-    except (SyntaxError, ValueError, FileNotFoundError) as e:
+    except (SyntaxError, ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         print(f"{program}: error: {e}", file=sys.stderr)
         return 2

@@ -81,7 +81,8 @@ def backward_extra_views(model, module, batch: dict, args, abar: torch.Tensor | 
         backward (callable): `backward(loss)` as the loop does it (AMP scaling, DDP world size).
 
     Returns:
-        (dict): The names of the views whose loss was not finite (their backward was skipped), mapped to the loss.
+        (dict): The names of the views whose loss was not finite, mapped to the loss: their backward was skipped and
+            the BN running statistics their forward changed were restored.
     """
     from yolo_advamd.nn.dual_bn import aux_bn
 
@@ -97,13 +98,15 @@ def backward_extra_views(model, module, batch: dict, args, abar: torch.Tensor | 
         view.update(img=batch[key], loss_scale=beta)
         if weights is not None:
             view["class_weights"] = weights
+        stats = {k: v.clone() for k, v in module.state_dict().items() if "running_" in k or "num_batches" in k}
         with routing:
             loss, view_items = model(view)
         loss = loss.sum()
         items[f"{name}_loss"] = sum(view_items.values())
         if torch.isfinite(loss):
             backward(loss)
-        else:
+        else:  # the forward may have put NaN into BN running statistics: undo it, skip this view
+            module.load_state_dict(stats, strict=False)
             bad[name] = float(loss)
     batch.update(loss_scale=args.beta1, view_items=items)
     return bad

@@ -31,7 +31,7 @@ import cv2
 import torch
 import yaml
 from torch import nn
-from ultralytics.cfg import get_save_dir
+from ultralytics.cfg import check_dict_alignment, get_save_dir
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS, LOGGER, IterableSimpleNamespace, colorstr
@@ -370,8 +370,8 @@ def validate_advamd(
         random_start (bool | None): Start from a random point of the ε-ball; True for pgd only when None.
         attack_terms (str): `all` (box + cls + dfl loss) or `cls` (classification term) as the attack objective.
         seed (int): Seed of the attacks' randomness.
-        **overrides (Any): Ultralytics val settings (`conf`, `iou`, `max_det`, `split`, `half`, `workers`, `plots`,
-            `fraction`, ...).
+        **overrides (Any): Ultralytics val settings (`conf`, `iou`, `max_det`, `split`, `quantize`, `workers`,
+            `plots`, `fraction`, ...), checked by Ultralytics (deprecated keys such as `half` are mapped).
 
     Returns:
         (dict): `columns`, `rows` (per model: `name`, `attacked_by`, `stats` per column), `delta` (with a
@@ -387,9 +387,7 @@ def validate_advamd(
             raise ValueError(f"eps={e} is outside (0, 1]: eps is a budget on images scaled to [0, 1], e.g. eps=0.01")
     if attacks and not eps:
         raise ValueError("eps is empty: give at least one budget for the attacks, e.g. eps=0.01,0.1")
-    unknown = sorted(set(overrides) - set(DEFAULT_CFG_KEYS))
-    if unknown:
-        raise ValueError(f"{unknown} are not Ultralytics val settings: see ultralytics/cfg/default.yaml")
+    check_dict_alignment(DEFAULT_CFG_DICT, overrides)  # Ultralytics' own check: SyntaxError with suggestions
     for m in (model, baseline, attack_model):
         if m is not None and not isinstance(m, nn.Module):
             check_checkpoint(m)

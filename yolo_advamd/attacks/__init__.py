@@ -17,7 +17,17 @@ from yolo_advamd.attacks.pgd import PGD
 
 ATTACKS = {"fgsm": FGSM, "pgd": PGD, "deepfool": DeepFool}
 
-__all__ = ("ATTACKS", "Attack", "AttackResult", "ClassifierObjective", "DeepFool", "DetectionObjective", "FGSM", "PGD", "build_attack")
+__all__ = (
+    "ATTACKS",
+    "Attack",
+    "AttackResult",
+    "ClassifierObjective",
+    "DeepFool",
+    "DetectionObjective",
+    "FGSM",
+    "PGD",
+    "build_attack",
+)
 
 
 def build_attack(name: str, **kwargs) -> Attack:

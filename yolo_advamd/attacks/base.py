@@ -169,7 +169,7 @@ class Attack:
         return torch.autograd.grad(loss, adv)[0], logits.detach()
 
     def ascent(self, grad: torch.Tensor, size: float) -> torch.Tensor:
-        """Return the steepest-ascent step of the given size in the attack's norm: `size * sign(g)` or `size * g / ||g||`."""
+        """Return the steepest-ascent step of `size` in the attack's norm: `size * sign(g)` or `size * g / ||g||_2`."""
         if self.norm == "inf":
             return size * grad.sign()
         return size * grad / (self.norms(grad) + 1e-10)

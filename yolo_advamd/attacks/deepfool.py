@@ -20,15 +20,16 @@ class DeepFool(Attack):
         r_o = (|f_c* - f_k| + 1e-4) * sign(w_c*) / ||w_c*||_1     (L-inf, the dual norm)
 
     Combining objects: the steps of an image's active objects add up, `r = sum_o r_o` (detectors' objects sit in
-    different places, so their gradients overlap little), and `x_{t+1} = Proj(x_t + (1 + overshoot) r)`, as
-    torchattacks' DeepFool updates the iterate. Each iterate is projected onto the eps ball and the valid range,
-    which equals projecting at the end whenever the budget is not reached, and otherwise keeps attacking inside the
-    ball. An object stops moving once its class flips (or if it was misclassified at x); the attack ends when no
-    object is left or after `steps` steps.
+    different places, so their gradients overlap little), and `x_{t+1} = clip(x_t + (1 + overshoot) r)`, as
+    torchattacks' DeepFool updates the iterate. An object stops moving once its class flips (or if it was
+    misclassified at x); the loop ends when no object is left or after `steps` steps, and the result is projected
+    onto the eps ball. DeepFool is unconstrained until then, so it usually ends after a few steps; with a small eps
+    the projected result may not flip every object.
 
     Cost per step: one forward pass and (candidates - 1) * (most active objects in one image) input-only backward
-    passes through the same graph; objects of different images share each backward pass. The last forward pass is
-    at the returned images, so `adv_logits` (and `clean_logits`) come for free.
+    passes through the same graph; objects of different images share each backward pass. `clean_logits` come from
+    the first forward pass, `adv_logits` from the last one when the projection left its images unchanged (else None).
+    `iterates` are the projected iterates.
 
     Examples:
         >>> result = DeepFool(eps=0.01, steps=50)(batch["img"], DetectionObjective(model, batch, terms="cls"))
@@ -86,14 +87,17 @@ class DeepFool(Attack):
             if t == self.steps or not active.any():
                 break
             step = self.step(adv, logits, labels, others, active, slot, owner)
-            adv = self.project(images, adv.detach() + (1 + self.overshoot) * step)
-            iterates.append(adv)
+            adv = (adv.detach() + (1 + self.overshoot) * step).clamp(*self.clip)
+            if self.return_iterates:
+                iterates.append(self.project(images, adv))
+        delta = (adv - images).flatten(1)
+        inside = bool(((delta.abs().amax(1) if self.norm == "inf" else delta.norm(dim=1)) <= self.eps).all())
         return self.result(
             images,
-            adv,
+            adv if inside else self.project(images, adv),
             iterates=iterates if self.return_iterates else None,
             clean_logits=clean_logits,
-            adv_logits=logits.detach(),
+            adv_logits=logits.detach() if inside else None,
         )
 
     def step(self, adv, logits, labels, others, active, slot, owner) -> torch.Tensor:
@@ -103,8 +107,9 @@ class DeepFool(Attack):
         active object of that rank, in all images at once.
         """
         margins = logits.gather(1, others) - logits.gather(1, labels[:, None])  # f_c - f_k, (n, k)
-        best = torch.full_like(labels, torch.inf, dtype=torch.float32)
+        best = torch.full_like(labels, torch.inf, dtype=torch.float32)  # distance to the nearest boundary so far
         steps = torch.zeros(len(labels), *adv.shape[1:], device=adv.device, dtype=adv.dtype)
+        per_sample = (-1,) + (1,) * (adv.ndim - 1)
         for s in range(int(slot[active].max()) + 1):
             sel = active & (slot == s)
             if not sel.any():
@@ -116,11 +121,10 @@ class DeepFool(Attack):
                 w = torch.autograd.grad(margins, adv, v, retain_graph=True)[0][owner[idx]]
                 f = margins[idx, j].detach().abs()
                 dual = self.dual_norms(w).clamp(min=1e-12)
-                dist = f / dual
-                better = dist < best[idx]
-                best[idx[better]] = dist[better]
-                direction = w.sign() if self.norm == "inf" else w / dual.view(-1, *[1] * (w.ndim - 1))
-                steps[idx[better]] = ((f + 1e-4) / dual).view(-1, *[1] * (w.ndim - 1))[better] * direction[better]
+                better = f / dual < best[idx]
+                best[idx[better]] = (f / dual)[better]
+                direction = w.sign() if self.norm == "inf" else w / dual.view(per_sample)
+                steps[idx[better]] = ((f + 1e-4) / dual).view(per_sample)[better] * direction[better]
         return torch.zeros_like(adv).index_add_(0, owner, steps)
 
     def dual_norms(self, w: torch.Tensor) -> torch.Tensor:

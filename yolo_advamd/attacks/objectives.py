@@ -69,10 +69,11 @@ class DetectionObjective:
     no-grad forward pass at the clean images.
 
     `object_logits(x)` gives each ground-truth object the mean class logits over the anchors assigned to it (the
-    same anchors at every x, so clean and attacked logits compare like with like). An object left without anchors (the
-    assigner gives an anchor claimed by several boxes to the one its prediction overlaps most, so a duplicate box
-    can lose all of its anchors) takes the logits of the finest-level anchor whose cell holds its box center. End-to-end heads use the one-to-many branch: its input gradients exist
-    in train mode too (Ultralytics detaches the one-to-one branch's features in training).
+    same anchors at every x, so clean and attacked logits compare like with like). An object left without anchors
+    (the assigner gives an anchor claimed by several boxes to the one its prediction overlaps most, so a duplicate
+    box can lose all of its anchors) takes the logits of the finest-level anchor whose cell holds its box center.
+    End-to-end heads use the one-to-many branch: its input gradients exist in train mode too (Ultralytics detaches
+    the one-to-one branch's features in training).
 
     The model is run as it is (train mode: batch statistics, eval mode: running statistics); call the methods inside
     `frozen()`, which every `Attack` does.
@@ -116,20 +117,25 @@ class DetectionObjective:
             model.criterion = model.init_criterion()  # as DetectionModel.loss does
         criterion = model.criterion.criterion if isinstance(model.criterion, ViewLoss) else model.criterion
         if isinstance(criterion, E2ELoss):
-            self.branches = (("one2many", criterion.one2many, criterion.o2m), ("one2one", criterion.one2one, criterion.o2o))
+            self.branches = (
+                ("one2many", criterion.one2many, criterion.o2m),
+                ("one2one", criterion.one2one, criterion.o2o),
+            )
         elif isinstance(criterion, v8DetectionLoss):
             self.branches = ((None, criterion, 1.0),)
         else:
-            raise TypeError(f"{type(criterion).__name__} is not a detection criterion: expected v8DetectionLoss or E2ELoss")
+            raise TypeError(
+                f"{type(criterion).__name__} is not a detection criterion: expected v8DetectionLoss or E2ELoss"
+            )
         self.assigners = [_AssignOnce(criterion.assigner) for _, criterion, _ in self.branches]
         self.model = model
         self.batch = batch
         self.terms = terms
-        with torch.inference_mode(False):  # normal tensors, usable by autograd even if the batch was made in a validator
+        with torch.inference_mode(False):  # normal tensors, usable by autograd even for a validator's batch
             self.labels = batch["cls"].view(-1).long().clone()
             self.batch_idx = batch_idx.clone()
-            self.offsets = torch.zeros(batch["img"].shape[0] + 1, dtype=torch.long, device=batch_idx.device)
-            self.offsets.scatter_add_(0, self.batch_idx + 1, torch.ones_like(self.batch_idx)).cumsum_(0)  # 1st per image
+            counts = torch.bincount(self.batch_idx, minlength=batch["img"].shape[0])
+            self.offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # index of each image's first object
             self.centers = batch["bboxes"][:, :2].float().clone()
 
     def frozen(self) -> contextlib.AbstractContextManager:
