@@ -45,6 +45,8 @@ def test_unknown_key_is_rejected_with_suggestion():
         ({"abar_batches": 0}, r"abar_batches=0 must be a whole number >= 1"),
         ({"norm": 1}, r"norm=1 is not valid"),
         ({"step_size": -0.1}, r"step_size=-0\.1 must be > 0"),
+        ({"attack": "fgsm", "steps": 3}, r"steps=3 does not fit attack=fgsm"),
+        ({"attack": "deepfool", "random_start": True}, r"attack=deepfool chooses its own steps"),
     ],
 )
 def test_bad_setting_names_key_value_and_range(bad, message):

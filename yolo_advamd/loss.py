@@ -107,6 +107,6 @@ def backward_extra_views(model, module, batch: dict, args, abar: torch.Tensor | 
             backward(loss)
         else:  # the forward may have put NaN into BN running statistics: undo it, skip this view
             module.load_state_dict(stats, strict=False)
-            bad[name] = float(loss)
+            bad[name] = float(loss.detach())
     batch.update(loss_scale=args.beta1, view_items=items)
     return bad

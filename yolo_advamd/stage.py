@@ -11,12 +11,12 @@ from torch import nn
 
 from ultralytics.utils.torch_utils import unwrap_model
 
-from yolo_advamd.attacks.base import Attack
+from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.objectives import DetectionObjective
 from yolo_advamd.cfg import DEFAULT_PHI
 from yolo_advamd.vulnerability import Vulnerability
 
-__all__ = ("DEFAULT_PHI", "AttackStage", "freeze_target")
+__all__ = ("DEFAULT_PHI", "AttackStage", "freeze_target", "preprocess")
 ATTACK_MODELS = ("target", "current")
 
 
@@ -154,8 +154,12 @@ class AttackStage:
         return out
 
     @torch.no_grad()
-    def update_stats(self, objective: DetectionObjective, img: torch.Tensor, adv: torch.Tensor, result) -> None:
+    def update_stats(
+        self, objective: DetectionObjective, img: torch.Tensor, adv: torch.Tensor, result: AttackResult
+    ) -> None:
         """Add the batch's flips to `vulnerability`, reusing the attack's logits and computing only missing ones."""
+        if self.vulnerability is None:
+            raise ValueError("collect_stats=True needs stage.vulnerability = Vulnerability(nc) for the statistics")
         clean_logits = result.clean_logits
         adv_logits = result.adv_logits
         if clean_logits is None or adv_logits is None:

@@ -120,7 +120,8 @@ class AdvAmdTrainer(DetectionTrainer):
             self.abar = state["abar"].to(self.device)
         elif args.advamd_loss:
             self.calibrate_abar()
-        self.stage.collect_stats = args.advamd_loss and args.abar_update == "epoch"
+        self.stage.collect_stats = False
+        self.refresh_batches = 0  # batches of this epoch whose flips were counted (abar_update=epoch)
         self.save_advamd_state()
 
     def calibrate_abar(self):
@@ -145,11 +146,12 @@ class AdvAmdTrainer(DetectionTrainer):
         return self.vulnerability.abar(normalize=self.args.abar_norm).to(self.device)
 
     def refresh_abar(self):
-        """At the end of each epoch: Ā from this epoch's flip statistics (`abar_update=epoch`), kept for checkpoints."""
-        if self.stage.collect_stats and self.vulnerability.counts.sum() > 0:
+        """At the end of each epoch: Ā from the flips of its first `abar_batches` batches (`abar_update=epoch`)."""
+        if self.refresh_batches and self.vulnerability.counts.sum() > 0:
             self.abar = self.reduced_abar()
             self.log_vulnerability()
             self.vulnerability.reset()
+        self.refresh_batches = 0
         self.save_advamd_state()
 
     def log_vulnerability(self):
@@ -180,6 +182,9 @@ class AdvAmdTrainer(DetectionTrainer):
         if not self.amend:
             return batch
         module = wrap_criterion(unwrap_model(self.model))
+        a = self.args
+        self.stage.collect_stats = a.advamd_loss and a.abar_update == "epoch" and self.refresh_batches < a.abar_batches
+        self.refresh_batches += self.stage.collect_stats
         batch = self.stage(batch, model=module)
         world = self.world_size if RANK != -1 else 1
         bad = backward_extra_views(

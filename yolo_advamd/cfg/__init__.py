@@ -15,7 +15,7 @@ ADVAMD_KEYS = frozenset(ADVAMD_DEFAULTS)
 METHODS = ("advamd", "advtrain", "vanilla")
 ATTACKS = ("fgsm", "pgd", "deepfool")
 DEFAULT_PHI = {"fgsm": 0.7, "deepfool": 0.6, "pgd": 0.5}  # the paper, section 5.3
-DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 50}
+DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 5}  # DeepFool: each step costs ~(candidates-1) backwards
 CHOICES = {
     "method": METHODS,
     "attack": ATTACKS,
@@ -75,6 +75,10 @@ def check_advamd_cfg(cfg: dict) -> dict:
         cfg["steps"] = DEFAULT_STEPS[attack]
     if not isinstance(cfg["steps"], int) or isinstance(cfg["steps"], bool) or cfg["steps"] < 1:
         raise ValueError(f"steps={cfg['steps']} must be a whole number >= 1, e.g. steps=10")
+    if attack == "fgsm" and cfg["steps"] != 1:
+        raise ValueError(f"steps={cfg['steps']} does not fit attack=fgsm (a single step): use attack=pgd for more steps")
+    if attack == "deepfool" and (cfg["step_size"] is not None or cfg["random_start"]):
+        raise ValueError("attack=deepfool chooses its own steps: leave step_size and random_start empty")
     if cfg["step_size"] is not None and not (isinstance(cfg["step_size"], (int, float)) and cfg["step_size"] > 0):
         raise ValueError(f"step_size={cfg['step_size']} must be > 0, or empty for the attack's default")
     if cfg["phi"] is None:
