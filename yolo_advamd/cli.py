@@ -12,7 +12,7 @@ from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, check_keys, help_
 from yolo_advamd.offline import check_local_weights
 
 DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tune from it (FGSM, the paper's settings)
-    "baseline": {"model": "yolov8n.yaml", "epochs": 6, "method": "vanilla"},
+    "baseline": {"model": "yolov8n.yaml", "epochs": 8, "method": "vanilla"},
     "advamd": {"epochs": 1, "method": "advamd", "hyp": "hyps/advamd-fgsm.yaml", "abar_batches": 10},
     "shared": {
         "data": "data/digits-det.yaml",
