@@ -131,12 +131,12 @@ def main_export(argv: list[str] | None = None) -> int:
     return run(argv, "export.py", "model=amended.pt format=onnx [imgsz=640 half=False ...]", EXPORT_KEYS, job)
 
 
-def run(argv, program: str, usage: str, keys: dict, job) -> int:
+def run(argv, program: str, usage: str, keys: dict, job, ultralytics_keys: bool = True) -> int:
     """Parse `key=value` arguments, print help or run `job(args)`, and turn bad input into a one-line error."""
     try:
         args = parse_cli(argv)
         if args.get("help"):
-            print(help_text(program, usage, keys))
+            print(help_text(program, usage, keys, ultralytics_keys))
             return 0
         use_all_cores()
         job(args)

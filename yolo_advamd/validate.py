@@ -278,7 +278,8 @@ def load_detector(model: str | Path | nn.Module) -> tuple[nn.Module, str, dict]:
     else:
         net, _ = load_checkpoint(check_checkpoint(model))
         label = str(model)
-    args = net.args if isinstance(getattr(net, "args", None), dict) else vars(getattr(net, "args", {}))
+    args = getattr(net, "args", None) or {}  # a model built from a YAML has none
+    args = args if isinstance(args, dict) else vars(args)
     return strip_advamd(net).float().eval(), label, {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS}
 
 

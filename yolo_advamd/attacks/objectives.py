@@ -192,7 +192,7 @@ class DetectionObjective:
         scores = preds["scores"].float()
         n, nc = self.labels.numel(), scores.shape[1]
         b, a = fg_mask.nonzero(as_tuple=True)
-        obj = self.offsets[b] + gt_idx[b, a]  # flat object index of each foreground anchor
+        obj = self.offsets[b] + gt_idx[b, a].long()  # flat object index (the assigner's index is float with no box)
         sums = scores.new_zeros(n, nc).index_add_(0, obj, scores[b, :, a])
         counts = scores.new_zeros(n).index_add_(0, obj, scores.new_ones(obj.numel()))
         h, w = preds["feats"][0].shape[2:]  # finest level, first in the anchor order

@@ -170,9 +170,10 @@ def parse_cli(argv: list[str] | None = None) -> dict:
     return out
 
 
-def help_text(program: str, usage: str, keys: dict) -> str:
-    """Help for a CLI: usage and its own keys with defaults; every Ultralytics key is accepted too."""
+def help_text(program: str, usage: str, keys: dict, ultralytics_keys: bool = True) -> str:
+    """Help for a CLI: usage and its own keys with defaults, and whether Ultralytics' keys are accepted too."""
     lines = [f"usage: python {program} {usage}", "", "keys (key=value, defaults shown):"]
     lines += [f"  {k}={'' if v is None else v}" for k, v in keys.items()]
-    lines += ["", "Every Ultralytics setting (ultralytics/cfg/default.yaml) is accepted as well, e.g. epochs=30 batch=16."]
+    if ultralytics_keys:
+        lines += ["", "Every Ultralytics setting (ultralytics/cfg/default.yaml) is accepted as well, e.g. imgsz=320."]
     return "\n".join(lines)

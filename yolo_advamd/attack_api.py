@@ -1,0 +1,692 @@
+"""Attack any Ultralytics detector in three lines: adversarial images at their original size, with or without labels.
+
+    >>> from ultralytics import YOLO
+    >>> from yolo_advamd import attack
+    >>> results = attack(YOLO("best.pt"), source="images/", method="pgd", eps=8 / 255, steps=10)
+
+The walls users hit (`predict()` runs without gradients and after NMS, `YOLO()` freezes the parameters, the loss needs
+`model.args` and a label dict) are the ones our attack stage already handles: `attack` runs the same `Attack`
+classes and `DetectionObjective` as training and validation, on an fp32, eval-mode copy of the model (main BN only,
+the auxiliary BN of an amended checkpoint is stripped), so the model passed in is never changed.
+
+The perturbation lives in the original image's pixels: the model's input is made from the image by Ultralytics'
+`LetterBox` geometry (resize, then gray padding to a stride multiple), here written with differentiable torch ops, so
+the attack's gradient reaches every original pixel and the saved PNG is the original plus δ, ‖δ‖∞ ≤ eps·255 (plus
+at most 0.5 of uint8 rounding), at the original size. Re-running `predict()` on that file reproduces the effect.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yolo_advamd.attacks import ATTACKS, build_attack
+from yolo_advamd.attacks.objectives import DetectionObjective, frozen
+from yolo_advamd.cfg import DEFAULT_STEPS
+
+OBJECTIVES = ("loss", "cls", "vanish")
+PAD = 114 / 255  # Ultralytics' letterbox gray
+ATTACK_KEYS = {
+    "model": None,
+    "source": None,
+    "method": "pgd",
+    "eps": "8/255",
+    "steps": None,
+    "step_size": None,
+    "norm": "inf",
+    "random_start": None,
+    "objective": "loss",
+    "data": None,
+    "split": "val",
+    "conf": 0.25,
+    "iou": 0.7,
+    "imgsz": None,
+    "device": None,
+    "seed": 0,
+    "save": True,
+    "project": None,
+    "name": None,
+    "exist_ok": False,
+}
+CSV_COLUMNS = ("image", "stage", "class", "name", "confidence", "x1", "y1", "x2", "y2",
+               "detections_before", "detections_after", "mean_conf_drop", "linf", "l2")  # fmt: skip
+
+
+@dataclass
+class AdversarialResult:
+    """One attacked image: the original and adversarial pixels, δ, and the model's `Results` before and after.
+
+    Attributes:
+        path (str): The source image's path (`imageN.jpg` for arrays and tensors, as Ultralytics names them).
+        orig_img (np.ndarray): (H, W, 3) uint8 BGR original image, like `Results.orig_img`.
+        adv_img (np.ndarray): (H, W, 3) uint8 BGR adversarial image at the original size.
+        delta (np.ndarray): (H, W, 3) int16 BGR `adv_img - orig_img` in 0-255 units: exactly what a saved PNG adds.
+        before (Results): `predict()` on the original image.
+        after (Results): `predict()` on the adversarial image.
+        targets (dict): What the attack pushed against: `source` ("labels", "predictions" or "none" for vanish),
+            `cls` (n,) and `xyxy` (n, 4) in original-image pixels.
+        method (str): The attack, e.g. "pgd".
+        eps (float): Its budget on images scaled to [0, 1].
+        objective (str): "loss", "cls" or "vanish".
+        files (dict): Paths written by `save` (`adversarial`, `compare`, `csv`).
+    """
+
+    path: str
+    orig_img: np.ndarray
+    adv_img: np.ndarray
+    delta: np.ndarray
+    before: object
+    after: object
+    targets: dict
+    method: str
+    eps: float
+    objective: str
+    files: dict = field(default_factory=dict)
+
+    @property
+    def linf(self) -> float:
+        """Return ‖δ‖∞ on images scaled to [0, 1] (the unit of eps)."""
+        return float(np.abs(self.delta).max()) / 255 if self.delta.size else 0.0
+
+    @property
+    def l2(self) -> float:
+        """Return ‖δ‖₂ over the whole image on images scaled to [0, 1]."""
+        return float(np.linalg.norm(self.delta.astype(np.float64) / 255))
+
+    def summary(self) -> dict:
+        """Return detections before and after, mean confidences, their drop (before − after, 0 for none), L∞ and L2."""
+        conf = [r.boxes.conf.float().mean().item() if len(r.boxes) else 0.0 for r in (self.before, self.after)]
+        return {
+            "image": self.path,
+            "detections_before": len(self.before.boxes),
+            "detections_after": len(self.after.boxes),
+            "mean_conf_before": round(conf[0], 5),
+            "mean_conf_after": round(conf[1], 5),
+            "mean_conf_drop": round(conf[0] - conf[1], 5),
+            "linf": round(self.linf, 6),
+            "l2": round(self.l2, 5),
+        }
+
+    def plot(self, min_height: int = 320) -> np.ndarray:
+        """Return a side-by-side BGR picture: clean detections | adversarial detections | δ amplified around gray.
+
+        Small images are enlarged by an integer factor (nearest neighbour, so pixels stay visible) to at least
+        `min_height` before boxes and labels are drawn.
+
+        Args:
+            min_height (int): Minimum height of each panel in pixels.
+
+        Returns:
+            (np.ndarray): (H', W', 3) uint8 BGR image.
+        """
+        s = max(1, math.ceil(min_height / self.orig_img.shape[0]))
+        peak = max(int(np.abs(self.delta).max(initial=0)), 1)
+        gain = 127 / peak
+        delta = np.clip(128 + self.delta.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        eps = f"{self.eps * 255:.3g}/255"
+        panels = {
+            f"clean: {len(self.before.boxes)} detections": _enlarged(self.before, s).plot(),
+            f"{self.method} eps={eps}: {len(self.after.boxes)} detections": _enlarged(self.after, s).plot(),
+            f"delta x{gain:.3g} (max {peak}/255)": cv2.resize(delta, None, fx=s, fy=s, interpolation=cv2.INTER_NEAREST),
+        }
+        tiles = []
+        for title, image in panels.items():
+            scale = min(0.5, 0.9 * image.shape[1] / (9.5 * len(title)))  # fit the title to the panel's width
+            strip = np.full((26, image.shape[1], 3), 255, np.uint8)
+            cv2.putText(strip, title, (4, 18), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+            tiles += [np.vstack([strip, image]), np.full((image.shape[0] + 26, 6, 3), 255, np.uint8)]
+        return np.hstack(tiles[:-1])
+
+    def save(self, save_dir: str | Path, stem: str | None = None) -> dict:
+        """Write `<stem>.png` (adversarial, lossless), `<stem>_compare.jpg` (`plot`) and `<stem>.csv` into `save_dir`.
+
+        The CSV's first row (`stage=summary`) holds the image's detections before and after, the mean confidence drop,
+        L∞ and L2 of δ (images scaled to [0, 1]); one row per detection follows (`stage` before or after, class,
+        name, confidence, box corners in original-image pixels).
+
+        Args:
+            save_dir (str | Path): An existing directory.
+            stem (str | None): File name stem; the source's stem when None.
+
+        Returns:
+            (dict): The written paths, also kept in `files`.
+        """
+        save_dir, stem = Path(save_dir), stem or Path(self.path).stem
+        files = {"adversarial": save_dir / f"{stem}.png", "compare": save_dir / f"{stem}_compare.jpg",
+                 "csv": save_dir / f"{stem}.csv"}  # fmt: skip
+        if not cv2.imwrite(str(files["adversarial"]), self.adv_img):
+            raise OSError(f"could not write {files['adversarial']}: check that the directory is writable")
+        cv2.imwrite(str(files["compare"]), self.plot())
+        summary = self.summary()
+        rows = [{**{k: summary[k] for k in CSV_COLUMNS if k in summary}, "stage": "summary"}]
+        for stage, r in (("before", self.before), ("after", self.after)):
+            for (x1, y1, x2, y2), c, p in zip(r.boxes.xyxy.tolist(), r.boxes.cls.tolist(), r.boxes.conf.tolist()):
+                rows.append({"image": self.path, "stage": stage, "class": int(c), "name": r.names[int(c)],
+                             "confidence": round(p, 5), "x1": round(x1, 2), "y1": round(y1, 2),
+                             "x2": round(x2, 2), "y2": round(y2, 2)})  # fmt: skip
+        with open(files["csv"], "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.files = files
+        return files
+
+
+class LetterboxObjective:
+    """An objective on the model's letterboxed input, seen as a function of the original image's pixels.
+
+    `loss(x) = objective.loss(letterbox(x))` with the differentiable `letterbox`, so an attack on x perturbs the
+    original pixels and its gradient flows through the resize and the padding.
+
+    Attributes:
+        objective (DetectionObjective | VanishObjective): The objective at the model's input.
+        params (dict): `LetterBox.get_params` geometry of the image (`new_unpad`, `top`, `bottom`, `left`, `right`).
+    """
+
+    def __init__(self, objective, params: dict):
+        """Wrap `objective` (built on the letterboxed clean image) for images of the original size."""
+        self.objective, self.params = objective, params
+        self.labels, self.batch_idx = objective.labels, objective.batch_idx
+
+    def frozen(self):
+        """Return the wrapped objective's side-effect-free context."""
+        return self.objective.frozen()
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the objective's loss at the letterboxed `images`."""
+        return self.objective.loss(letterbox(images, self.params))
+
+    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the objective's per-object logits at the letterboxed `images`."""
+        return self.objective.object_logits(letterbox(images, self.params))
+
+    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the objective's loss and per-object logits at the letterboxed `images`."""
+        return self.objective.loss_and_logits(letterbox(images, self.params))
+
+
+class VanishObjective:
+    """Suppress every detection: minus the sum of the `topk` highest anchor scores (max class sigmoid per anchor).
+
+    The attack maximizes it, pushing down the anchors that NMS would keep first, until none passes `conf`. It needs
+    no targets; end-to-end heads (e.g. yolo26) count both branches. DeepFool has no class to flip here.
+
+    Attributes:
+        model (nn.Module): The attacked detector (fp32, any mode).
+        topk (int): Number of anchors per image whose scores are pushed down (Ultralytics' `max_det` by default).
+        labels (torch.Tensor): Empty: there are no objects to flip.
+        batch_idx (torch.Tensor): Empty.
+    """
+
+    def __init__(self, model: nn.Module, topk: int = 300):
+        """Bind `model` and the number of anchors per image to suppress."""
+        self.model, self.topk = model, topk
+        device = next(model.parameters()).device
+        self.labels = self.batch_idx = torch.zeros(0, dtype=torch.long, device=device)
+
+    def frozen(self):
+        """Return the context in which the model runs without side effects (see `objectives.frozen`)."""
+        return frozen(self.model)
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Return minus the sum of the top anchor scores at `images`, to be maximized."""
+        return self.loss_and_logits(images)[0]
+
+    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Return an empty (0, nc) logit tensor: vanishing has no objects."""
+        return self.loss_and_logits(images)[1]
+
+    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the loss and empty per-object logits from one forward pass."""
+        preds = self.model(images)
+        preds = preds[1] if isinstance(preds, tuple) else preds  # eval mode: (decoded, raw dict)
+        loss = 0.0
+        for p in [preds[k] for k in ("one2many", "one2one") if k in preds] or [preds]:
+            scores = p["scores"].float().sigmoid().amax(1)  # (B, anchors)
+            loss = loss - scores.topk(min(self.topk, scores.shape[1]), dim=1).values.sum()
+        return loss, scores.new_zeros(0, p["scores"].shape[1])
+
+
+def letterbox(images: torch.Tensor, params: dict) -> torch.Tensor:
+    """Resize and pad images exactly where Ultralytics' `LetterBox` does, with differentiable torch ops.
+
+    Bilinear resizing with half-pixel centers (`align_corners=False`, no antialiasing) is what `cv2.INTER_LINEAR`
+    computes; the padding is Ultralytics' gray 114.
+
+    Args:
+        images (torch.Tensor): (B, 3, H, W) float images in [0, 1], all of the size `params` was computed for.
+        params (dict): `LetterBox.get_params` output: `new_unpad` (w, h), `top`, `bottom`, `left`, `right`.
+
+    Returns:
+        (torch.Tensor): (B, 3, h + top + bottom, w + left + right) letterboxed images.
+    """
+    w, h = params["new_unpad"]
+    if tuple(images.shape[-2:]) != (h, w):
+        images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
+    return F.pad(images, (params["left"], params["right"], params["top"], params["bottom"]), value=PAD)
+
+
+def attack(
+    model,
+    source=None,
+    method: str = "pgd",
+    eps: float | str = 8 / 255,
+    steps: int | None = None,
+    step_size: float | None = None,
+    norm: str | int = "inf",
+    random_start: bool | None = None,
+    objective: str = "loss",
+    data: str | None = None,
+    split: str = "val",
+    conf: float = 0.25,
+    iou: float = 0.7,
+    imgsz: int | None = None,
+    device=None,
+    seed: int | None = 0,
+    save: bool = False,
+    project: str | None = None,
+    name: str | None = None,
+    exist_ok: bool = False,
+    verbose: bool = True,
+) -> list[AdversarialResult]:
+    """Attack a detector on images and return, per image, the adversarial image, δ and the Results before and after.
+
+    Targets: with `data=` (a dataset YAML) the ground truth is used, read from each image's YOLO label file
+    (`images/` → `labels/`), and `source` defaults to the dataset's `split` images. Without labels, the model's own
+    post-NMS predictions on the clean image above `conf` are the targets (pseudo-labels, the standard way to attack
+    without ground truth): the attack then pushes the model away from what it currently sees. `objective=vanish`
+    needs no targets.
+
+    Each image is attacked at its original size (see the module docstring) against an fp32, eval-mode copy of the
+    model: the model passed in keeps its parameters, `requires_grad` flags, mode and BN statistics, and no weight
+    gradient is computed. Images are processed and saved one at a time, so an error on one image keeps the files of
+    the images before it.
+
+    Args:
+        model (YOLO | str | Path | nn.Module): An `ultralytics.YOLO` detection model, a `.pt` checkpoint (stock or
+            amended) or a `DetectionModel`.
+        source (str | Path | np.ndarray | PIL.Image | torch.Tensor | list): What `predict()` accepts: an image file,
+            a folder, a glob, a list of paths or arrays, (H, W, 3) uint8 BGR arrays, or an RGB float tensor in [0, 1]
+            (B, 3, H, W) (converted to uint8). Videos and streams are not supported.
+        method (str): "fgsm", "pgd" or "deepfool".
+        eps (float | str): L∞ budget on images scaled to [0, 1] (or the L2 budget with `norm=2`), in (0, 1];
+            a fraction string such as "8/255" is accepted.
+        steps (int | None): Iterations of pgd and deepfool (10 and 5 when None); fgsm is one step.
+        step_size (float | None): PGD step size; its default (2.5·eps/steps) when None.
+        norm (str | int): "inf" or 2.
+        random_start (bool | None): Start from a random point of the eps ball; True for pgd when None.
+        objective (str): "loss" (the full detection loss), "cls" (its classification term) or "vanish" (suppress
+            every detection).
+        data (str | None): A dataset YAML whose labels are the targets; None for pseudo-targets.
+        split (str): The dataset split used as `source` when `source` is None.
+        conf (float): Confidence threshold of predictions (and so of pseudo-targets).
+        iou (float): NMS IoU threshold.
+        imgsz (int | None): Inference size; the model's training size (else 640) when None.
+        device (str | None): Device, e.g. "cpu" or "0"; Ultralytics' choice when None.
+        seed (int | None): Seed of the random start.
+        save (bool): Write the adversarial PNGs, side-by-side JPGs and CSVs to `project/name` (runs/attack/expN).
+        project (str | None): Run directory's parent; runs/attack when None.
+        name (str | None): Run directory name; "exp" (incremented: exp2, exp3, ...) when None.
+        exist_ok (bool): Reuse an existing run directory.
+        verbose (bool): Log one line per image.
+
+    Returns:
+        (list[AdversarialResult]): One result per image, in source order.
+
+    Examples:
+        >>> results = attack("best.pt", source="images/", method="fgsm", eps=0.03, save=True)
+        >>> cv2.imwrite("side_by_side.jpg", results[0].plot())
+    """
+    from ultralytics.cfg import get_save_dir
+    from ultralytics.utils import LOGGER, IterableSimpleNamespace
+
+    settings = check_settings(method, eps, norm, objective)
+    method, eps, objective = settings["method"], settings["eps"], settings["objective"]
+    steps = steps if steps is not None or method == "fgsm" else DEFAULT_STEPS[method]
+    iterative = {} if steps is None else {"steps": steps}  # FGSM refuses steps other than 1
+    adversary = build_attack(
+        method, eps=eps, norm=norm, step_size=step_size, seed=seed,
+        random_start=method == "pgd" if random_start is None else random_start, **iterative,
+    )  # fmt: skip
+    net, train_args = load_model(model)
+    labels = None
+    if data is not None:
+        labels, dataset_source = dataset_labels(data, split, net)
+        source = dataset_source if source is None else source
+    images = iter_images(source)  # checks the source before any work; reads each image when its turn comes
+    victim, predictor, size, stride = setup(net, train_args, imgsz, conf, iou, device)
+    save_dir = None
+    if save:
+        run = {"project": project, "name": name or "exp", "task": "attack", "mode": "attack", "exist_ok": exist_ok}
+        save_dir = get_save_dir(IterableSimpleNamespace(**run))
+        save_dir.mkdir(parents=True, exist_ok=True)
+    from ultralytics.data.augment import LetterBox
+
+    geometry = LetterBox(size, auto=True, stride=stride)
+    results, stems = [], set()
+    for path, image in images:
+        before = predict(predictor, image, path)
+        params = geometry.get_params({"img": image})
+        x = to_tensor(image, next(victim.parameters()).device)
+        if objective == "vanish":
+            targets = {"source": "none", "cls": np.zeros(0, int), "xyxy": np.zeros((0, 4), np.float32)}
+            inner = VanishObjective(victim)
+        else:
+            targets = labels(path, image.shape) if labels else prediction_targets(before)
+            batch = target_batch(letterbox(x, params), targets, params)
+            inner = DetectionObjective(victim, batch, terms="cls" if objective == "cls" else "all")
+        outcome = adversary(x, LetterboxObjective(inner, params))
+        adv = to_image((x + outcome.delta).clamp(0, 1))
+        result = AdversarialResult(
+            path=path, orig_img=image, adv_img=adv, delta=adv.astype(np.int16) - image.astype(np.int16),
+            before=before, after=predict(predictor, adv, path), targets=targets, method=method, eps=eps,
+            objective=objective,
+        )  # fmt: skip
+        if save_dir is not None:
+            stem = unique_stem(Path(path).stem, stems)
+            result.save(save_dir, stem)
+            write_summary(save_dir / "summary.csv", result, first=len(results) == 0)
+        results.append(result)
+        if verbose:
+            s = result.summary()
+            LOGGER.info(
+                f"{path}: {s['detections_before']} -> {s['detections_after']} detections, mean confidence "
+                f"{s['mean_conf_before']:.3f} -> {s['mean_conf_after']:.3f}, Linf {s['linf'] * 255:.1f}/255, "
+                f"L2 {s['l2']:.3f}"
+            )
+    if save_dir is not None and verbose:
+        LOGGER.info(f"{len(results)} adversarial images saved to {save_dir}")
+    return results
+
+
+def to_tensor(image: np.ndarray, device) -> torch.Tensor:
+    """Return a (H, W, 3) uint8 BGR image as a (1, 3, H, W) float RGB tensor in [0, 1] on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(image[..., ::-1].transpose(2, 0, 1))).to(device)[None].float() / 255
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """Return a (1, 3, H, W) RGB tensor in [0, 1] as a (H, W, 3) uint8 BGR image, rounded to the nearest level."""
+    return np.ascontiguousarray((x[0] * 255).round().byte().permute(1, 2, 0).flip(-1).cpu().numpy())
+
+
+def check_settings(method: str, eps, norm, objective: str) -> dict:
+    """Check the attack settings before any work; return `method`, `eps` (a float) and `objective` normalized.
+
+    Raises:
+        ValueError: Naming the bad value and what would be right.
+    """
+    method, objective = str(method).lower(), str(objective).lower()
+    if method not in ATTACKS:
+        raise ValueError(f"method={method} is not an attack: choose one of {', '.join(ATTACKS)}, e.g. method=pgd")
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"objective={objective} is not valid: choose loss (detection loss), cls (its class term) or vanish "
+            "(suppress every detection)"
+        )
+    if objective == "vanish" and method == "deepfool":
+        raise ValueError("objective=vanish has no classes for DeepFool to flip: use method=fgsm or method=pgd")
+    value = eps
+    if isinstance(eps, str):
+        try:
+            num, _, den = eps.partition("/")
+            value = float(num) / float(den) if den else float(num)
+        except (ValueError, ZeroDivisionError):
+            value = None
+    top = 1 if str(norm).lower() in {"inf", "linf", "l_inf"} else math.inf  # an L2 budget spans the whole image
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
+        raise ValueError(
+            f"eps={eps} is outside (0, {top:g}]: eps is an L-{norm} budget on images scaled to [0, 1], e.g. "
+            "eps=8/255 or eps=0.03 (3% of the pixel range)"
+        )
+    return {"method": method, "eps": float(value), "objective": objective}
+
+
+def load_model(model) -> tuple[nn.Module, dict]:
+    """Return an fp32 eval-mode copy of a detection model (main BN only) and its training settings.
+
+    Args:
+        model (YOLO | str | Path | nn.Module): An `ultralytics.YOLO`, a `.pt` checkpoint or a `DetectionModel`.
+
+    Raises:
+        ValueError: If the model is not a YOLO detector (classification, segmentation, pose, OBB, RT-DETR, ...).
+        FileNotFoundError: If a checkpoint path is not a `.pt` file on disk.
+    """
+    from ultralytics.engine.model import Model
+    from ultralytics.nn.tasks import (
+        ClassificationModel,
+        DetectionModel,
+        OBBModel,
+        PoseModel,
+        RTDETRDetectionModel,
+        SegmentationModel,
+    )
+
+    from yolo_advamd.offline import check_local_weights
+    from yolo_advamd.validate import load_detector
+
+    label = model if isinstance(model, (str, Path)) else type(model).__name__
+    module = model.model if isinstance(model, Model) else model  # an ultralytics.YOLO holds the DetectionModel
+    if isinstance(module, (str, Path)):
+        check_local_weights(module)
+    net, _, train_args = load_detector(module)
+    kinds = ((SegmentationModel, "segmentation"), (PoseModel, "pose"), (OBBModel, "OBB"),
+             (RTDETRDetectionModel, "RT-DETR"), (ClassificationModel, "classification"))  # fmt: skip
+    kind = next((k for cls, k in kinds if isinstance(net, cls)), None)
+    if kind or not isinstance(net, DetectionModel):
+        raise ValueError(
+            f"model={label} is a {kind or type(net).__name__} model: attack supports YOLO detection models only "
+            "(yet), e.g. a yolov8n or yolo11n detector checkpoint"
+        )
+    return net, train_args
+
+
+def setup(net: nn.Module, train_args: dict, imgsz, conf: float, iou: float, device):
+    """Return the attacked copy, an Ultralytics predictor on another copy, the inference size and the stride."""
+    from ultralytics.models.yolo.detect import DetectionPredictor
+    from ultralytics.utils.checks import check_imgsz
+    from ultralytics.utils.torch_utils import select_device
+
+    from yolo_advamd.validate import attack_copy
+
+    dev = select_device(device, verbose=False)
+    victim = attack_copy(net, train_args, dev)
+    stride = max(int(net.stride.max()), 32)  # as AutoBackend reports it to the predictor
+    size = check_imgsz(imgsz or train_args.get("imgsz", 640), stride=stride, min_dim=2)
+    overrides = {"conf": conf, "iou": iou, "imgsz": size, "device": device, "batch": 1, "rect": True,
+                 "mode": "predict", "save": False, "verbose": False}  # fmt: skip  (Model.predict's settings)
+    predictor = DetectionPredictor(overrides=overrides)
+    predictor.setup_model(net, verbose=False)  # a deepcopy, fused for inference
+    return victim, predictor, size, stride
+
+
+def predict(predictor, image: np.ndarray, path: str):
+    """Return the predictor's `Results` on one BGR image, with `path` as its source."""
+    result = predictor(source=[image])[0]
+    result.path = path
+    return result
+
+
+def prediction_targets(results) -> dict:
+    """Return the model's own post-NMS detections as attack targets (pseudo-labels)."""
+    boxes = results.boxes
+    return {"source": "predictions", "cls": boxes.cls.cpu().numpy().astype(int), "xyxy": boxes.xyxy.cpu().numpy()}
+
+
+def target_batch(img: torch.Tensor, targets: dict, params: dict) -> dict:
+    """Return a one-image Ultralytics batch: the letterboxed clean image and the targets mapped into its frame."""
+    from ultralytics.utils.ops import xyxy2xywh
+
+    r = params["ratio"][0]
+    h, w = img.shape[-2:]
+    xyxy = torch.as_tensor(targets["xyxy"], dtype=torch.float32).view(-1, 4) * r
+    xyxy += torch.tensor([params["left"], params["top"]] * 2, dtype=torch.float32)
+    bboxes = xyxy2xywh(xyxy) / torch.tensor([w, h, w, h], dtype=torch.float32)
+    n = len(bboxes)
+    return {
+        "img": img,
+        "cls": torch.as_tensor(targets["cls"], dtype=torch.float32).view(n, 1).to(img.device),
+        "bboxes": bboxes.to(img.device),
+        "batch_idx": torch.zeros(n, device=img.device),
+    }
+
+
+def dataset_labels(data: str, split: str, net: nn.Module):
+    """Return a `labels(path, shape) -> targets` reader of a dataset's YOLO label files, and the split's images.
+
+    Raises:
+        ValueError: If the split is missing, or a label's class is outside the model's classes.
+    """
+    from ultralytics.data.utils import check_det_dataset, img2label_paths
+
+    from yolo_advamd.data import resolve_dataset
+
+    info = check_det_dataset(resolve_dataset(data))
+    if not info.get(split):
+        splits = [s for s in ("train", "val", "test") if info.get(s)]
+        raise ValueError(f"split={split} is not in data={data}: choose one of {', '.join(splits)}, e.g. split=val")
+    nc = int(net.nc) if hasattr(net, "nc") else len(net.names)
+
+    def labels(path: str, shape: tuple) -> dict:
+        """Return the ground truth of the image at `path` (shape (H, W, 3)) in pixels; no label file: no objects."""
+        if not Path(path).is_file():
+            raise ValueError(f"data={data} gives labels to image files only: pass image paths as source, not {path}")
+        file = Path(img2label_paths([str(path)])[0])
+        rows = [line.split() for line in file.read_text().splitlines() if line.strip()] if file.is_file() else []
+        cls, xyxy = [], []
+        for row in rows:
+            c, coords = int(float(row[0])), np.array(row[1:], dtype=np.float32)
+            if not 0 <= c < nc:
+                raise ValueError(f"{file}: class {c} is outside the model's {nc} classes: is data={data} its dataset?")
+            if len(coords) == 4:  # x y w h
+                (x, y, bw, bh) = coords
+                box = [x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2]
+            else:  # a polygon x1 y1 x2 y2 ...: its bounding box, as Ultralytics makes detection labels
+                box = [*coords[0::2].min(keepdims=True), *coords[1::2].min(keepdims=True),
+                       *coords[0::2].max(keepdims=True), *coords[1::2].max(keepdims=True)]  # fmt: skip
+            cls.append(c)
+            xyxy.append(np.array(box, dtype=np.float32) * np.array([shape[1], shape[0]] * 2, np.float32))
+        return {"source": "labels", "cls": np.array(cls, int), "xyxy": np.array(xyxy, np.float32).reshape(-1, 4)}
+
+    return labels, info[split]
+
+
+def iter_images(source):
+    """Check `source` and return an iterator of `(path, BGR uint8 image)`, reading each file when it is reached.
+
+    Raises:
+        ValueError: For an empty source, a video or stream, an unsupported type, or (on iteration) an unreadable image.
+        FileNotFoundError: If a path does not exist or a folder holds no images.
+    """
+    from PIL import Image
+    from ultralytics.data.loaders import LoadImagesAndVideos
+    from ultralytics.data.utils import IMG_FORMATS
+
+    if source is None:
+        raise ValueError("source= is required: an image, a folder, a glob, a list of images, arrays or a tensor")
+    items = list(source) if isinstance(source, (list, tuple)) else [source]
+    if isinstance(source, torch.Tensor):
+        items = list(source[None] if source.ndim == 3 else source)
+    if not items:
+        raise ValueError(f"source={source!r} is empty: give at least one image, folder, array or tensor")
+    entries, count = [], 0  # (path, None for a file read later | in-memory image)
+    for s in items:
+        if isinstance(s, (str, Path)):
+            if "://" in str(s):
+                raise ValueError(f"source={s} is a URL or stream: attack works offline on local image files")
+            try:
+                loader = LoadImagesAndVideos(str(s))
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"source={s}: {str(e).split(' Supported formats')[0]}") from None
+            if any(loader.video_flag):
+                videos = [f for f, v in zip(loader.files, loader.video_flag) if v]
+                raise ValueError(f"source={s} holds videos {videos[:3]}: attack works on images {sorted(IMG_FORMATS)}")
+            entries += [(f, None) for f in loader.files]
+            continue
+        if isinstance(s, Image.Image):
+            s = np.asarray(s.convert("RGB"))[..., ::-1]
+        elif isinstance(s, torch.Tensor):
+            if s.ndim != 3 or s.shape[0] != 3 or not s.is_floating_point() or s.min() < 0 or s.max() > 1:
+                raise ValueError(f"tensor source of shape {tuple(s.shape)}: give RGB (B, 3, H, W) floats in [0, 1]")
+            s = (s.detach() * 255).round().byte().permute(1, 2, 0).flip(-1).cpu().numpy()
+        if not isinstance(s, np.ndarray) or s.dtype != np.uint8 or s.ndim != 3 or s.shape[2] != 3:
+            raise ValueError(
+                f"source item {type(s).__name__} {getattr(s, 'shape', '')} is not supported: give image paths, "
+                "(H, W, 3) uint8 BGR arrays, PIL images or RGB float tensors in [0, 1]"
+            )
+        entries.append((f"image{count}.jpg", np.ascontiguousarray(s)))
+        count += 1
+    return _read(entries)
+
+
+def _read(entries: list):
+    """Yield `(path, image)`, reading files with Ultralytics' `imread`; an unreadable file raises ValueError."""
+    from ultralytics.utils.patches import imread
+
+    for path, image in entries:
+        if image is None:
+            image = imread(path, flags=cv2.IMREAD_COLOR)
+            if image is None:
+                raise ValueError(f"image {path} cannot be read: it is not an image OpenCV can decode; fix or remove it")
+        yield path, image
+
+
+def _enlarged(results, s: int):
+    """Return a copy of `results` on its image enlarged `s` times (nearest neighbour), boxes scaled alike."""
+    if s == 1:
+        return results
+    from ultralytics.engine.results import Results
+
+    image = cv2.resize(results.orig_img, None, fx=s, fy=s, interpolation=cv2.INTER_NEAREST)
+    data = results.boxes.data.clone()
+    data[:, :4] *= s
+    return Results(image, path=results.path, names=results.names, boxes=data)
+
+
+def unique_stem(stem: str, used: set) -> str:
+    """Return `stem`, or `stem_2`, `stem_3`, ... if already used (images of the same name in different folders)."""
+    out, i = stem, 1
+    while out in used:
+        i += 1
+        out = f"{stem}_{i}"
+    used.add(out)
+    return out
+
+
+def write_summary(file: Path, result: AdversarialResult, first: bool) -> None:
+    """Append one image's summary (and the header for the first) to the run's `summary.csv`."""
+    row = {**result.summary(), "adversarial": str(result.files.get("adversarial", ""))}
+    with open(file, "w" if first else "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, list(row))
+        if first:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python attack.py model=best.pt source=images/ method=pgd eps=8/255 [data=... objective=vanish save=True]`."""
+    from yolo_advamd.cfg import check_keys
+    from yolo_advamd.cli import run
+    from yolo_advamd.offline import check_local_weights
+
+    def job(args):
+        check_keys(ATTACK_KEYS, args)
+        if not args.get("model"):
+            raise ValueError("model= is required: the detector to attack, e.g. model=runs/detect/train/weights/best.pt")
+        check_local_weights(args["model"])
+        args = {**ATTACK_KEYS, **args}
+        if args.get("source") is None and args.get("data") is None:
+            raise ValueError("source= is required: an image, a folder or a glob (or data= and split= for a dataset)")
+        results = attack(**args)
+        if results and results[0].files:
+            print(f"{len(results)} adversarial images in {results[0].files['adversarial'].parent}")
+
+    usage = "model=best.pt source=images/ method=pgd eps=8/255 [steps=10 objective=loss|cls|vanish data=... save=True]"
+    return run(argv, "attack.py", usage, ATTACK_KEYS, job, ultralytics_keys=False)
