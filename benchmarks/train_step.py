@@ -272,7 +272,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         "parts": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
         "memory": memory.peak(),
         "graph": graphs.peak,
-        "memory_source": "cuda max_memory_allocated" if device.type == "cuda" else ("VmHWM" if memory.hwm else "ru_maxrss"),
+        "memory_source": "cuda max_memory_allocated" if memory.cuda else ("VmHWM" if memory.hwm else "ru_maxrss"),
         "threads": torch.get_num_threads(),
         "device": str(device),
     }
@@ -329,7 +329,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         f"\n{args.model} imgsz={args.imgsz} batch={args.batch} device={r0['device']} threads={r0['threads']}, "
         f"median of {args.steps} steps after {args.warmup} warm-up, memory: {r0['memory_source']}"
     )
-    head = f"{'method':14s}{'attack':>14s}{'ms/step':>9s}{'x stock':>8s}{'floor':>7s}{'peak MB':>9s}{'x stock':>8s}{'graph MB':>9s}{'x stock':>8s}"
+    head = f"{'method':14s}{'attack':>14s}{'ms/step':>9s}{'x stock':>8s}{'floor':>7s}"
+    head += f"{'peak MB':>9s}{'x stock':>8s}{'graph MB':>9s}{'x stock':>8s}"
     print(head + "".join(f"{p:>11s}" for p in ("preprocess", *PARTS)) + "   (ms, median per part)")
     for r in results:
         attack = "" if r["attack"] is None else f"{r['attack']}-{r['attack_steps']}"
@@ -338,8 +339,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         m = r["memory"] / stock["memory"] if stock and stock["memory"] > 0 else float("nan")
         g = r["graph"] / stock["graph"] if stock and stock["graph"] > 0 else float("nan")
         floor = f">={FLOORS[r['method']]:.1f}" if r["method"] in FLOORS else ""
-        row = f"{r['method']:14s}{attack:>14s}{1000 * r['time']:9.0f}{t:8.2f}{floor:>7s}{r['memory'] / 2**20:9.0f}{m:8.2f}"
-        row += f"{r['graph'] / 2**20:9.0f}{g:8.2f}"
+        row = f"{r['method']:14s}{attack:>14s}{1000 * r['time']:9.0f}{t:8.2f}{floor:>7s}"
+        row += f"{r['memory'] / 2**20:9.0f}{m:8.2f}{r['graph'] / 2**20:9.0f}{g:8.2f}"
         print(row + "".join(f"{1000 * r['parts'][p]:11.0f}" for p in ("preprocess", *PARTS)))
     print(
         f"Issue 5 targets: FGSM >= ~{FLOORS['fgsm']}x stock with attack_model=target and ~{FLOORS['fgsm-current']}x "

@@ -198,7 +198,8 @@ class AdvAmdTrainer(DetectionTrainer):
     def optimizer_step(self):
         """Step like Ultralytics, but skip a step whose gradients are not finite (a NaN never reaches the weights)."""
         if not self.scaler.is_enabled():  # with AMP, GradScaler already skips non-finite steps
-            finite = all(torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))  # one sync, fused
             if self.skip_step or not finite:
                 LOGGER.warning(f"non-finite gradients at epoch {self.epoch + 1}: optimizer step skipped")
                 self.optimizer.zero_grad()
