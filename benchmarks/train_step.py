@@ -11,9 +11,9 @@ directory), then measures each configuration in its own subprocess, so that ever
 Each trainer is built through its public constructor, set up by `_setup_train()` and the `on_train_start` callbacks
 (AdvAmd: the attack stage, the frozen target and the Ā calibration), put in train mode, and then the body of
 Ultralytics' `_do_train` loop is timed on real batches from `trainer.train_loader` (loaded before timing, so data
-loading and augmentation are not counted): `preprocess_batch` (AdvAmd: stock preprocessing, the attack, the mediate
-and adversarial views' forward and backward), the benign `model(batch)`, its backward and `optimizer_step()`, called
-every step (Ultralytics calls it every `accumulate` steps, 64 / batch).
+loading and augmentation are not counted): `preprocess_batch` (AdvAmd: stock preprocessing, the attack, all views but
+one, each forward and backward), the loop's `model(batch)` (the remaining view), its backward and `optimizer_step()`,
+called every step (Ultralytics calls it every `accumulate` steps, 64 / batch).
 
 Memory, two numbers: the peak memory of the timed steps above the memory in use before them (on CUDA
 `torch.cuda.max_memory_allocated()`; on the CPU the peak resident set size, VmHWM reset through /proc/self/clear_refs,
@@ -22,7 +22,7 @@ backward (saved tensors, each storage once, parameters excluded: `GraphMemory`),
 at once" is about. Warm-up steps come first, so optimizer state and allocator caches are in the baseline.
 
 The issue's floors: three views need three forward and backward passes, FGSM about 0.7 of one more, so an FGSM step
-costs at least ~3.7x a stock step against the frozen target and ~3x with `attack_model=current` (if the attack reuses
+costs at least ~3.7x a stock step against the frozen target and ~3x with `attack_model=current` (the attack reuses
 the benign pass's input gradient); peak memory at most 1.3x stock (one graph at a time).
 
 Examples:
@@ -54,7 +54,7 @@ METHODS = {  # name: AdvAmd overrides (None: stock DetectionTrainer)
 }
 FLOORS = {"fgsm": 3.7, "fgsm-current": 3.0}  # time floors x stock from the issue; memory ceiling: 1.3x stock
 MEMORY_CEILING = 1.3
-PARTS = ("attack", "views", "benign", "optimizer")  # per-step breakdown of AdvAmd steps
+PARTS = ("attack", "views", "loop", "optimizer")  # per-step breakdown of AdvAmd steps
 
 
 def rss_bytes() -> int:
@@ -194,11 +194,11 @@ def build_trainer(method: str, args: argparse.Namespace):
 
 
 def instrument(trainer, clock) -> dict:
-    """Time the AdvAmd attack stage and extra views inside `preprocess_batch`; return the dict they add seconds to."""
-    import yolo_advamd.trainer as advamd_trainer
+    """Time the AdvAmd attack stage and the views inside `preprocess_batch`; return the dict they add seconds to."""
+    from yolo_advamd import loss
+    from yolo_advamd.stage import AttackStage
 
     spent = dict.fromkeys(PARTS, 0.0)
-    stage, views = getattr(trainer, "stage", None), advamd_trainer.backward_extra_views
 
     def timed(part, fn):
         def call(*a, **k):
@@ -210,9 +210,9 @@ def instrument(trainer, clock) -> dict:
 
         return call
 
-    if stage is not None:
-        trainer.stage = timed("attack", stage)
-        advamd_trainer.backward_extra_views = timed("views", views)
+    if getattr(trainer, "stage", None) is not None:  # this process measures one method: patch the classes
+        AttackStage.__call__ = timed("attack", AttackStage.__call__)
+        loss.train_view = timed("views", loss.train_view)
     return spent
 
 
@@ -259,7 +259,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
             t2 = clock()
         trainer.optimizer_step()
         t3 = clock()
-        spent.update(benign=t2 - t1, optimizer=t3 - t2)
+        spent.update(loop=t2 - t1, optimizer=t3 - t2)
         if i >= args.warmup:
             times.append(t3 - t0)
             parts.append({**spent, "preprocess": t1 - t0 - spent["attack"] - spent["views"]})
@@ -349,8 +349,9 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     )
     print("Memory: peak MB = peak memory growth over the pre-step baseline (CPU: RSS, includes allocator caching); "
           "graph MB = peak bytes held by autograd graphs for backward.")
-    print("Parts: attack = AttackStage call, views = mediate + adversarial forward/backward, benign = the loop's "
-          "model(batch) + backward, optimizer = optimizer_step(), preprocess = the rest of preprocess_batch.")
+    print("Parts: attack = AttackStage call, views = the views trained inside preprocess_batch (forward + backward), "
+          "loop = the loop's model(batch) + backward (the benign view; the last view when FGSM reuses the benign "
+          "gradient), optimizer = optimizer_step(), preprocess = the rest of preprocess_batch.")
 
 
 def parse_args() -> argparse.Namespace:

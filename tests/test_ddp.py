@@ -22,7 +22,7 @@ def synthetic_batch(rank: int, n: int = 2, size: int = 64) -> dict:
     }
 
 
-def advamd_step(rank: int, init_file: str, out: dict) -> None:
+def advamd_step(rank: int, init_file: str, attack: str, out: dict) -> None:
     """Worker: build the same dual-BN model on each rank, run the three views under DDP, return flat gradients."""
     import yolo_advamd  # noqa: F401
     from types import SimpleNamespace
@@ -32,7 +32,7 @@ def advamd_step(rank: int, init_file: str, out: dict) -> None:
 
     from yolo_advamd.attacks import build_attack
     from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg
-    from yolo_advamd.loss import backward_extra_views, wrap_criterion
+    from yolo_advamd.loss import ViewGuard, train_views, wrap_criterion
     from yolo_advamd.nn.dual_bn import DualBatchNorm2d, convert_dual_bn
     from yolo_advamd.stage import AttackStage
 
@@ -44,22 +44,34 @@ def advamd_step(rank: int, init_file: str, out: dict) -> None:
     model.args = SimpleNamespace(**{**vars(get_cfg()), **settings})
     module = wrap_criterion(convert_dual_bn(model).train())
     ddp = DistributedDataParallel(module, find_unused_parameters=True)  # as Ultralytics builds it
-    stage = AttackStage(build_attack("fgsm", eps=0.03), phi=0.7, attack_model="current")
-    batch = stage(synthetic_batch(rank), model=module)
+    guard = ViewGuard(module)
+    stage = AttackStage(build_attack(attack, eps=0.03, steps=1), phi=0.7, attack_model="current")
     abar = torch.linspace(0.5, 1.5, 10)
-    bad = backward_extra_views(ddp, module, batch, model.args, abar, lambda loss: (loss * WORLD).backward())
-    loss, _ = ddp(batch)  # the benign view, as Ultralytics' loop does it
+    batch = synthetic_batch(rank)
+    view = train_views(ddp, module, batch, stage, model.args, abar, lambda loss: (loss * WORLD).backward())
+    loss, items = ddp(view)  # the last view, as Ultralytics' loop does it
     (loss.sum() * WORLD).backward()
     aux = [m.aux.weight.grad for m in module.modules() if isinstance(m, DualBatchNorm2d)]
     flat = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
-    out[rank] = {"grads": flat, "aux_norm": float(torch.cat(aux).norm()), "bad": bad, "n": len(aux)}
+    out[rank] = {
+        "grads": flat,
+        "aux_norm": float(torch.cat(aux).norm()),
+        "bad": guard.pop_bad(),
+        "n": len(aux),
+        "loop_view": view["view"],
+        "items": list(items),
+    }
     dist.destroy_process_group()
 
 
-def test_advamd_step_gradients_agree_across_ranks(tmp_path):
+@pytest.mark.parametrize("attack, loop_view", [("fgsm", "adv"), ("pgd", "benign")])
+def test_advamd_step_gradients_agree_across_ranks(tmp_path, attack, loop_view):
+    """FGSM on the current model reuses the benign pass's gradient (the loop runs the adversarial view), PGD not."""
     out = mp.Manager().dict()
-    mp.spawn(advamd_step, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)
+    mp.spawn(advamd_step, args=(str(tmp_path / "init"), attack, out), nprocs=WORLD, join=True)
     a, b = out[0], out[1]
+    assert a["loop_view"] == loop_view
+    assert a["items"] == ["box_loss", "cls_loss", "dfl_loss", "med_loss", "adv_loss"]
     assert a["bad"] == {} and b["bad"] == {}
     assert a["n"] > 0 and a["aux_norm"] > 0, "the auxiliary BN got no gradient"
     assert a["grads"].shape == b["grads"].shape

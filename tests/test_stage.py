@@ -1,5 +1,8 @@
 """Tests for the attack stage: adversarial and mediate views, target vs current model, collate wrapping, flip stats."""
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +14,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import DetectionObjective
+from yolo_advamd.loss import make_view, wrap_criterion
 from yolo_advamd.stage import DEFAULT_PHI, AttackStage, freeze_target, preprocess
 from yolo_advamd.vulnerability import Vulnerability
 
@@ -166,6 +170,28 @@ def test_current_mode_attacks_passed_model_and_leaves_it_as_it_was(model):
         stage(batch)
     by_reference = AttackStage(build_attack("fgsm", eps=EPS), 0.7, "current", model=model)
     torch.testing.assert_close(by_reference(batch)["img_adv"], out["img_adv"])
+
+
+def test_benign_training_gradient_gives_the_attacks_fgsm(model):
+    """FGSM on the current model from the benign training pass's input gradient equals running the attack itself."""
+    model = wrap_criterion(copy.deepcopy(model).train())
+    args = SimpleNamespace(beta1=1.0, beta2=1.0, beta3=1.0, aux_bn=False, advamd_loss=False)
+    stage = AttackStage(build_attack("fgsm", eps=EPS), 0.7, "current")
+    assert stage.reuses_gradient
+    batch = make_batch()
+    attacked = stage(batch, model)
+    img = batch["img"].clone().requires_grad_(True)
+    loss, _ = model(make_view({**batch, "img": img}, "benign", args, None))  # the trainer's benign view
+    loss.sum().backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0
+    reused = stage(batch, model, grad=img.grad)
+    same = reused["img_adv"] == attacked["img_adv"]
+    assert same.float().mean() > 0.999, "the sign of the training gradient differs from the attack's"
+    torch.testing.assert_close(reused["img_adv"], attacked["img_adv"], atol=2 * EPS, rtol=0)  # at most a flipped sign
+    assert not AttackStage(build_attack("pgd", eps=EPS, steps=2), 0.5, "current").reuses_gradient
+    assert not AttackStage(build_attack("fgsm", eps=EPS), 0.7, "target", model=model).reuses_gradient
+    with pytest.raises(ValueError, match="cannot reuse a training gradient"):
+        AttackStage(build_attack("fgsm", eps=EPS), 0.7, "current", terms="cls")(batch, model, grad=img.grad)
 
 
 def test_wrap_collate_equals_stage_on_preprocessed_batch(model):

@@ -95,6 +95,9 @@ def test_advamd_epoch_logs_three_views_and_checkpoints_state(tmp_path, tiny_data
     for k in ("train/box_loss", "train/med_loss", "train/adv_loss"):
         assert float(row[k]) > 0, k
     assert list(trainer.save_dir.glob("train_views*.jpg")), "no benign/mediate/adversarial picture"
+    assert trainer.stage.reuses_gradient  # FGSM on the current model: the loop's own pass is the adversarial view
+    aux = [m.aux.weight for m in trainer.model.modules() if isinstance(m, DualBatchNorm2d)]
+    assert any((w != 1).any() for w in aux), "the adversarial view never reached the auxiliary BN"
     ckpt = torch_load(trainer.last, map_location="cpu")
     model = ckpt["ema"] or ckpt["model"]  # a finished run holds the EMA under "model"
     assert any(isinstance(m, DualBatchNorm2d) for m in model.modules())
@@ -151,22 +154,25 @@ def test_bad_settings_fail_before_any_directory_is_made(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
-def test_nan_view_skips_the_step_and_never_reaches_the_weights(tmp_path, tiny_data, monkeypatch, caplog):
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])  # the NaN view is the loop's own pass / one trained before it
+def test_nan_view_skips_the_step_and_never_reaches_the_weights(tmp_path, tiny_data, monkeypatch, caplog, attack):
     from yolo_advamd.stage import AttackStage
 
-    attack = AttackStage.__call__
+    stage_call = AttackStage.__call__
     calls = []
 
-    def poisoned(self, batch, model=None):
-        out = attack(self, batch, model)
+    def poisoned(self, batch, model=None, **kwargs):
+        out = stage_call(self, batch, model, **kwargs)
         calls.append(1)
         if len(calls) == 4:  # one training batch (after 2 calibration batches and 1 clean step)
             out["img_adv"] = torch.full_like(out["img_adv"], float("nan"))
         return out
 
     monkeypatch.setattr(AttackStage, "__call__", poisoned)
-    trainer = AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "nan", nbs=8))  # nbs=batch: a step per batch
+    kw = {"attack": attack, "steps": 1} if attack == "pgd" else {}
+    trainer = AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "nan", nbs=8, **kw))  # nbs=batch: a step per batch
     trainer.train()
+    assert trainer.stage.reuses_gradient == (attack == "fgsm")
     assert "non-finite AdvAmd loss {'adv': nan}" in caplog.text
     assert caplog.text.count("optimizer step skipped") == 1  # the BN statistics were not poisoned for later steps
     for v in trainer.model.state_dict().values():

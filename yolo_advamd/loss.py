@@ -1,12 +1,15 @@
-"""The AdvAmd criterion: Ultralytics' own detection loss, scaled and class-weighted per view as the batch asks."""
+"""The AdvAmd views: each a batch for Ultralytics' own detection loss, scaled, class-weighted and routed as it asks."""
 
 from __future__ import annotations
 
-import contextlib
+from contextlib import ExitStack
 
 import torch
 
-VIEW_KEYS = ("loss_scale", "class_weights", "view_items")  # what a view batch may carry for the criterion
+from yolo_advamd.nn.dual_bn import aux_bn
+
+VIEWS = {"benign": "img", "med": "img_med", "adv": "img_adv"}  # view name -> the batch key of its images
+VIEW_KEYS = ("view", "loss_scale", "class_weights", "aux_bn", "view_items")  # what a view batch carries
 
 
 class ViewLoss:
@@ -15,8 +18,9 @@ class ViewLoss:
     A batch without the keys in `VIEW_KEYS` (e.g. from the validator) gives exactly the wrapped criterion's result.
     `class_weights` (nc,) multiplies the classification BCE through `v8DetectionLoss.class_weights`, Ultralytics'
     per-class hook, on top of any weights already there (`cls_pw`). Like Ultralytics, that weights the BCE of positive
-    and negative anchors alike, not only the y = 1 term of the paper's eq. 6. `view_items` (a dict of detached
-    losses of the other views) is merged into the returned loss items, so Ultralytics logs every view.
+    and negative anchors alike, not only the y = 1 term of the paper's eq. 6. `view_items` (the detached losses of the
+    other views, in log order) completes the returned loss items, so Ultralytics logs every view: the benign view's
+    own items come first, any other view's total goes in as `{view}_loss`.
 
     Attributes:
         criterion: The wrapped criterion (`v8DetectionLoss`, `E2ELoss`, ...); other attributes are delegated to it.
@@ -55,7 +59,11 @@ class ViewLoss:
                     h.class_weights = w
         if "loss_scale" in batch:
             loss = loss * batch["loss_scale"]
-        return loss, {**items, **batch.get("view_items", {})}
+        logged = batch.get("view_items")
+        if logged is not None:
+            view = batch.get("view", "benign")
+            items = {**items, **logged} if view == "benign" else {**logged, f"{view}_loss": sum(items.values())}
+        return loss, items
 
 
 def wrap_criterion(model):
@@ -65,48 +73,159 @@ def wrap_criterion(model):
     return model
 
 
-def backward_extra_views(model, module, batch: dict, args, abar: torch.Tensor | None, backward) -> dict:
-    """Run the mediate and adversarial views of one AdvAmd step, each forward then backward, one graph at a time.
+def make_view(batch: dict, name: str, args, abar: torch.Tensor | None) -> dict:
+    """Return the batch of one view of an attacked batch, for `model(view)`: its images, loss scale, BN and weights.
 
-    The benign view is left to Ultralytics' own loop: this marks `batch` with its `beta1` loss scale and the other
-    views' loss items, so the loop's `model(batch)` returns `beta1 * L_B` and logs all three views. Gradients of the
-    three views add up in `.grad` before the loop's optimizer step; peak memory stays that of one view.
+    Args:
+        batch (dict): A preprocessed batch; `img_med` and `img_adv` (from `AttackStage`) for those views.
+        name (str): "benign" (β1, main BN), "med" (β2, main BN) or "adv" (β3, auxiliary BN if `aux_bn`, classification
+            loss weighted by `abar` if `advamd_loss`).
+        args (SimpleNamespace): Settings with `aux_bn`, `advamd_loss`, `beta1`, `beta2`, `beta3`.
+        abar (torch.Tensor | None): Per-class weights (nc,) for the adversarial view's classification loss.
+
+    Returns:
+        (dict): The labels and view images of `batch`, `img` set to the view's images (the clean ones stay as
+            `img_benign`) and the view keys of `VIEW_KEYS` set.
+    """
+    view = {k: v for k, v in batch.items() if k not in VIEW_KEYS}
+    view.update(img=batch[VIEWS[name]], img_benign=batch["img"], view=name)
+    view["loss_scale"] = {"benign": args.beta1, "med": args.beta2, "adv": args.beta3}[name]
+    view["aux_bn"] = name == "adv" and args.aux_bn
+    if name == "adv" and args.advamd_loss and abar is not None:
+        view["class_weights"] = abar
+    return view
+
+
+def view_order(args, reuse_gradient: bool) -> tuple[str, ...]:
+    """Return the views an AdvAmd step trains, in the order they run; the last one is the training loop's own pass.
+
+    The loop's pass is the benign view, except when the benign pass must come first to hand its input gradient to
+    FGSM (`reuse_gradient`): then the loop runs the last extra view. Views with a zero β, or the mediate view with
+    `mediate=False`, are left out (the benign view stays the loop's pass even with β1 = 0, as Ultralytics needs one).
+    """
+    extra = [n for n, on in (("med", args.mediate and args.beta2 > 0), ("adv", args.beta3 > 0)) if on]
+    return ("benign", *extra) if reuse_gradient else (*extra, "benign")
+
+
+def logged_items(order: tuple[str, ...], trained: dict) -> dict:
+    """Return the loss items of the views `trained` so far, in log order, with a slot for the loop's view."""
+    items = dict(trained.get("benign", {}))
+    for name in ("med", "adv"):
+        if name in order:
+            items[f"{name}_loss"] = sum(trained[name].values()) if name in trained else None
+    return items
+
+
+def train_view(model, view: dict, backward) -> dict:
+    """Forward one view through `model` and backward its loss; return its loss items.
+
+    A non-finite loss is not backpropagated (the model's `ViewGuard` records it and restores the BN statistics).
 
     Args:
         model (callable): The training model as the loop calls it (DDP-wrapped under DDP): `model(batch) -> (loss, items)`.
-        module (nn.Module): The unwrapped model, routed to its auxiliary BN for the adversarial view.
-        batch (dict): A preprocessed batch holding `img_med` and `img_adv` (from `AttackStage`).
+        view (dict): A view batch from `make_view`.
+        backward (callable): `backward(loss)` as the loop does it (AMP scaling, DDP world size).
+    """
+    loss, items = model(view)
+    loss = loss.sum()
+    if torch.isfinite(loss):
+        backward(loss)
+    return items
+
+
+def train_views(model, module, batch: dict, stage, args, abar: torch.Tensor | None, backward) -> dict:
+    """Attack `batch` and train all but the last of its views, one forward and backward at a time; return the last.
+
+    The returned view batch is for Ultralytics' own loop, whose `model(batch)` and backward train it and log every
+    view's loss (`view_items`). Gradients of all views add up in `.grad` before the loop's optimizer step; peak
+    memory stays that of one view. With `stage.reuses_gradient` (FGSM on the current model) the benign view runs
+    first and its input gradient is the attack's, so FGSM costs no pass of its own.
+
+    Args:
+        model (callable): The training model as the loop calls it (DDP-wrapped under DDP).
+        module (nn.Module): The unwrapped model, with a `ViewLoss` criterion and a `ViewGuard`.
+        batch (dict): A preprocessed batch, `img` float in [0, 1].
+        stage (AttackStage): Adds `img_adv` and `img_med`.
         args (SimpleNamespace): Settings with `mediate`, `aux_bn`, `advamd_loss`, `beta1`, `beta2`, `beta3`.
         abar (torch.Tensor | None): Per-class weights (nc,) for the adversarial view's classification loss.
         backward (callable): `backward(loss)` as the loop does it (AMP scaling, DDP world size).
 
     Returns:
-        (dict): The names of the views whose loss was not finite, mapped to the loss: their backward was skipped and
-            the BN running statistics their forward changed were restored.
+        (dict): The view batch for the loop's pass, with `view_items` and the attacked batch's `img_med`, `img_adv`.
     """
-    from yolo_advamd.nn.dual_bn import aux_bn
+    reuse = stage.reuses_gradient and args.beta1 > 0
+    order, trained = view_order(args, reuse), {}
+    if reuse:
+        img = batch["img"].detach().requires_grad_(True)
+        trained["benign"] = train_view(model, make_view({**batch, "img": img}, "benign", args, abar), backward)
+        batch = stage({**batch, "img": img.detach()}, model=module, grad=img.grad)
+    else:
+        batch = stage(batch, model=module)
+    for name in order[:-1]:
+        if name not in trained:
+            trained[name] = train_view(model, make_view(batch, name, args, abar), backward)
+    view = make_view(batch, order[-1], args, abar)
+    view["view_items"] = logged_items(order, trained)
+    return view
 
-    views = []
-    if args.mediate and args.beta2 > 0:
-        views.append(("med", "img_med", args.beta2, None, contextlib.nullcontext()))
-    weights = abar if args.advamd_loss else None
-    if args.beta3 > 0:
-        views.append(("adv", "img_adv", args.beta3, weights, aux_bn(module) if args.aux_bn else contextlib.nullcontext()))
-    items, bad = {}, {}
-    for name, key, beta, weights, routing in views:
-        view = {k: v for k, v in batch.items() if k not in {"img_med", "img_adv", *VIEW_KEYS}}
-        view.update(img=batch[key], loss_scale=beta)
-        if weights is not None:
-            view["class_weights"] = weights
-        stats = {k: v.clone() for k, v in module.state_dict().items() if "running_" in k or "num_batches" in k}
-        with routing:
-            loss, view_items = model(view)
-        loss = loss.sum()
-        items[f"{name}_loss"] = sum(view_items.values())
-        if torch.isfinite(loss):
-            backward(loss)
-        else:  # the forward may have put NaN into BN running statistics: undo it, skip this view
-            module.load_state_dict(stats, strict=False)
-            bad[name] = float(loss.detach())
-    batch.update(loss_scale=args.beta1, view_items=items)
-    return bad
+
+class ViewGuard:
+    """Forward hooks that let each view batch choose its BN and keep a non-finite view out of the BN statistics.
+
+    Registered on the trained model (the module inside DDP), they act on calls with a view batch (`make_view`): the
+    model runs on its auxiliary BNs when the view asks (`aux_bn`, see `dual_bn.aux_bn`), and when the view's loss is
+    not finite, the view is recorded in `bad` and the BN running statistics from before its forward are put back once
+    its graph is done with (before the next view's forward, or at `pop_bad()`; the loop backpropagates its own view
+    whatever the loss). Any other call (image tensors, validator batches) passes through. The routing is undone even
+    when the forward raises, so it also holds for the view Ultralytics' loop runs itself.
+
+    Attributes:
+        bad (dict): View name -> non-finite loss, since the last `pop_bad()`.
+
+    Examples:
+        >>> guard = ViewGuard(model)
+        >>> loss, items = model(make_view(batch, "adv", args, abar))  # through the auxiliary BNs
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        """Register the hooks on `model`."""
+        self.model = model
+        self.bad = {}
+        self.stats = self.routing = self.finite_stats = None
+        model.register_forward_pre_hook(self.enter)
+        model.register_forward_hook(self.exit, always_call=True)
+
+    def enter(self, module: torch.nn.Module, args: tuple) -> None:
+        """Before a view's forward: save the BN statistics, route to the auxiliary BNs if the view asks."""
+        view = args[0] if args and isinstance(args[0], dict) else {}
+        if "view" not in view:
+            return
+        self.restore_stats()
+        self.stats = {k: v.clone() for k, v in module.state_dict().items() if "running_" in k or "num_batches" in k}
+        self.routing = ExitStack()
+        if view["aux_bn"]:
+            self.routing.enter_context(aux_bn(module))
+
+    def exit(self, module: torch.nn.Module, args: tuple, output) -> None:
+        """After a view's forward (also when it raised): restore the routing; record a non-finite view."""
+        if self.routing is None:
+            return
+        self.routing.close()
+        self.routing = None
+        loss = output[0].detach().sum() if isinstance(output, tuple) else None
+        if loss is not None and not torch.isfinite(loss):
+            self.bad[args[0]["view"]] = float(loss)
+            self.finite_stats = self.finite_stats or self.stats  # the graph still holds the buffers: restore later
+        self.stats = None
+
+    def restore_stats(self) -> None:
+        """Put back the BN statistics from before the first non-finite view, if there was one."""
+        if self.finite_stats is not None:
+            self.model.load_state_dict(self.finite_stats, strict=False)
+            self.finite_stats = None
+
+    def pop_bad(self) -> dict:
+        """Restore the BN statistics if a view was non-finite; return the views recorded since the last call."""
+        self.restore_stats()
+        bad, self.bad = self.bad, {}
+        return bad

@@ -12,6 +12,7 @@ from torch import nn
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks.base import Attack, AttackResult
+from yolo_advamd.attacks.fgsm import FGSM
 from yolo_advamd.attacks.objectives import DetectionObjective
 from yolo_advamd.cfg import DEFAULT_PHI
 from yolo_advamd.vulnerability import Vulnerability
@@ -129,23 +130,45 @@ class AttackStage:
             )
         return unwrap_model(model)
 
-    def __call__(self, batch: dict, model: nn.Module | None = None) -> dict:
+    @property
+    def reuses_gradient(self) -> bool:
+        """Whether a training pass's input gradient can stand in for the attack: FGSM on the current model's loss.
+
+        The current model's training loss at the clean images, in train mode, is this stage's objective (Ultralytics
+        assigns anchors from detached predictions, so its input gradient is the fixed-assignment one), and FGSM
+        only needs its sign: pass that gradient as `stage(batch, grad=...)` and the attack costs nothing.
+        """
+        return (
+            self.attack_model == "current"
+            and isinstance(self.attack, FGSM)
+            and not self.attack.random_start
+            and self.terms == "all"
+        )
+
+    def __call__(self, batch: dict, model: nn.Module | None = None, grad: torch.Tensor | None = None) -> dict:
         """Attack `batch` and return a new batch dict with `img_adv` and `img_med` added.
 
         Args:
             batch (dict): A preprocessed detection batch on the attacked model's device: `img` (B, 3, H, W) float in
                 [0, 1], `cls`, `bboxes`, `batch_idx`. It is not modified.
             model (nn.Module | None): The model being trained ("current" mode); ignored in "target" mode.
+            grad (torch.Tensor | None): The input gradient of the current model's training loss at `img`, when a
+                training pass computed it already (only if `reuses_gradient`): no attack pass is run then.
 
         Returns:
             (dict): The same entries as `batch` plus `img_adv` and `img_med` (detached, dtype of `img`).
         """
         attacked = self.attacked(model)
-        img = batch["img"]
+        img = batch["img"].detach()
         if self.attack_model == "target" and next(attacked.parameters()).device != img.device:
             attacked.to(img.device)  # the frozen copy follows the data (e.g. wrap_collate to another device)
         objective = DetectionObjective(attacked, batch, terms=self.terms)
-        result = self.attack(img, objective)
+        if grad is None:
+            result = self.attack(img, objective)
+        elif self.reuses_gradient:
+            result = self.attack.step(img, grad.float())
+        else:
+            raise ValueError(f"{self.attack} with attack_model={self.attack_model!r} cannot reuse a training gradient")
         out = dict(batch)
         out["img_adv"] = result.adv.detach().to(img.dtype)  # clip(x + delta)
         out["img_med"] = (img + self.phi * result.delta.detach().to(img.dtype)).clamp_(*self.attack.clip)

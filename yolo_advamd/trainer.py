@@ -14,7 +14,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.cfg import ADVAMD_DEFAULTS, ADVAMD_KEYS, check_advamd_cfg, merge_cfg
-from yolo_advamd.loss import backward_extra_views, wrap_criterion
+from yolo_advamd.loss import ViewGuard, train_views, wrap_criterion
 from yolo_advamd.nn.dual_bn import convert_dual_bn, has_dual_bn, strip_aux_bn
 from yolo_advamd.plotting import plot_views, tensorboard_writer
 from yolo_advamd.stage import AttackStage, freeze_target
@@ -27,9 +27,11 @@ class AdvAmdTrainer(DetectionTrainer):
     Each step, `preprocess_batch` attacks the batch (`AttackStage`: the frozen target model M_T or the current model)
     and trains the mediate view (main BN) and the adversarial view (auxiliary BN, classification loss weighted by Ā),
     each forward and backward in turn; Ultralytics' loop then trains the benign view and steps the optimizer, so its
-    optimizer, scheduler, EMA, AMP, warmup, early stopping and checkpoints stay as they are. `method=vanilla` is
-    exactly `DetectionTrainer`. Ā is calibrated before the first epoch and refreshed by callbacks; Ā, the flip counts
-    and the frozen target's weights ride in the checkpoint as the model attribute `advamd_state`.
+    optimizer, scheduler, EMA, AMP, warmup, early stopping and checkpoints stay as they are. With FGSM on the current
+    model, the benign view runs first and hands FGSM its input gradient, and the loop trains the last view instead
+    (`loss.train_views`). `method=vanilla` is exactly `DetectionTrainer`. Ā is calibrated before the first epoch and
+    refreshed by callbacks; Ā, the flip counts and the frozen target's weights ride in the checkpoint as the model
+    attribute `advamd_state`.
 
     Examples:
         >>> trainer = AdvAmdTrainer(overrides={"model": "best.pt", "data": "data/digits-det.yaml", "attack": "pgd"})
@@ -57,8 +59,7 @@ class AdvAmdTrainer(DetectionTrainer):
                 "find_unused_parameters=False, and each view leaves the main or the auxiliary BN unused. "
                 "Use compile=False for multi-GPU AdvAmd training."
             )
-        self.stage = self.vulnerability = self.abar = self.resume_state = None
-        self.skip_step = False
+        self.stage = self.vulnerability = self.abar = self.resume_state = self.guard = None
         if self.amend:
             self.add_callback("on_train_start", AdvAmdTrainer.setup_advamd)
             self.add_callback("on_train_epoch_end", AdvAmdTrainer.refresh_abar)
@@ -114,6 +115,7 @@ class AdvAmdTrainer(DetectionTrainer):
             vulnerability=self.vulnerability,
             terms=args.attack_terms,
         )
+        self.guard = ViewGuard(model)  # view batches pick their BN; a non-finite view leaves BN statistics alone
         if state.get("vulnerability") is not None:
             self.vulnerability.load_state_dict(state["vulnerability"])
         if state.get("abar") is not None:
@@ -177,7 +179,7 @@ class AdvAmdTrainer(DetectionTrainer):
                 m.advamd_state = state
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """Preprocess like Ultralytics, then attack the batch and train its mediate and adversarial views."""
+        """Preprocess like Ultralytics, then attack the batch, train all its views but one and return that one."""
         batch = super().preprocess_batch(batch)
         if not self.amend:
             return batch
@@ -185,31 +187,29 @@ class AdvAmdTrainer(DetectionTrainer):
         a = self.args
         self.stage.collect_stats = a.advamd_loss and a.abar_update == "epoch" and self.refresh_batches < a.abar_batches
         self.refresh_batches += self.stage.collect_stats
-        batch = self.stage(batch, model=module)
         world = self.world_size if RANK != -1 else 1
-        bad = backward_extra_views(
-            self.model, module, batch, self.args, self.abar, lambda loss: self.scaler.scale(loss * world).backward()
+        return train_views(
+            self.model, module, batch, self.stage, a, self.abar, lambda loss: self.scaler.scale(loss * world).backward()
         )
-        if bad:
-            LOGGER.warning(f"non-finite AdvAmd loss {bad} at epoch {self.epoch + 1}: this optimizer step is skipped")
-            self.skip_step = True
-        return batch
 
     def optimizer_step(self):
-        """Step like Ultralytics, but skip a step whose gradients are not finite (a NaN never reaches the weights)."""
-        if not self.scaler.is_enabled():  # with AMP, GradScaler already skips non-finite steps
+        """Step like Ultralytics, but skip a step with a non-finite view or gradient (a NaN never reaches the weights)."""
+        bad = self.guard.pop_bad() if self.guard else {}
+        finite = True
+        if not self.scaler.is_enabled():  # with AMP, GradScaler checks the gradients itself
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))  # one sync, fused
-            if self.skip_step or not finite:
-                LOGGER.warning(f"non-finite gradients at epoch {self.epoch + 1}: optimizer step skipped")
-                self.optimizer.zero_grad()
-                self.skip_step = False
-                return
+        if bad or not finite:
+            what = f"non-finite AdvAmd loss {bad}" if bad else "non-finite gradients"
+            LOGGER.warning(f"{what} at epoch {self.epoch + 1}: optimizer step skipped")
+            self.optimizer.zero_grad()
+            return
         super().optimizer_step()
 
     def plot_training_samples(self, batch: dict, ni: int) -> None:
         """Plot Ultralytics' training mosaic and, with AdvAmd, the benign / mediate / adversarial views."""
         if "img_adv" in batch:  # first: Ultralytics' plot turns the batch's tensors into arrays
+            batch = {**batch, "img": batch["img_benign"]}  # the loop's view may be another one
             grid = plot_views(batch, self.save_dir / f"train_views{ni}.jpg", on_plot=self.on_plot)
             if writer := tensorboard_writer():
                 writer.add_image("advamd/views", grid, ni, dataformats="HWC")

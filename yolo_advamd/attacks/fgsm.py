@@ -31,5 +31,13 @@ class FGSM(Attack):
         """Take one ascent step of size eps from the start and project it onto the eps ball."""
         x = self.start(images)
         grad, logits = self.gradient(objective, x)
-        adv = self.project(images, x + self.ascent(grad, self.eps))
-        return self.result(images, adv, clean_logits=None if self.random_start else logits)
+        return self.step(images, grad, x, clean_logits=None if self.random_start else logits)
+
+    def step(self, images: torch.Tensor, grad: torch.Tensor, start: torch.Tensor | None = None, **kwargs) -> AttackResult:
+        """Return the FGSM result for the input gradient `grad` taken at `start` (default: `images`).
+
+        A training pass that already computed the loss's input gradient at the clean images (e.g. the benign view with
+        `attack_model=current`) gives FGSM for free this way. A NaN gradient entry gives no step there.
+        """
+        x = images if start is None else start
+        return self.result(images, self.project(images, x + self.ascent(grad.nan_to_num(nan=0.0), self.eps)), **kwargs)
