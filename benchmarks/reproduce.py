@@ -5,6 +5,9 @@
     nohup python benchmarks/reproduce.py &          # finished runs are skipped, so it resumes where it stopped
     python benchmarks/reproduce.py --report         # only regenerate docs/RESULTS.md and the plot from the results file
     python benchmarks/reproduce.py --bench          # also run the step-cost and attack-speed benchmarks into the report
+    python benchmarks/reproduce.py --quick --vary beta3=0.5 abar_norm=none   # (c) AdvAmd with other settings, as a
+                                                    # row of its own against the same control ("what we tried")
+    python benchmarks/reproduce.py --quick --seeds 0 1 2                     # (a), (b), (c) over three seeds
 
 Protocol: train a target M_T (yolov8n, 160 px) from scratch, fine-tune it with every method for the same epochs
 under one fixed schedule (AdamW, fixed lr0, no warmup, no mosaic, no gradient accumulation, same seed), then measure
@@ -21,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,8 +63,15 @@ def method_name(s: dict) -> str:
     return "advamd" if on == "MBL" else f"ablation-{on or 'none'}"
 
 
-def plan(profile: dict) -> list[dict]:
-    """Return every fine-tune run of a profile: (a), (b), (c) for every seed and attack, ablations at seed 0."""
+def plan(profile: dict, vary: dict | None = None) -> list[dict]:
+    """Return every fine-tune run of a profile: (a), (b), (c) for every seed and attack, ablations at seed 0.
+
+    With `vary` (settings to override), only (c) AdvAmd at the profile's first setting and seed, with those settings.
+    """
+    if vary:
+        (attack, eps), seed = profile["train"][0], profile["seeds"][0]
+        on = dict.fromkeys(("mediate", "aux_bn", "advamd_loss"), True)
+        return [{"attack": attack, "eps": eps, "seed": seed, "method": "advamd", **on, **vary, "vary": vary}]
     runs = []
     for attack, eps in profile["train"]:
         for seed in profile["seeds"] if (attack, eps) == profile["train"][0] else profile["seeds"][:1]:
@@ -75,7 +87,16 @@ def plan(profile: dict) -> list[dict]:
 def key(run: dict) -> str:
     """A run's identity in the results file."""
     attack = "" if run["method"] == "vanilla" else f"{run['attack']}-{run['eps']}"
-    return f"{method_name(run)}/{attack}/seed{run['seed']}"
+    vary = "".join(f"/{k}={v}" for k, v in run.get("vary", {}).items())
+    return f"{method_name(run)}/{attack}/seed{run['seed']}{vary}"
+
+
+def trained_on(e: dict) -> str:
+    """The training setting of a recorded run, for the report: attack, ε and any varied settings."""
+    if e["name"] == "vanilla":
+        return "—"
+    varied = (f"{k}={v}" for k, v in e.get("vary", {}).items() if k not in {"attack", "eps"})  # those are named first
+    return " ".join([f"{e['attack']} ε={e['eps']}", *varied])
 
 
 def load() -> list[dict]:
@@ -110,14 +131,14 @@ def train(overrides: dict) -> tuple[Path, float]:
     return trainer.best, time.time() - t
 
 
-def run_protocol(profile_name: str) -> None:
+def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] | None = None) -> None:
     """Train M_T if needed, then every planned run not yet recorded, appending each as it finishes."""
     import yolo_advamd  # noqa: F401
     from yolo_advamd.cli import use_all_cores
     from yolo_advamd.data import resolve_dataset
 
     use_all_cores()
-    profile = PROFILES[profile_name]
+    profile = {**PROFILES[profile_name], **({"seeds": tuple(seeds)} if seeds else {})}
     data = resolve_dataset(str(ROOT / "data" / "digits-det.yaml"))
     project = str(ROOT / "runs" / f"reproduce-{profile_name}")
     done = {e["key"]: e for e in load() if e.get("profile") == profile_name}
@@ -129,14 +150,15 @@ def run_protocol(profile_name: str) -> None:
                           "map": evaluate(weights, data, profile, f"{profile_name}-target")}  # fmt: skip
         record(done["target"])
     target = done["target"]["weights"]
-    for run in plan(profile):
+    for run in plan(profile, vary):
         if (k := key(run)) in done:
             continue
         name = k.replace("/", "_")
+        settings = {k: v for k, v in run.items() if k != "vary"}
         weights, seconds = train({"model": target, "data": data, "epochs": profile["ft_epochs"], "lr0": 0.0005,
                                   "close_mosaic": profile["ft_epochs"], "fraction": profile["fraction"],
                                   "attack_model": "target", "abar_batches": 10, "project": project, "name": name,
-                                  **run})  # fmt: skip
+                                  **settings})  # fmt: skip
         entry = {"key": k, "profile": profile_name, **run, "name": method_name(run), "train_seconds": seconds,
                  "weights": str(weights), "map": evaluate(weights, data, profile, f"{profile_name}-{name}")}  # fmt: skip
         record(entry)
@@ -164,22 +186,21 @@ def report(bench: str = "") -> str:
     lines += ["", "## Δ mAP50-95 vs the control (Tables 1 and 3 analogue)", "",
               "| profile | method | trained on | seed | " + " | ".join(f"Δ {c}" for c in cols) + " | train min |",
               "|---" * (len(cols) + 5) + "|"]  # fmt: skip
-    for e in sorted(entries, key=lambda e: (e["profile"], e["attack"], e["eps"], e["name"], e["seed"])):
+    for e in sorted(entries, key=lambda e: (e["profile"], e["attack"], e["eps"], e["name"], trained_on(e), e["seed"])):
         c = control(entries, e)
         cells = [f"{e['map'][col] - c['map'][col]:+.2f}" if c and col in e["map"] and col in c["map"] else "" for col in cols]
-        trained = "—" if e["name"] == "vanilla" else f"{e['attack']} ε={e['eps']}"
-        lines.append(f"| {e['profile']} | {e['name']} | {trained} | {e['seed']} | " + " | ".join(cells)
+        lines.append(f"| {e['profile']} | {e['name']} | {trained_on(e)} | {e['seed']} | " + " | ".join(cells)
                      + f" | {e['train_seconds'] / 60:.1f} |")  # fmt: skip
     lines += ["", "## Absolute mAP50-95, mean ± spread over seeds", "", "| profile | method | trained on | seeds | "
               + " | ".join(cols) + " |", "|---" * (len(cols) + 4) + "|"]  # fmt: skip
     groups = {}
     for e in entries:
-        groups.setdefault((e["profile"], e["name"], "" if e["name"] == "vanilla" else f"{e['attack']} ε={e['eps']}"), []).append(e)
+        groups.setdefault((e["profile"], e["name"], trained_on(e)), []).append(e)
     for (prof, name, trained), es in sorted(groups.items()):
         def cell(col):
             v = [x["map"][col] for x in es if col in x["map"]]
             return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else (f"{v[0]:.2f}" if v else "")
-        lines.append(f"| {prof} | {name} | {trained or '—'} | {len(es)} | " + " | ".join(cell(c) for c in cols) + " |")
+        lines.append(f"| {prof} | {name} | {trained} | {len(es)} | " + " | ".join(cell(c) for c in cols) + " |")
     if bench:
         lines += ["", "## Step cost and attack speed", "", "```", bench.strip(), "```"]
     lines += ["", "![benign vs adversarial mAP](results/benign_vs_adv.png)", ""]
@@ -225,7 +246,18 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="(a), (b), (c) at FGSM eps=0.01 only")
     parser.add_argument("--report", action="store_true", help="only regenerate the report from the results file")
     parser.add_argument("--bench", action="store_true", help="also run benchmarks/ into the report")
+    parser.add_argument("--vary", nargs="+", metavar="KEY=VALUE", help="train (c) AdvAmd with these settings only")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds of (a), (b), (c) instead of the profile's")
     opt = parser.parse_args()
     if not opt.report:
-        run_protocol("quick" if opt.quick else "full")
+        vary = {}
+        for arg in opt.vary or []:
+            k, eq, v = arg.partition("=")
+            if not eq:
+                parser.error(f"--vary {arg}: give KEY=VALUE, e.g. --vary beta3=0.5")
+            vary[k] = yaml.safe_load(v)
+        from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, merge_cfg
+
+        check_advamd_cfg({**ADVAMD_DEFAULTS, **merge_cfg(vary)})  # a bad key or value fails now, not after M_T
+        run_protocol("quick" if opt.quick else "full", vary, opt.seeds)
     print(report(benchmarks() if opt.bench else ""))

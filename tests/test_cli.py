@@ -30,6 +30,8 @@ def test_unknown_key_is_rejected_with_suggestion():
         merge_cfg({"epsilon": 0.1})
     with pytest.raises(SyntaxError, match="lr0"):
         merge_cfg({"lr": 0.1})
+    with pytest.raises(SyntaxError, match=r"Valid keys: method, hyp, attack, eps, .*, and every Ultralytics setting"):
+        merge_cfg({"bogus": 1})
 
 
 @pytest.mark.parametrize(
@@ -126,6 +128,7 @@ def test_readme_test_command_is_what_ci_runs():
         ("val_advamd.py", ["model=missing.pt"], "model=missing.pt is not on disk"),
         ("val_advamd.py", ["data=data/coco.yaml"], "model= is required"),
         ("export.py", ["model=missing.pt", "format=onnx"], "model=missing.pt is not on disk"),
+        ("export.py", ["model=missing.pt", "opset=12", "bogus=1"], "'bogus' is not a valid argument.\nValid keys: model"),
     ],
 )
 def test_val_and_export_cli_errors(tmp_path, program, args, message):

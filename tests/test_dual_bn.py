@@ -14,7 +14,7 @@ from ultralytics.nn.tasks import (
     load_checkpoint,
     torch_safe_load,
 )
-from ultralytics.utils.torch_utils import ModelEMA
+from ultralytics.utils.torch_utils import ModelEMA, initialize_weights
 
 from yolo_advamd.nn import (
     DualBatchNorm2d,
@@ -241,6 +241,13 @@ def test_conversion_carries_eps_and_momentum():
     model = convert_dual_bn(build())  # Ultralytics' initialize_weights ran in the constructor, weights load afterwards
     model.load(build(), verbose=False)
     assert {(m.eps, m.momentum, m.aux.eps, m.aux.momentum) for m in duals(model)} == {(1e-3, 0.03, 1e-3, 0.03)}
+    model = convert_dual_bn(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
+    initialize_weights(model)  # after the conversion: it reaches only the plain aux child
+    x = torch.randn(2, 3, 5, 5)
+    with aux_bn(model):
+        routed = model(x)
+    assert {(m.aux.eps, m.aux.momentum) for m in duals(model)} == {(1e-5, 0.1)}  # the main BN's settings rule
+    torch.testing.assert_close(routed, model(x), rtol=0, atol=0)  # same weights and statistics: same output
 
 
 def test_dual_bn_survives_pickle_deepcopy_and_ultralytics_checkpoint(tmp_path):

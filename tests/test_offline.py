@@ -1,4 +1,4 @@
-"""Offline by construction: a training run through our CLI makes no network attempt, and plots still get a font."""
+"""Offline by construction: training, validation and export through our CLIs make no network attempt, plots get a font."""
 
 import os
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_guarded(args, tmp_path, home):
-    """Run train_advamd.py under the offline guard with a fresh Ultralytics config dir; return (result, attempts)."""
-    log = tmp_path / "attempts.log"
+def run_guarded(args, tmp_path, home, program="train_advamd.py"):
+    """Run `program` under the offline guard with a fresh Ultralytics config dir; return (result, attempts)."""
+    log = tmp_path / f"attempts-{program}.log"
     env = {
         **os.environ,
         "OFFLINE_GUARD_LOG": str(log),
@@ -24,7 +24,7 @@ def run_guarded(args, tmp_path, home):
         env.pop(k, None)  # the package itself must set them
     code = (
         "import sys, runpy, offline_guard; "
-        f"sys.argv = ['train_advamd.py', *{args!r}]; "
+        f"sys.argv = [{program!r}, *{args!r}]; "
         "runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     r = subprocess.run(
@@ -42,7 +42,7 @@ def test_guard_catches_a_stock_ultralytics_import(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_through_cli_makes_no_network_attempt(tmp_path):
+def test_training_validation_and_export_through_cli_make_no_network_attempt(tmp_path):
     data = tmp_path / "tiny-digits.yaml"
     data.write_text("builder: digits-det\nseed: 1\nn_train: 32\nn_val: 16\nimgsz: 64\n")
     args = [
@@ -63,3 +63,12 @@ def test_training_through_cli_makes_no_network_attempt(tmp_path):
     assert (run / "weights" / "last.pt").is_file()
     assert (run / "results.csv").is_file()
     assert (tmp_path / "ultralytics-home" / "Ultralytics" / "Arial.ttf").is_file()  # plots had a local font
+    weights = run / "weights" / "last.pt"
+    for program, more in (
+        ("val_advamd.py", [f"data={data}", "attacks=fgsm", "eps=0.03", "imgsz=64", "plots=True", f"project={run}"]),
+        ("export.py", ["format=onnx", "imgsz=64"]),
+    ):
+        r, attempts = run_guarded([f"model={weights}", *more], tmp_path, tmp_path / "ultralytics-home", program)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert attempts == [], f"{program}: network attempts: {attempts}"
+    assert (run / "weights" / "last.onnx").is_file()

@@ -24,6 +24,7 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
 
     def fake_train(overrides):
         trained.append(overrides["name"])
+        assert "vary" not in overrides and overrides.get("beta3", 0.5) == 0.5
         return files / f"{overrides['name']}.pt", 1.0
 
     monkeypatch.setattr(reproduce, "train", fake_train)
@@ -37,6 +38,12 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
     reproduce.run_protocol("quick")  # everything recorded: nothing is trained again
     assert trained == []
     assert len(reproduce.load()) == 4
+    reproduce.run_protocol("quick", vary={"beta3": 0.5})  # a tried setting: (c) only, a row of its own
+    assert trained == ["advamd_fgsm-0.01_seed0_beta3=0.5"]
+    assert "| quick | advamd | fgsm ε=0.01 beta3=0.5 | 0 | +0.00 |  |" in reproduce.report()
+    trained.clear()
+    reproduce.run_protocol("quick", seeds=[0, 1])  # more seeds: only the new seed's (a), (b), (c) are trained
+    assert trained == ["vanilla__seed1", "advtrain_fgsm-0.01_seed1", "advamd_fgsm-0.01_seed1"]
 
 
 def test_report_deltas_are_against_the_same_seed_control(files):

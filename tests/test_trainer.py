@@ -153,6 +153,18 @@ def test_bad_settings_fail_before_any_directory_is_made(tmp_path, tiny_data):
     assert not (tmp_path / "bad").exists()
 
 
+def test_python_api_builds_the_embedded_data_and_never_downloads_weights(tmp_path, monkeypatch):
+    """Like the CLIs: `data` may name the digits-det builder YAML (built on first use), a missing .pt fails at once."""
+    monkeypatch.setenv("YOLO_ADVAMD_DATA", str(tmp_path / "cache"))
+    builder = tmp_path / "small.yaml"
+    builder.write_text("builder: digits-det\nseed: 5\nn_train: 8\nn_val: 4\nimgsz: 64\n")
+    trainer = AdvAmdTrainer(overrides=tiny(tmp_path, str(builder), "py"))
+    assert trainer.data["nc"] == 10 and Path(trainer.args.data).is_relative_to(tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="never downloads weights"):
+        AdvAmdTrainer(overrides=tiny(tmp_path, str(builder), "missing", model="yolov8s.pt"))
+    assert not (tmp_path / "missing").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("attack", ["fgsm", "pgd"])  # the NaN view is the loop's own pass / one trained before it
 def test_nan_view_skips_the_step_and_never_reaches_the_weights(tmp_path, tiny_data, monkeypatch, caplog, attack):

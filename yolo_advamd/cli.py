@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, check_keys, help_text, merge_cfg, parse_cli
+from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_keys, help_text, parse_cli
 from yolo_advamd.offline import check_local_weights
 
 DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tune from it (FGSM, the paper's settings)
@@ -56,25 +56,11 @@ def use_all_cores() -> None:
     torch.set_num_threads(threads)
 
 
-def prepare(overrides: dict) -> dict:
-    """Expand `hyp=`, check keys and local weights, and build or locate the dataset; return the settings."""
-    from yolo_advamd.data import resolve_dataset
-
-    overrides = merge_cfg(overrides)
-    check_advamd_cfg({**ADVAMD_DEFAULTS, **overrides})
-    if overrides.get("model"):
-        check_local_weights(overrides["model"])
-    if overrides.get("data"):
-        overrides["data"] = resolve_dataset(overrides["data"])
-    return overrides
-
-
 def train(overrides: dict):
     """Train with `AdvAmdTrainer` and return the trainer."""
-    overrides = prepare({"model": "yolov8n.yaml", "data": "data/digits-det.yaml", **overrides})
     from yolo_advamd.trainer import AdvAmdTrainer
 
-    trainer = AdvAmdTrainer(overrides=overrides)
+    trainer = AdvAmdTrainer(overrides={"model": "yolov8n.yaml", "data": "data/digits-det.yaml", **overrides})
     trainer.train()
     return trainer
 
@@ -102,17 +88,17 @@ def main_val(argv: list[str] | None = None) -> int:
     def job(args):
         from ultralytics.utils import DEFAULT_CFG_DICT
 
-        from yolo_advamd.data import resolve_dataset
         from yolo_advamd.validate import validate_advamd
 
-        check_keys({**DEFAULT_CFG_DICT, **dict.fromkeys(inspect.signature(validate_advamd).parameters), **VAL_KEYS}, args)
+        own = {**dict.fromkeys(inspect.signature(validate_advamd).parameters), **VAL_KEYS}
+        own.pop("overrides")
+        check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)
         if not args.get("model"):
             raise ValueError("model= is required: the checkpoint to evaluate, e.g. model=runs/detect/train/weights/best.pt")
         for key in ("model", "baseline", "attack_model"):
             if args.get(key):
                 check_local_weights(args[key])
-        args["data"] = resolve_dataset(args.get("data", VAL_KEYS["data"]))
-        print(validate_advamd(**args)["markdown"])
+        print(validate_advamd(**{"data": VAL_KEYS["data"], **args})["markdown"])
 
     return run(argv, "val_advamd.py", "model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] [save_json=True] [save_adv=True]", VAL_KEYS, job)
 
@@ -121,8 +107,11 @@ def main_export(argv: list[str] | None = None) -> int:
     """`python export.py model=amended.pt format=onnx|engine|torchscript|openvino|pt|state_dict ...`."""
 
     def job(args):
+        from ultralytics.utils import DEFAULT_CFG_DICT
+
         from yolo_advamd.export import export_model
 
+        check_keys({**DEFAULT_CFG_DICT, **EXPORT_KEYS}, args, listed=EXPORT_KEYS)  # before loading the checkpoint
         if not args.get("model"):
             raise ValueError("model= is required: the checkpoint to export, e.g. model=runs/detect/train/weights/best.pt")
         check_local_weights(args["model"])

@@ -14,8 +14,10 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.cfg import ADVAMD_DEFAULTS, ADVAMD_KEYS, check_advamd_cfg, merge_cfg
+from yolo_advamd.data import resolve_dataset
 from yolo_advamd.loss import ViewGuard, train_views, wrap_criterion
-from yolo_advamd.nn.dual_bn import convert_dual_bn, has_dual_bn, strip_aux_bn
+from yolo_advamd.nn.dual_bn import convert_dual_bn, dual_bn_overhead, has_dual_bn, strip_aux_bn
+from yolo_advamd.offline import check_local_weights
 from yolo_advamd.plotting import plot_views, tensorboard_writer
 from yolo_advamd.stage import AttackStage, freeze_target
 from yolo_advamd.vulnerability import Vulnerability
@@ -41,6 +43,9 @@ class AdvAmdTrainer(DetectionTrainer):
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the AdvAmd settings before any work, then initialize the Ultralytics trainer with them.
 
+        A `.pt` model must be on disk (nothing is downloaded) and `data` may name the embedded digits-det dataset
+        (built on first use), as on the command line.
+
         Args:
             cfg (str | dict | SimpleNamespace): Base configuration; AdvAmd defaults are added to it.
             overrides (dict, optional): Ultralytics and AdvAmd settings, optionally `hyp=path/to.yaml`.
@@ -48,6 +53,10 @@ class AdvAmdTrainer(DetectionTrainer):
         """
         overrides = merge_cfg(overrides or {})
         check_advamd_cfg({**ADVAMD_DEFAULTS, **overrides})  # fail before any directory is made
+        if overrides.get("model"):
+            check_local_weights(overrides["model"])
+        if overrides.get("data"):
+            overrides["data"] = resolve_dataset(overrides["data"])
         super().__init__({**ADVAMD_DEFAULTS, **cfg2dict(cfg)}, overrides, _callbacks)
         check_advamd_cfg(vars(self.args))  # resolves per-attack defaults in place, saved with train_args
         if self.args.attack_model == "auto":
@@ -76,6 +85,12 @@ class AdvAmdTrainer(DetectionTrainer):
             if weights:
                 model.load(weights)
             convert_dual_bn(model)
+        if verbose:
+            added = dual_bn_overhead(model)
+            LOGGER.info(
+                f"AdvAmd: {added['layers']} auxiliary BNs add {added['parameters']:,} parameters "
+                f"({100 * added['parameters_fraction']:.2f}%) and {added['buffers']:,} buffer elements"
+            )
         if self.resume and weights is not None:
             self.resume_state = getattr(weights, "advamd_state", None)
         return model

@@ -40,6 +40,7 @@ from ultralytics.utils.torch_utils import select_device
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import DetectionObjective
 from yolo_advamd.cfg import ATTACKS, DEFAULT_STEPS
+from yolo_advamd.data import resolve_dataset
 from yolo_advamd.export import strip_advamd
 
 BENIGN = "benign"
@@ -349,7 +350,7 @@ def validate_advamd(
 
     Args:
         model (str | Path | nn.Module): The detector under test: an amended or stock `.pt` checkpoint.
-        data (str): Data YAML, e.g. `data/coco.yaml` or the YAML `yolo_advamd.data.resolve_dataset` returns.
+        data (str): Data YAML, e.g. `data/coco.yaml`, or `data/digits-det.yaml` (built on first use).
         attacks (str | list[str]): Attack names (`fgsm`, `pgd`, `deepfool`), comma-separated or a list; empty for
             benign validation only.
         eps (str | float | list[float]): L-inf (or L2) budgets on images scaled to [0, 1], each in (0, 1].
@@ -392,6 +393,7 @@ def validate_advamd(
     for m in (model, baseline, attack_model):
         if m is not None and not isinstance(m, nn.Module):
             check_checkpoint(m)
+    data = resolve_dataset(data)
     save_dir = get_save_dir(
         IterableSimpleNamespace(project=project, name=name or "exp", task="advamd_val", mode="val", exist_ok=exist_ok)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from difflib import get_close_matches
@@ -102,11 +103,18 @@ def check_advamd_cfg(cfg: dict) -> dict:
     return cfg
 
 
-def check_keys(base: dict, custom: dict, source: str = "argument") -> None:
-    """Reject keys of `custom` that `base` does not have, suggesting the closest valid ones.
+def check_keys(base: dict, custom: dict, source: str = "argument", listed: Iterable[str] | None = None) -> None:
+    """Reject keys of `custom` that `base` does not have, suggesting the closest valid ones and listing the rest.
+
+    Args:
+        base (dict): Every valid key.
+        custom (dict): The keys given.
+        source (str): What the keys are, for the message.
+        listed (Iterable[str] | None): The keys to list in the message (e.g. the program's own, when `base` also
+            holds every Ultralytics setting); all of `base` when None.
 
     Raises:
-        SyntaxError: Listing each unknown key with similar valid keys.
+        SyntaxError: Listing each unknown key with similar valid keys, then the valid keys.
     """
     if unknown := [k for k in custom if k not in base and k != "save_dir"]:
         lines = []
@@ -114,7 +122,9 @@ def check_keys(base: dict, custom: dict, source: str = "argument") -> None:
             close = get_close_matches(k, base, n=3)
             hint = f" Did you mean {', '.join(f'{c}={base[c]}' for c in close)}?" if close else ""
             lines.append(f"'{k}' is not a valid {source}.{hint}")
-        raise SyntaxError("\n".join(lines) + "\nRun with 'help' for the AdvAmd keys; every Ultralytics key is valid too.")
+        valid = list(base if listed is None else listed)
+        more = ", and every Ultralytics setting ('yolo cfg' lists them)" if len(valid) < len(base) else ""
+        raise SyntaxError("\n".join(lines) + f"\nValid keys: {', '.join(valid)}{more}.")
 
 
 def merge_cfg(overrides: dict) -> dict:
@@ -130,11 +140,11 @@ def merge_cfg(overrides: dict) -> dict:
         SyntaxError: For an unknown key, listing similar valid keys.
     """
     base = {**DEFAULT_CFG_DICT, **ADVAMD_DEFAULTS}
-    check_keys(base, overrides)
+    check_keys(base, overrides, listed=ADVAMD_DEFAULTS)
     if not overrides.get("hyp"):
         return dict(overrides)
     hyp = load_hyp(overrides["hyp"])
-    check_keys(base, hyp, source=f"key in hyp={overrides['hyp']}")
+    check_keys(base, hyp, source=f"key in hyp={overrides['hyp']}", listed=ADVAMD_DEFAULTS)
     return {**hyp, **overrides}
 
 

@@ -34,8 +34,16 @@ class _DualNorm:
         self.use_aux = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalize `x` with the auxiliary BN when routed to it, else with the main BN (the stock forward)."""
-        return self.aux(x) if self.use_aux else super().forward(x)
+        """Normalize `x` with the auxiliary BN when routed to it, else with the main BN (the stock forward).
+
+        The auxiliary BN uses the main BN's `eps` and `momentum`, whatever set them last (e.g. Ultralytics'
+        `initialize_weights`, which reaches the plain `aux` child but not the dual BN itself).
+        """
+        if not self.use_aux:
+            return super().forward(x)
+        if (self.aux.eps, self.aux.momentum) != (self.eps, self.momentum):
+            self.aux.eps, self.aux.momentum = self.eps, self.momentum
+        return self.aux(x)
 
 
 class DualBatchNorm2d(_DualNorm, nn.BatchNorm2d):
@@ -90,8 +98,9 @@ def convert_dual_bn(model: nn.Module) -> nn.Module:
     trained values. Other norms (`BatchNorm1d`, `BatchNorm3d`, BN subclasses) are left unchanged.
 
     Ultralytics' `initialize_weights` (run in the model constructors) sets `eps=1e-3, momentum=0.03` only where
-    `type(m) is nn.BatchNorm2d`, so it skips converted modules: convert after building the model, as the values are
-    then carried over to both BNs.
+    `type(m) is nn.BatchNorm2d`, so it skips converted modules (as it skips any BN subclass): convert after building
+    the model, as the values are then carried over to both BNs. Either way the auxiliary BN runs with the main BN's
+    `eps` and `momentum`, so the two never differ in those.
 
     Args:
         model (nn.Module): Any model, e.g. an Ultralytics `DetectionModel`, `SegmentationModel` or
