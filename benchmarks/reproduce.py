@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "docs" / "results" / "results.jsonl"
 REPORT = ROOT / "docs" / "RESULTS.md"
 PLOT = ROOT / "docs" / "results" / "benign_vs_adv.png"
+BENCH = ROOT / "docs" / "results" / "benchmarks.txt"  # the last --bench output, kept in every report
 ABLATIONS = [dict(zip(("mediate", "aux_bn", "advamd_loss"), s)) for s in itertools.product((True, False), repeat=3)]
 SCHEDULE = {  # one schedule for every method (see shared/ULTRALYTICS-FACTS.md: auto optimizer, nbs, close_mosaic)
     "optimizer": "AdamW",
@@ -66,12 +67,13 @@ def method_name(s: dict) -> str:
 def plan(profile: dict, vary: dict | None = None) -> list[dict]:
     """Return every fine-tune run of a profile: (a), (b), (c) for every seed and attack, ablations at seed 0.
 
-    With `vary` (settings to override), only (c) AdvAmd at the profile's first setting and seed, with those settings.
+    With `vary` (settings to override), only (c) AdvAmd at the profile's first setting, for each seed, with those settings.
     """
     if vary:
-        (attack, eps), seed = profile["train"][0], profile["seeds"][0]
+        attack, eps = profile["train"][0]
         on = dict.fromkeys(("mediate", "aux_bn", "advamd_loss"), True)
-        return [{"attack": attack, "eps": eps, "seed": seed, "method": "advamd", **on, **vary, "vary": vary}]
+        base = {"attack": attack, "eps": eps, "method": "advamd", **on}
+        return [{**base, "seed": seed, **vary, "vary": vary} for seed in profile["seeds"]]
     runs = []
     for attack, eps in profile["train"]:
         for seed in profile["seeds"] if (attack, eps) == profile["train"][0] else profile["seeds"][:1]:
@@ -170,8 +172,31 @@ def control(entries: list[dict], e: dict) -> dict | None:
     return next((c for c in entries if c["name"] == "vanilla" and c["profile"] == e["profile"] and c["seed"] == e["seed"]), None)
 
 
-def report(bench: str = "") -> str:
-    """Write docs/RESULTS.md and the plot from the results file; return the Markdown."""
+def verdict(entries: list[dict]) -> list[str]:
+    """One line per (profile, method, setting): mean Δ benign mAP50-95 vs the same-seed control, judged by its spread.
+
+    "beats" / "is below" the control only when the mean Δ is more than one standard deviation over seeds from 0;
+    with one seed there is no spread, so no verdict.
+    """
+    deltas = {}
+    for e in entries:
+        if e["name"] != "vanilla" and (c := control(entries, e)):
+            deltas.setdefault((e["profile"], e["name"], trained_on(e)), []).append(e["map"]["benign"] - c["map"]["benign"])
+    lines = []
+    for (prof, name, trained), d in sorted(deltas.items()):
+        mean = statistics.mean(d)
+        if len(d) < 2:
+            lines.append(f"- {prof}, {name} ({trained}): Δ benign = {mean:+.2f} on 1 seed (no spread: no verdict).")
+            continue
+        sd = statistics.stdev(d)
+        word = "beats" if mean > sd else "is below" if mean < -sd else "is within the seed spread of"
+        lines.append(f"- {prof}, {name} ({trained}): {word} the control on benign val, Δ = {mean:+.2f} ± {sd:.2f} "
+                     f"over {len(d)} seeds.")  # fmt: skip
+    return lines
+
+
+def report() -> str:
+    """Write docs/RESULTS.md and the plot from the results file (and the last benchmarks); return the Markdown."""
     entries = [e for e in load() if e["key"] != "target"]
     targets = [e for e in load() if e["key"] == "target"]
     cols = sorted({c for e in entries for c in e["map"]}, key=lambda c: (c != "benign", c))
@@ -180,9 +205,18 @@ def report(bench: str = "") -> str:
              "measured. mAP50-95 in %, on val (500 scenes), benign through the main BN, adversarial = white-box",
              "attack on the evaluated model. Δ = method − the vanilla fine-tune of the same seed and profile (the",
              "control: same epochs, no attack).", ""]  # fmt: skip
+    for name, p in PROFILES.items():
+        lines.append(f"Profile `{name}`: M_T = yolov8n from scratch, {p['target_epochs']} epochs on {p['fraction']:.0%} "
+                     f"of the 2,000 train scenes at {SCHEDULE['imgsz']} px; every method fine-tunes it for "
+                     f"{p['ft_epochs']} epochs (AdamW, lr0 5e-4, batch {SCHEDULE['batch']}, no warmup, no mosaic), "
+                     f"attacking M_T; evaluation: {p['eval']['attacks']} at ε = {p['eval']['eps']}, "
+                     f"PGD {p['eval']['steps']} steps.")  # fmt: skip
+    lines.append("")
     for t in targets:
         lines.append(f"Target M_T ({t['profile']}): " + ", ".join(f"{c} {v:.2f}" for c, v in t["map"].items())
                      + f" ({t['train_seconds'] / 60:.1f} min).")  # fmt: skip
+    lines += ["", "## Verdict: benign mAP50-95 of each method vs the control", ""]
+    lines += verdict(entries) or ["No fine-tune recorded yet."]
     lines += ["", "## Δ mAP50-95 vs the control (Tables 1 and 3 analogue)", "",
               "| profile | method | trained on | seed | " + " | ".join(f"Δ {c}" for c in cols) + " | train min |",
               "|---" * (len(cols) + 5) + "|"]  # fmt: skip
@@ -201,8 +235,8 @@ def report(bench: str = "") -> str:
             v = [x["map"][col] for x in es if col in x["map"]]
             return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else (f"{v[0]:.2f}" if v else "")
         lines.append(f"| {prof} | {name} | {trained} | {len(es)} | " + " | ".join(cell(c) for c in cols) + " |")
-    if bench:
-        lines += ["", "## Step cost and attack speed", "", "```", bench.strip(), "```"]
+    if BENCH.exists():
+        lines += ["", "## Step cost and attack speed", "", "```", BENCH.read_text().strip(), "```"]
     lines += ["", "![benign vs adversarial mAP](results/benign_vs_adv.png)", ""]
     text = "\n".join(lines)
     REPORT.write_text(text)
@@ -233,11 +267,13 @@ def plot(groups: dict) -> None:
 
 
 def benchmarks() -> str:
-    """Run the attack-speed and step-cost benchmarks; return their printed tables."""
+    """Run the attack-speed and step-cost benchmarks (5 timed steps per method); return their printed tables."""
     out = []
-    for script in ("attack_speed.py", "train_step.py"):
-        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], capture_output=True, text=True)
-        out.append(f"$ python benchmarks/{script}\n{r.stdout[-4000:]}")
+    for cmd in (["attack_speed.py"], ["train_step.py", "--steps", "5", "--warmup", "1"]):
+        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / cmd[0]), *cmd[1:]], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"benchmarks/{cmd[0]} failed (exit code {r.returncode}):\n{r.stderr[-3000:]}")
+        out.append(f"$ python benchmarks/{' '.join(cmd)}\n{r.stdout[-4000:]}")
     return "\n".join(out)
 
 
@@ -260,4 +296,6 @@ if __name__ == "__main__":
 
         check_advamd_cfg({**ADVAMD_DEFAULTS, **merge_cfg(vary)})  # a bad key or value fails now, not after M_T
         run_protocol("quick" if opt.quick else "full", vary, opt.seeds)
-    print(report(benchmarks() if opt.bench else ""))
+    if opt.bench:
+        BENCH.write_text(benchmarks())
+    print(report())

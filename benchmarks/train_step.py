@@ -104,6 +104,9 @@ class PeakMemory:
 class GraphMemory:
     """Peak bytes of the tensors autograd graphs hold for backward, each storage counted once (any device).
 
+    The handles hold detached tensors (same storage): a handle holding a tensor whose `grad_fn` holds the handle is a
+    reference cycle, which keeps every graph alive until the garbage collector runs.
+
     Use `hooks()` as a context around the step: every tensor an op saves for backward is counted until the graph that
     holds it is freed. Parameters and buffers of `models` (in memory anyway) are not counted. This is the memory
     "do not hold three graphs at once" is about, free of allocator caching (which the CPU RSS number includes).
@@ -132,7 +135,7 @@ class GraphMemory:
                 self.peak = max(self.peak, self.bytes)
             else:
                 refs[0] += 1
-        return SavedHandle(tensor, self, key)
+        return SavedHandle(tensor.detach(), self, key)  # detached: holding a graph's own output would be a cycle
 
     def release(self, key) -> None:
         """Uncount one reference to the storage `key`."""

@@ -16,6 +16,7 @@ def files(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "RESULTS", tmp_path / "results.jsonl")
     monkeypatch.setattr(reproduce, "REPORT", tmp_path / "RESULTS.md")
     monkeypatch.setattr(reproduce, "PLOT", tmp_path / "plot.png")
+    monkeypatch.setattr(reproduce, "BENCH", tmp_path / "benchmarks.txt")
     return tmp_path
 
 
@@ -51,9 +52,12 @@ def test_report_deltas_are_against_the_same_seed_control(files):
     for seed, (van, amd) in enumerate([(50.0, 52.0), (48.0, 51.0)]):
         reproduce.record({**base, "key": f"v{seed}", "name": "vanilla", "seed": seed, "map": {"benign": van, "fgsm eps=0.01": 10.0}})
         reproduce.record({**base, "key": f"a{seed}", "name": "advamd", "seed": seed, "map": {"benign": amd, "fgsm eps=0.01": 15.0}})
+    reproduce.BENCH.write_text("fgsm  1318 ms  3.79x stock")  # the last --bench tables stay in every report
     text = reproduce.report()
+    assert "## Step cost and attack speed" in text and "3.79x stock" in text
     rows = [line for line in text.splitlines() if line.startswith("| quick | advamd")]
     assert "| +2.00 | +5.00 |" in rows[0] and "| +3.00 | +5.00 |" in rows[1]
     assert "51.50 ± 0.71" in text  # mean ± stdev over the two seeds
+    assert "quick, advamd (fgsm ε=0.01): beats the control on benign val, Δ = +2.50 ± 0.71 over 2 seeds." in text
     assert (files / "plot.png").stat().st_size > 0
     assert json.loads(reproduce.RESULTS.read_text().splitlines()[0])["key"] == "v0"

@@ -201,7 +201,7 @@ class ViewGuard:
         if "view" not in view:
             return
         self.restore_stats()
-        self.stats = {k: v.clone() for k, v in module.state_dict().items() if "running_" in k or "num_batches" in k}
+        self.stats = {k: v.clone() for k, v in module.named_buffers() if "running_" in k or "num_batches" in k}
         self.routing = ExitStack()
         if view["aux_bn"]:
             self.routing.enter_context(aux_bn(module))

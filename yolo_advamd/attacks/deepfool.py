@@ -87,6 +87,7 @@ class DeepFool(Attack):
             if t == self.steps or not active.any():
                 break
             step = self.step(adv, logits, labels, others, active, slot, owner)
+            logits = logits.detach()  # free this step's graph before the next forward: one graph at a time
             adv = (adv.detach() + (1 + self.overshoot) * step).clamp(*self.clip)
             if self.return_iterates:
                 iterates.append(self.project(images, adv))
