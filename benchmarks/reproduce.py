@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -67,13 +68,17 @@ def method_name(s: dict) -> str:
 def plan(profile: dict, vary: dict | None = None) -> list[dict]:
     """Return every fine-tune run of a profile: (a), (b), (c) for every seed and attack, ablations at seed 0.
 
-    With `vary` (settings to override), only (c) AdvAmd at the profile's first setting, for each seed, with those settings.
+    With `vary` (settings to override), only (c) AdvAmd at the profile's first setting with those settings, and the
+    control, for each seed.
     """
     if vary:
         attack, eps = profile["train"][0]
-        on = dict.fromkeys(("mediate", "aux_bn", "advamd_loss"), True)
-        base = {"attack": attack, "eps": eps, "method": "advamd", **on}
-        return [{**base, "seed": seed, **vary, "vary": vary} for seed in profile["seeds"]]
+        off, on = (dict.fromkeys(("mediate", "aux_bn", "advamd_loss"), v) for v in (False, True))
+        base = {"attack": attack, "eps": eps}
+        return [run for seed in profile["seeds"] for run in (
+            {**base, "seed": seed, "method": "vanilla", **off},
+            {**base, "seed": seed, "method": "advamd", **on, **vary, "vary": vary},
+        )]  # fmt: skip
     runs = []
     for attack, eps in profile["train"]:
         for seed in profile["seeds"] if (attack, eps) == profile["train"][0] else profile["seeds"][:1]:
@@ -273,8 +278,11 @@ def benchmarks() -> str:
         r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / cmd[0]), *cmd[1:]], capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"benchmarks/{cmd[0]} failed (exit code {r.returncode}):\n{r.stderr[-3000:]}")
-        out.append(f"$ python benchmarks/{' '.join(cmd)}\n{r.stdout[-4000:]}")
-    return "\n".join(out)
+        lines = r.stdout.splitlines()
+        first = next((i for i, line in enumerate(lines) if re.match(r"\S+ imgsz=\d", line)), 0)  # first table title
+        tables = [line for line in lines[first:] if "\x1b" not in line and not line.startswith("Overriding")]
+        out.append("\n".join([f"$ python benchmarks/{' '.join(cmd)}", *tables]))
+    return "\n\n".join(out)
 
 
 if __name__ == "__main__":
