@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yolo_advamd.attacks import ATTACKS, build_attack
-from yolo_advamd.attacks.objectives import DetectionObjective, frozen
+from yolo_advamd.attacks.objectives import DetectionObjective, Objective
 from yolo_advamd.cfg import DEFAULT_STEPS
 
 OBJECTIVES = ("loss", "cls", "vanish")
@@ -180,7 +180,7 @@ class AdversarialResult:
         return files
 
 
-class LetterboxObjective:
+class LetterboxObjective(Objective):
     """An objective on the model's letterboxed input, seen as a function of the original image's pixels.
 
     `loss(x) = objective.loss(letterbox(x))` with the differentiable `letterbox`, so an attack on x perturbs the
@@ -200,20 +200,12 @@ class LetterboxObjective:
         """Return the wrapped objective's side-effect-free context."""
         return self.objective.frozen()
 
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the objective's loss at the letterboxed `images`."""
-        return self.objective.loss(letterbox(images, self.params))
-
-    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the objective's per-object logits at the letterboxed `images`."""
-        return self.objective.object_logits(letterbox(images, self.params))
-
     def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the objective's loss and per-object logits at the letterboxed `images`."""
         return self.objective.loss_and_logits(letterbox(images, self.params))
 
 
-class VanishObjective:
+class VanishObjective(Objective):
     """Suppress every detection: minus the sum of the `topk` highest anchor scores (max class sigmoid per anchor).
 
     The attack maximizes it, pushing down the anchors that NMS would keep first, until none passes `conf`. It needs
@@ -232,20 +224,8 @@ class VanishObjective:
         device = next(model.parameters()).device
         self.labels = self.batch_idx = torch.zeros(0, dtype=torch.long, device=device)
 
-    def frozen(self):
-        """Return the context in which the model runs without side effects (see `objectives.frozen`)."""
-        return frozen(self.model)
-
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """Return minus the sum of the top anchor scores at `images`, to be maximized."""
-        return self.loss_and_logits(images)[0]
-
-    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Return an empty (0, nc) logit tensor: vanishing has no objects."""
-        return self.loss_and_logits(images)[1]
-
     def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the loss and empty per-object logits from one forward pass."""
+        """Return minus the sum of the top anchor scores and empty (0, nc) per-object logits from one forward pass."""
         preds = self.model(images)
         preds = preds[1] if isinstance(preds, tuple) else preds  # eval mode: (decoded, raw dict)
         loss = 0.0

@@ -53,7 +53,33 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             bn.track_running_stats = flag
 
 
-class DetectionObjective:
+class Objective:
+    """What an attack maximizes: `loss_and_logits(x)`, implemented by each objective, and what derives from it.
+
+    Attributes:
+        model (nn.Module): The attacked model.
+        labels (torch.Tensor): (n_obj,) long, the true class of each object.
+        batch_idx (torch.Tensor): (n_obj,) long, the image of each object.
+    """
+
+    def frozen(self) -> contextlib.AbstractContextManager:
+        """Return the context in which the model runs without side effects (see `frozen`)."""
+        return frozen(self.model)
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the scalar loss at `images`, to be maximized."""
+        return self.loss_and_logits(images)[0]
+
+    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the class logits (n_obj, nc) of each object at `images`."""
+        return self.loss_and_logits(images)[1]
+
+    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the loss and the per-object class logits at `images` from one forward pass (each objective's own)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss_and_logits(images)")
+
+
+class DetectionObjective(Objective):
     """The detection loss of an Ultralytics detector on one batch's ground truth, as a function of the images.
 
     `loss(x)` is the model's own training loss, `criterion(model(x), batch)` summed over its box, cls and dfl terms
@@ -138,18 +164,6 @@ class DetectionObjective:
             self.offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # index of each image's first object
             self.centers = batch["bboxes"][:, :2].float().clone()
 
-    def frozen(self) -> contextlib.AbstractContextManager:
-        """Return the context in which the model runs without side effects (see `frozen`)."""
-        return frozen(self.model)
-
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the scalar detection loss at `images`, to be maximized."""
-        return self.loss_and_logits(images)[0]
-
-    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the class logits (n_obj, nc) of each ground-truth object at `images`."""
-        return self.loss_and_logits(images)[1]
-
     def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the loss and the per-object class logits at `images` from a single forward pass.
 
@@ -217,7 +231,7 @@ class _AssignOnce:
         return self.result
 
 
-class ClassifierObjective:
+class ClassifierObjective(Objective):
     """The cross-entropy of an image classifier on true labels: the same interface as `DetectionObjective`.
 
     Each image is one object: `object_logits(x)` are the model's logits, `batch_idx` is `arange(B)`.
@@ -234,14 +248,6 @@ class ClassifierObjective:
         with torch.inference_mode(False):  # normal tensors, usable by autograd
             self.labels = labels.view(-1).long().clone()
             self.batch_idx = torch.arange(self.labels.numel(), device=self.labels.device)
-
-    def frozen(self) -> contextlib.AbstractContextManager:
-        """Return the context in which the model runs without side effects (see `frozen`)."""
-        return frozen(self.model)
-
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the mean cross-entropy at `images`, to be maximized."""
-        return self.loss_and_logits(images)[0]
 
     def object_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Return the logits (B, nc) at `images`."""
