@@ -157,6 +157,11 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
                           "map": evaluate(weights, data, profile, f"{profile_name}-target")}  # fmt: skip
         record(done["target"])
     target = done["target"]["weights"]
+    if not Path(target).is_file():
+        raise FileNotFoundError(
+            f"the recorded M_T of profile {profile_name!r} ({target}) is not on disk, and every recorded fine-tune "
+            f"started from it: restore it there, or move {RESULTS} aside to run the protocol from scratch"
+        )
     for run in plan(profile, vary):
         if (k := key(run)) in done:
             continue
@@ -306,8 +311,11 @@ if __name__ == "__main__":
             vary[k] = yaml.safe_load(v)
         from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, merge_cfg
 
-        check_advamd_cfg({**ADVAMD_DEFAULTS, **merge_cfg(vary)})  # a bad key or value fails now, not after M_T
-        run_protocol("quick" if opt.quick else "full", vary, opt.seeds)
+        try:
+            check_advamd_cfg({**ADVAMD_DEFAULTS, **merge_cfg(vary)})  # a bad key or value fails now, not after M_T
+            run_protocol("quick" if opt.quick else "full", vary, opt.seeds)
+        except (SyntaxError, ValueError, FileNotFoundError) as e:
+            parser.exit(2, f"reproduce.py: error: {e}\n")
     if opt.bench:
         BENCH.write_text(benchmarks())
     print(report())

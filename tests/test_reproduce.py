@@ -26,6 +26,7 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
     def fake_train(overrides):
         trained.append(overrides["name"])
         assert "vary" not in overrides and overrides.get("beta3", 0.5) == 0.5
+        (files / f"{overrides['name']}.pt").touch()
         return files / f"{overrides['name']}.pt", 1.0
 
     monkeypatch.setattr(reproduce, "train", fake_train)
@@ -45,6 +46,9 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
     trained.clear()
     reproduce.run_protocol("quick", seeds=[0, 1])  # more seeds: only the new seed's (a), (b), (c) are trained
     assert trained == ["vanilla__seed1", "advtrain_fgsm-0.01_seed1", "advamd_fgsm-0.01_seed1"]
+    (files / "target.pt").unlink()  # the weights every recorded fine-tune started from are gone: say so, train nothing
+    with pytest.raises(FileNotFoundError, match="recorded M_T of profile 'quick'"):
+        reproduce.run_protocol("quick", seeds=[0, 1, 2])
 
 
 def test_report_deltas_are_against_the_same_seed_control(files):
