@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 
 import torch
@@ -119,7 +120,8 @@ def logged_items(order: tuple[str, ...], trained: dict) -> dict:
 def train_view(model, view: dict, backward) -> dict:
     """Forward one view through `model` and backward its loss; return its loss items.
 
-    A non-finite loss is not backpropagated (the model's `ViewGuard` records it and restores the BN statistics).
+    Finiteness is not checked here (that would sync the device on every view): the model's `ViewGuard` checks every
+    view of an optimizer step at once, and a non-finite one makes the trainer skip that step.
 
     Args:
         model (callable): The training model as the loop calls it (DDP-wrapped under DDP): `model(batch) -> (loss, items)`.
@@ -127,9 +129,7 @@ def train_view(model, view: dict, backward) -> dict:
         backward (callable): `backward(loss)` as the loop does it (AMP scaling, DDP world size).
     """
     loss, items = model(view)
-    loss = loss.sum()
-    if torch.isfinite(loss):
-        backward(loss)
+    backward(loss.sum())
     return items
 
 
@@ -170,62 +170,54 @@ def train_views(model, module, batch: dict, stage, args, abar: torch.Tensor | No
 
 
 class ViewGuard:
-    """Forward hooks that let each view batch choose its BN and keep a non-finite view out of the BN statistics.
+    """Forward hooks that let each view batch choose its BN, and undo the BN statistics of a step with a non-finite view.
 
     Registered on the trained model (the module inside DDP), they act on calls with a view batch (`make_view`): the
-    model runs on its auxiliary BNs when the view asks (`aux_bn`, see `dual_bn.aux_bn`), and when the view's loss is
-    not finite, the view is recorded in `bad` and the BN running statistics from before its forward are put back once
-    its graph is done with (before the next view's forward, or at `pop_bad()`; the loop backpropagates its own view
-    whatever the loss). Any other call (image tensors, validator batches) passes through. The routing is undone even
-    when the forward raises, so it also holds for the view Ultralytics' loop runs itself.
-
-    Attributes:
-        bad (dict): View name -> non-finite loss, since the last `pop_bad()`.
+    model runs on its auxiliary BNs when the view asks (`aux_bn`, see `dual_bn.aux_bn`), undone even when the forward
+    raises, so it also holds for the view Ultralytics' loop runs itself. Each view's loss is kept (no device sync);
+    `pop_bad()`, called once per optimizer step, checks them all at once and, if one is not finite, puts back the BN
+    running statistics from the start of the step's window, as the skipped step leaves the weights. Any other call
+    (image tensors, validator batches) passes through.
 
     Examples:
         >>> guard = ViewGuard(model)
         >>> loss, items = model(make_view(batch, "adv", args, abar))  # through the auxiliary BNs
+        >>> guard.pop_bad()  # {} or e.g. {"adv": nan}
     """
 
     def __init__(self, model: torch.nn.Module):
         """Register the hooks on `model`."""
         self.model = model
-        self.bad = {}
-        self.stats = self.routing = self.finite_stats = None
+        self.losses = []  # (view name, detached loss) since the last pop_bad()
+        self.stats = self.routing = None  # BN statistics at the window's start; the routing of the current view
         model.register_forward_pre_hook(self.enter)
         model.register_forward_hook(self.exit, always_call=True)
 
     def enter(self, module: torch.nn.Module, args: tuple) -> None:
-        """Before a view's forward: save the BN statistics, route to the auxiliary BNs if the view asks."""
+        """Before a view's forward: keep the BN statistics if the window starts here, route to the auxiliary BNs."""
         view = args[0] if args and isinstance(args[0], dict) else {}
         if "view" not in view:
             return
-        self.restore_stats()
-        self.stats = {k: v.clone() for k, v in module.named_buffers() if "running_" in k or "num_batches" in k}
+        if self.stats is None:
+            self.stats = {k: v.clone() for k, v in module.named_buffers() if "running_" in k or "num_batches" in k}
         self.routing = ExitStack()
         if view["aux_bn"]:
             self.routing.enter_context(aux_bn(module))
 
     def exit(self, module: torch.nn.Module, args: tuple, output) -> None:
-        """After a view's forward (also when it raised): restore the routing; record a non-finite view."""
+        """After a view's forward (also when it raised): restore the routing and keep the view's loss."""
         if self.routing is None:
             return
         self.routing.close()
         self.routing = None
-        loss = output[0].detach().sum() if isinstance(output, tuple) else None
-        if loss is not None and not torch.isfinite(loss):
-            self.bad[args[0]["view"]] = float(loss)
-            self.finite_stats = self.finite_stats or self.stats  # the graph still holds the buffers: restore later
-        self.stats = None
-
-    def restore_stats(self) -> None:
-        """Put back the BN statistics from before the first non-finite view, if there was one."""
-        if self.finite_stats is not None:
-            self.model.load_state_dict(self.finite_stats, strict=False)
-            self.finite_stats = None
+        if isinstance(output, tuple):
+            self.losses.append((args[0]["view"], output[0].detach().sum()))
 
     def pop_bad(self) -> dict:
-        """Restore the BN statistics if a view was non-finite; return the views recorded since the last call."""
-        self.restore_stats()
-        bad, self.bad = self.bad, {}
+        """Return the views with a non-finite loss since the last call, restoring BN statistics if any; one device sync."""
+        values = torch.stack([loss.float() for _, loss in self.losses]).tolist() if self.losses else []
+        bad = {name: v for (name, _), v in zip(self.losses, values) if not math.isfinite(v)}
+        if bad:
+            self.model.load_state_dict(self.stats, strict=False)
+        self.losses, self.stats = [], None
         return bad

@@ -211,7 +211,7 @@ class AdvAmdTrainer(DetectionTrainer):
         """Step like Ultralytics, but skip a step with a non-finite view or gradient (a NaN never reaches the weights)."""
         bad = self.guard.pop_bad() if self.guard else {}
         finite = True
-        if not self.scaler.is_enabled():  # with AMP, GradScaler checks the gradients itself
+        if not bad and not self.scaler.is_enabled():  # with AMP, GradScaler checks the gradients itself
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))  # one sync, fused
         if bad or not finite:
