@@ -1,25 +1,31 @@
 """Does AdvAmd work? The paper's comparisons (Tables 1 and 3) on the embedded digits-det data, resumable.
 
     python benchmarks/reproduce.py --quick          # (a) vanilla, (b) Adv-Train, (c) AdvAmd at FGSM eps=0.01, ~20 min
-    python benchmarks/reproduce.py                  # the full protocol: runs append to docs/results/results.jsonl,
-    nohup python benchmarks/reproduce.py &          # finished runs are skipped, so it resumes where it stopped
+    nohup python benchmarks/reproduce.py &          # the full protocol (hours): runs append to docs/results/results.jsonl,
+                                                    # finished runs are skipped, so it resumes where it stopped
     python benchmarks/reproduce.py --report         # only regenerate docs/RESULTS.md and the plot from the results file
-    python benchmarks/reproduce.py --bench          # also run the step-cost and attack-speed benchmarks into the report
+    python benchmarks/reproduce.py --bench          # also run the step-cost and attack-speed benchmarks: one command
+                                                    # refreshes every number in docs/RESULTS.md
     python benchmarks/reproduce.py --quick --vary beta3=0.5 abar_norm=none   # (c) AdvAmd with other settings, as a
                                                     # row of its own against the same control ("what we tried")
     python benchmarks/reproduce.py --quick --seeds 0 1 2                     # (a), (b), (c) over three seeds
+    python benchmarks/reproduce.py --quick --fresh  # run a profile anew (a fresh clone has no quick M_T): its
+                                                    # records move to docs/results/archive/, out of the report
 
 Protocol: train a target M_T (yolov8n, 160 px) from scratch, fine-tune it with every method for the same epochs
 under one fixed schedule (AdamW, fixed lr0, no warmup, no mosaic, no gradient accumulation, same seed), then measure
-benign and white-box adversarial mAP50-95 on val with `validate_advamd`. Every run is one JSON line.
+benign and white-box adversarial mAP50-95 on val with `validate_advamd`. Every run is one JSON line; a run evaluated
+at a budget added later is recorded again with the new columns (the last line of a run wins).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +41,9 @@ RESULTS = ROOT / "docs" / "results" / "results.jsonl"
 REPORT = ROOT / "docs" / "RESULTS.md"
 PLOT = ROOT / "docs" / "results" / "benign_vs_adv.png"
 BENCH = ROOT / "docs" / "results" / "benchmarks.txt"  # the last --bench output, kept in every report
-ABLATIONS = [dict(zip(("mediate", "aux_bn", "advamd_loss"), s)) for s in itertools.product((True, False), repeat=3)]
+DISCUSSION = ROOT / "docs" / "results" / "discussion.md"  # hand-written reading of the numbers, kept in every report
+TARGETS = ROOT / "docs" / "results" / "targets"  # each profile's M_T, kept in the repository: a fresh machine resumes
+TABLE3 = ("M", "B", "L", "MB", "ML", "BL", "MBL")  # the paper's rows: M = mediate, B = aux BN, L = AdvAmd loss
 SCHEDULE = {  # one schedule for every method (see shared/ULTRALYTICS-FACTS.md: auto optimizer, nbs, close_mosaic)
     "optimizer": "AdamW",
     "warmup_epochs": 0,
@@ -48,12 +56,13 @@ SCHEDULE = {  # one schedule for every method (see shared/ULTRALYTICS-FACTS.md: 
     "exist_ok": True,
     "verbose": False,
 }
-PROFILES = {
+TRAIN_STEPS = {"fgsm": 1, "pgd": 3}  # PGD-3 in training, step size 2.5 * eps / 3: PGD-10 would cost ~15x stock steps
+EVAL_STEPS = 3  # PGD steps on val
+PROFILES = {  # 1,000 scenes and 2 fine-tune epochs: one run takes minutes on 2 CPU cores
     "quick": {"target_epochs": 8, "fraction": 0.5, "ft_epochs": 2, "seeds": (0,), "train": [("fgsm", 0.01)],
-              "eval": {"attacks": "fgsm,pgd", "eps": "0.01", "steps": 3}, "ablations": False},
-    "full": {"target_epochs": 20, "fraction": 1.0, "ft_epochs": 4, "seeds": (0, 1, 2),
-             "train": [("fgsm", 0.01), ("fgsm", 0.1), ("pgd", 0.01), ("pgd", 0.1)],
-             "eval": {"attacks": "fgsm,pgd", "eps": "0.01,0.1", "steps": 10}, "ablations": True},
+              "ablations": False},
+    "full": {"target_epochs": 30, "fraction": 0.5, "ft_epochs": 2, "seeds": (0, 1, 2),
+             "train": [("fgsm", 0.01), ("fgsm", 0.1), ("pgd", 0.01), ("pgd", 0.1)], "ablations": True},
 }  # fmt: skip
 
 
@@ -65,30 +74,38 @@ def method_name(s: dict) -> str:
     return "advamd" if on == "MBL" else f"ablation-{on or 'none'}"
 
 
-def plan(profile: dict, vary: dict | None = None) -> list[dict]:
-    """Return every fine-tune run of a profile: (a), (b), (c) for every seed and attack, ablations at seed 0.
+def make_run(setting: tuple[str, float], seed: int, method: str, on: str = "") -> dict:
+    """One fine-tune: a method trained on an (attack, ε) setting, with the AdvAmd switches named in `on` (e.g. "MB")."""
+    attack, eps = setting
+    switches = {k: letter in on for k, letter in zip(("mediate", "aux_bn", "advamd_loss"), "MBL")}
+    return {"attack": attack, "eps": eps, "steps": TRAIN_STEPS[attack], "seed": seed, "method": method, **switches}
 
-    With `vary` (settings to override), only (c) AdvAmd at the profile's first setting with those settings, and the
-    control, for each seed.
+
+def plan(profile: dict, vary: dict | None = None) -> list[dict]:
+    """Return every fine-tune run of a profile, most telling first, so a stopped protocol has the key rows.
+
+    (a) vanilla, (b) Adv-Train and (c) AdvAmd at the first setting for every seed; then (b) and (c) at the other
+    settings, the other Table 3 rows at the first setting and at the others (seed 0). With `vary` (settings to
+    override), only (c) at the first setting with those settings, and the control, for each seed.
     """
+    first, *others = profile["train"]
+    others.sort(key=lambda s: (s[1], s[0]))  # the smaller budget first
     if vary:
-        attack, eps = profile["train"][0]
-        off, on = (dict.fromkeys(("mediate", "aux_bn", "advamd_loss"), v) for v in (False, True))
-        base = {"attack": attack, "eps": eps}
         return [run for seed in profile["seeds"] for run in (
-            {**base, "seed": seed, "method": "vanilla", **off},
-            {**base, "seed": seed, "method": "advamd", **on, **vary, "vary": vary},
-        )]  # fmt: skip
-    runs = []
-    for attack, eps in profile["train"]:
-        for seed in profile["seeds"] if (attack, eps) == profile["train"][0] else profile["seeds"][:1]:
-            base = {"attack": attack, "eps": eps, "seed": seed}
-            runs.append({**base, "method": "vanilla", "mediate": False, "aux_bn": False, "advamd_loss": False})
-            runs.append({**base, "method": "advtrain", "mediate": False, "aux_bn": False, "advamd_loss": False})
-            rows = ABLATIONS if profile["ablations"] and seed == profile["seeds"][0] else ABLATIONS[:1]
-            runs += [{**base, "method": "advamd", **r} for r in rows if any(r.values())]
-    unique = {key(r): r for r in runs}  # vanilla does not depend on the attack: train it once per seed
-    return list(unique.values())
+            make_run(first, seed, "vanilla"), {**make_run(first, seed, "advamd", "MBL"), **vary, "vary": vary})]  # fmt: skip
+    runs = [r for seed in profile["seeds"] for r in (
+        make_run(first, seed, "vanilla"), make_run(first, seed, "advtrain"), make_run(first, seed, "advamd", "MBL"))]  # fmt: skip
+    seed = profile["seeds"][0]
+    runs += [make_run(s, seed, m, "MBL" if m == "advamd" else "") for s in others for m in ("advtrain", "advamd")]
+    rows = TABLE3[:-1] if profile["ablations"] else ()  # the other Table 3 rows, on seed 0
+    runs += [make_run(s, seed, "advamd", r) for s in (first, *others) for r in rows]
+    return runs
+
+
+def eval_eps(run: dict, profile: dict) -> list[float]:
+    """The budgets a run is evaluated at: its own, or every budget of the profile for the control."""
+    budgets = sorted({eps for _, eps in profile["train"]})
+    return budgets if run["method"] == "vanilla" else [run["eps"]]
 
 
 def key(run: dict) -> str:
@@ -102,13 +119,16 @@ def trained_on(e: dict) -> str:
     """The training setting of a recorded run, for the report: attack, ε and any varied settings."""
     if e["name"] == "vanilla":
         return "—"
+    attack = e["attack"] if e["attack"] == "fgsm" else f"{e['attack']}-{e.get('steps', TRAIN_STEPS[e['attack']])}"
     varied = (f"{k}={v}" for k, v in e.get("vary", {}).items() if k not in {"attack", "eps"})  # those are named first
-    return " ".join([f"{e['attack']} ε={e['eps']}", *varied])
+    return " ".join([f"{attack} ε={e['eps']}", *varied])
 
 
 def load() -> list[dict]:
-    """Return the recorded runs."""
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.exists() else []
+    """Return the recorded runs, the last record of each (profile, key): a run evaluated at more budgets is recorded
+    again."""
+    lines = RESULTS.read_text().splitlines() if RESULTS.exists() else []
+    return list({((e := json.loads(line))["profile"], e["key"]): e for line in lines if line.strip()}.values())
 
 
 def record(entry: dict) -> None:
@@ -118,14 +138,50 @@ def record(entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def evaluate(weights: Path, data: str, profile: dict, name: str) -> dict:
-    """Benign and adversarial mAP50-95 (%) of `weights`, per table column."""
+def evaluate(weights: Path, data: str, eps: list[float], name: str) -> dict:
+    """Benign and FGSM/PGD mAP50-95 (%) of `weights` at the budgets `eps`, per table column."""
     from yolo_advamd.validate import validate_advamd
 
-    ev = profile["eval"]
-    res = validate_advamd(str(weights), data, attacks=ev["attacks"], eps=ev["eps"], steps=ev["steps"], imgsz=160,
+    res = validate_advamd(str(weights), data, attacks="fgsm,pgd", eps=eps, steps=EVAL_STEPS, imgsz=160,
                           project=str(ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)  # fmt: skip
     return {col: 100 * s["metrics/mAP50-95(B)"] for col, s in res["rows"][0]["stats"].items()}
+
+
+def stored(weights: Path) -> str:
+    """The path recorded for `weights`: relative to the repository when inside it, so a clone elsewhere finds it."""
+    return str(weights.relative_to(ROOT)) if weights.is_relative_to(ROOT) else str(weights)
+
+
+def complete(entry: dict, eps: list[float], data: str) -> dict:
+    """Evaluate a recorded run at the budgets it lacks (the control of a newly planned ε), record and return it."""
+    from yolo_advamd.validate import column_name
+
+    if missing := [e for e in eps if column_name("fgsm", e) not in entry["map"]]:
+        if not (weights := ROOT / entry["weights"]).is_file():  # fine-tune weights stay in runs/, on one machine
+            print(f"reproduce.py: {entry['key']} lacks ε = {missing} and its weights {weights} are gone: left as is")
+            return entry
+        name = f"{entry['profile']}-{entry['key'].replace('/', '_')}"
+        entry = {**entry, "map": {**evaluate(weights, data, missing, name), **entry["map"]}}
+        record(entry)
+    return entry
+
+
+def archive(profile_name: str) -> Path | None:
+    """Move a profile's records (and its kept M_T) to docs/results/archive/, so the profile runs anew; return where."""
+    lines = RESULTS.read_text().splitlines() if RESULTS.exists() else []
+    old = [line for line in lines if line.strip() and json.loads(line)["profile"] == profile_name]
+    if not old:
+        return None
+    folder = RESULTS.parent / "archive"
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = next(d for n in itertools.count(1) if not (d := folder / f"{profile_name}-{n}.jsonl").exists())
+    dest.write_text("\n".join(old) + "\n")  # written before the results file drops them: nothing is lost
+    if (target := TARGETS / f"{profile_name}.pt").is_file():
+        shutil.move(target, dest.with_suffix(".pt"))
+    kept = RESULTS.with_suffix(".tmp")
+    kept.write_text("".join(f"{line}\n" for line in lines if line.strip() and line not in old))
+    kept.replace(RESULTS)
+    return dest
 
 
 def train(overrides: dict) -> tuple[Path, float]:
@@ -148,22 +204,30 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
     profile = {**PROFILES[profile_name], **({"seeds": tuple(seeds)} if seeds else {})}
     data = resolve_dataset(str(ROOT / "data" / "digits-det.yaml"))
     project = str(ROOT / "runs" / f"reproduce-{profile_name}")
-    done = {e["key"]: e for e in load() if e.get("profile") == profile_name}
+    done = {e["key"]: e for e in load() if e["profile"] == profile_name}
+    budgets = sorted({eps for _, eps in profile["train"]})
     if "target" not in done:
+        epochs = profile["target_epochs"]
         weights, seconds = train({"model": "yolov8n.yaml", "data": data, "method": "vanilla", "seed": 0,
-                                  "epochs": profile["target_epochs"], "fraction": profile["fraction"], "lr0": 0.002,
-                                  "close_mosaic": 2, "project": project, "name": "target"})  # fmt: skip
-        done["target"] = {"key": "target", "profile": profile_name, "weights": str(weights), "train_seconds": seconds,
-                          "map": evaluate(weights, data, profile, f"{profile_name}-target")}  # fmt: skip
+                                  "epochs": epochs, "fraction": profile["fraction"], "lr0": 0.002,
+                                  "close_mosaic": max(2, epochs // 6), "project": project, "name": "target"})  # fmt: skip
+        with open(weights.parents[1] / "results.csv") as f:  # val mAP50-95 per epoch: shows the plateau, or not
+            curve = [100 * float(row["metrics/mAP50-95(B)"]) for row in csv.DictReader(f)]
+        TARGETS.mkdir(parents=True, exist_ok=True)
+        kept = Path(shutil.copy2(weights, TARGETS / f"{profile_name}.pt"))
+        done["target"] = {"key": "target", "profile": profile_name, "weights": stored(kept), "train_seconds": seconds,
+                          "curve": curve, "map": evaluate(kept, data, budgets, f"{profile_name}-target")}  # fmt: skip
         record(done["target"])
-    target = done["target"]["weights"]
+    target = str(ROOT / done["target"]["weights"])
     if not Path(target).is_file():
         raise FileNotFoundError(
             f"the recorded M_T of profile {profile_name!r} ({target}) is not on disk, and every recorded fine-tune "
-            f"started from it: restore it there, or move {RESULTS} aside to run the protocol from scratch"
+            f"started from it: restore it there, or add --fresh to run the profile anew (its records are archived)"
         )
+    done["target"] = complete(done["target"], budgets, data)
     for run in plan(profile, vary):
         if (k := key(run)) in done:
+            done[k] = complete(done[k], eval_eps(run, profile), data)
             continue
         name = k.replace("/", "_")
         settings = {k: v for k, v in run.items() if k != "vary"}
@@ -171,19 +235,25 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
                                   "close_mosaic": profile["ft_epochs"], "fraction": profile["fraction"],
                                   "attack_model": "target", "abar_batches": 10, "project": project, "name": name,
                                   **settings})  # fmt: skip
-        entry = {"key": k, "profile": profile_name, **run, "name": method_name(run), "train_seconds": seconds,
-                 "weights": str(weights), "map": evaluate(weights, data, profile, f"{profile_name}-{name}")}  # fmt: skip
-        record(entry)
+        done[k] = {"key": k, "profile": profile_name, **run, "name": method_name(run), "train_seconds": seconds,
+                   "weights": stored(weights), "map": evaluate(weights, data, eval_eps(run, profile), f"{profile_name}-{name}")}  # fmt: skip
+        record(done[k])
         report()
 
 
 def control(entries: list[dict], e: dict) -> dict | None:
-    """The vanilla run of the same profile and seed as `e`."""
-    return next((c for c in entries if c["name"] == "vanilla" and c["profile"] == e["profile"] and c["seed"] == e["seed"]), None)
+    """The vanilla run of the same seed as `e`."""
+    return next((c for c in entries if c["name"] == "vanilla" and c["seed"] == e["seed"]), None)
+
+
+def spread(values: list[float], signed: bool = False) -> str:
+    """Format a mean, with its standard deviation over seeds when there are several."""
+    mean = f"{statistics.mean(values):{'+' if signed else ''}.2f}"
+    return f"{mean} ± {statistics.stdev(values):.2f}" if len(values) > 1 else mean
 
 
 def verdict(entries: list[dict]) -> list[str]:
-    """One line per (profile, method, setting): mean Δ benign mAP50-95 vs the same-seed control, judged by its spread.
+    """One line per (method, setting): mean Δ benign mAP50-95 vs the same-seed control, judged by its spread.
 
     "beats" / "is below" the control only when the mean Δ is more than one standard deviation over seeds from 0;
     with one seed there is no spread, so no verdict.
@@ -191,67 +261,123 @@ def verdict(entries: list[dict]) -> list[str]:
     deltas = {}
     for e in entries:
         if e["name"] != "vanilla" and (c := control(entries, e)):
-            deltas.setdefault((e["profile"], e["name"], trained_on(e)), []).append(e["map"]["benign"] - c["map"]["benign"])
+            deltas.setdefault((e["name"], trained_on(e)), []).append(e["map"]["benign"] - c["map"]["benign"])
     lines = []
-    for (prof, name, trained), d in sorted(deltas.items()):
+    for (name, trained), d in sorted(deltas.items()):
         mean = statistics.mean(d)
         if len(d) < 2:
-            lines.append(f"- {prof}, {name} ({trained}): Δ benign = {mean:+.2f} on 1 seed (no spread: no verdict).")
+            lines.append(f"- {name} ({trained}): Δ benign = {mean:+.2f} on 1 seed (no spread: no verdict).")
             continue
         sd = statistics.stdev(d)
         word = "beats" if mean > sd else "is below" if mean < -sd else "is within the seed spread of"
-        lines.append(f"- {prof}, {name} ({trained}): {word} the control on benign val, Δ = {mean:+.2f} ± {sd:.2f} "
+        lines.append(f"- {name} ({trained}): {word} the control on benign val, Δ = {mean:+.2f} ± {sd:.2f} "
                      f"over {len(d)} seeds.")  # fmt: skip
     return lines
 
 
+def paper_table(entries: list[dict]) -> list[str]:
+    """Table 3 (and Table 1's Adv-Train row) laid out as in the paper: each method trained on an attack and ε, then
+    Δ vs the control on val attacked the same way, and on benign val; mean (± spread) over the recorded seeds."""
+    from yolo_advamd.validate import column_name
+
+    runs = [e for e in entries if e["name"] != "vanilla" and not e.get("vary") and control(entries, e)]
+    settings = sorted({(e["attack"], e["eps"]) for e in runs})
+    names = ["advtrain", *(f"ablation-{r}" for r in TABLE3[:-1]), "advamd"]
+    heads = [f"{a if a == 'fgsm' else f'{a}-{TRAIN_STEPS[a]}'} ε={eps}" for a, eps in settings]
+    lines = ["| method | M | B | L | " + " | ".join(f"Δ adv, {h}" for h in heads) + " | "
+             + " | ".join(f"Δ benign, {h}" for h in heads) + " |", "|---" * (4 + 2 * len(settings)) + "|"]  # fmt: skip
+    for name in names:
+        cells = []
+        for col in ("adv", "benign"):
+            for attack, eps in settings:
+                c = "benign" if col == "benign" else column_name(attack, eps)
+                d = [e["map"][c] - control(entries, e)["map"][c] for e in runs
+                     if (e["name"], e["attack"], e["eps"]) == (name, attack, eps) and c in control(entries, e)["map"]]
+                cells.append(spread(d, signed=True) if d else "")
+        on = {"advtrain": "", "advamd": "MBL"}.get(name, name.removeprefix("ablation-"))
+        switches = ["✓" if k in on else "" for k in "MBL"]
+        lines.append(f"| {name} | " + " | ".join(switches + cells) + " |")
+    return lines
+
+
+def protocol(p: dict) -> str:
+    """Describe a profile's protocol in one paragraph."""
+    settings = [f"{a.upper()} ε = {eps}" for a, eps in p["train"]]
+    rows = "Adv-Train and the seven Table 3 rows (AdvAmd is the last)" if p["ablations"] else "Adv-Train and AdvAmd"
+    pgd = f" (PGD: {TRAIN_STEPS['pgd']} steps)" if any(a == "pgd" for a, _ in p["train"]) else ""
+    seeds = (f"seeds {', '.join(map(str, p['seeds']))} for the control, Adv-Train and AdvAmd at {settings[0]}, seed "
+             f"{p['seeds'][0]} for the rest" if len(p["seeds"]) > 1 else f"seed {p['seeds'][0]}")  # fmt: skip
+    return (f"M_T = yolov8n from scratch, {p['target_epochs']} epochs on {p['fraction']:.0%} of the 2,000 train scenes "
+            f"at {SCHEDULE['imgsz']} px. The control (vanilla), {rows} fine-tune M_T for {p['ft_epochs']} epochs on the "
+            f"same scenes (AdamW, lr0 5e-4, batch {SCHEDULE['batch']}, no warmup, no mosaic), attacking M_T with "
+            f"{', '.join(settings)}{pgd}; {seeds}. Each is evaluated on benign val and "
+            f"on val attacked with FGSM and PGD-{EVAL_STEPS} at the ε it trained with; the control at every ε.")  # fmt: skip
+
+
+def profile_section(name: str, entries: list[dict]) -> list[str]:
+    """The report of one profile: protocol, M_T, verdict, the paper's tables, every run, absolute numbers."""
+    target = next((e for e in entries if e["key"] == "target"), None)
+    entries = [e for e in entries if e["key"] != "target"]
+    cols = sorted({c for e in entries for c in e["map"]}, key=lambda c: (c != "benign", c))
+    lines = [f"## Profile `{name}`", "", protocol(PROFILES[name]), ""]
+    if target:
+        tail = target["curve"][-5:]
+        lines += ["M_T: " + ", ".join(f"{c} {v:.2f}" for c, v in target["map"].items())
+                  + f" ({target['train_seconds'] / 60:.1f} min). Val mAP50-95 over its last 5 epochs: "
+                  + ", ".join(f"{v:.1f}" for v in tail) + f" ({tail[-1] - tail[0]:+.1f} points: "
+                  + ("at a plateau" if abs(tail[-1] - tail[0]) < 2 else "still learning, not at a plateau") + ").", ""]  # fmt: skip
+    lines += ["### Verdict: benign mAP50-95 of each method vs the control", ""]
+    lines += verdict(entries) or ["No fine-tune recorded yet."]
+    lines += ["", "### Tables 1 and 3 analogue: Δ mAP50-95 vs the control, as laid out in the paper", "",
+              "Each column: trained on that attack and ε; `Δ adv` is on val attacked the same way. Mean ± spread "
+              "over the recorded seeds (one seed where no spread is shown). M = mediate samples, B = auxiliary BN, "
+              "L = AdvAmd loss; advtrain is Table 1's Adv-Train (all off).", ""]  # fmt: skip
+    lines += paper_table(entries)
+    lines += ["", "### Every run: Δ mAP50-95 vs the control", "",
+              "| method | trained on | seed | " + " | ".join(f"Δ {c}" for c in cols) + " | train min |",
+              "|---" * (len(cols) + 4) + "|"]  # fmt: skip
+    for e in sorted(entries, key=lambda e: (e["attack"], e["eps"], e["name"], trained_on(e), e["seed"])):
+        c = control(entries, e)
+        cells = [f"{e['map'][col] - c['map'][col]:+.2f}" if c and col in e["map"] and col in c["map"] else "" for col in cols]
+        lines.append(f"| {e['name']} | {trained_on(e)} | {e['seed']} | " + " | ".join(cells)
+                     + f" | {e['train_seconds'] / 60:.1f} |")  # fmt: skip
+    lines += ["", "### Absolute mAP50-95, mean ± spread over seeds", "", "| method | trained on | seeds | "
+              + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]  # fmt: skip
+    for (_, method, trained), es in sorted(groups(entries).items()):
+        cells = [spread(v) if (v := [x["map"][c] for x in es if c in x["map"]]) else "" for c in cols]
+        lines.append(f"| {method} | {trained} | {len(es)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def groups(entries: list[dict]) -> dict:
+    """Group fine-tunes by (profile, method, training setting)."""
+    out = {}
+    for e in entries:
+        if e["key"] != "target":
+            out.setdefault((e["profile"], e["name"], trained_on(e)), []).append(e)
+    return out
+
+
 def report() -> str:
     """Write docs/RESULTS.md and the plot from the results file (and the last benchmarks); return the Markdown."""
-    entries = [e for e in load() if e["key"] != "target"]
-    targets = [e for e in load() if e["key"] == "target"]
-    cols = sorted({c for e in entries for c in e["map"]}, key=lambda c: (c != "benign", c))
+    records = load()
     lines = ["# Results on the embedded digits-det data", "",
              "Generated by `benchmarks/reproduce.py` from `docs/results/results.jsonl`; numbers are whatever was",
              "measured. mAP50-95 in %, on val (500 scenes), benign through the main BN, adversarial = white-box",
-             "attack on the evaluated model. Δ = method − the vanilla fine-tune of the same seed and profile (the",
+             "attack on the evaluated model. Δ = method − the vanilla fine-tune of the same profile and seed (the",
              "control: same epochs, no attack). `train min`: wall time on 2 CPU cores, longer when other jobs",
              "shared the machine.", ""]  # fmt: skip
-    for name, p in PROFILES.items():
-        lines.append(f"Profile `{name}`: M_T = yolov8n from scratch, {p['target_epochs']} epochs on {p['fraction']:.0%} "
-                     f"of the 2,000 train scenes at {SCHEDULE['imgsz']} px; every method fine-tunes it for "
-                     f"{p['ft_epochs']} epochs (AdamW, lr0 5e-4, batch {SCHEDULE['batch']}, no warmup, no mosaic), "
-                     f"attacking M_T; evaluation: {p['eval']['attacks']} at ε = {p['eval']['eps']}, "
-                     f"PGD {p['eval']['steps']} steps.")  # fmt: skip
-    lines.append("")
-    for t in targets:
-        lines.append(f"Target M_T ({t['profile']}): " + ", ".join(f"{c} {v:.2f}" for c, v in t["map"].items())
-                     + f" ({t['train_seconds'] / 60:.1f} min).")  # fmt: skip
-    lines += ["", "## Verdict: benign mAP50-95 of each method vs the control", ""]
-    lines += verdict(entries) or ["No fine-tune recorded yet."]
-    lines += ["", "## Δ mAP50-95 vs the control (Tables 1 and 3 analogue)", "",
-              "| profile | method | trained on | seed | " + " | ".join(f"Δ {c}" for c in cols) + " | train min |",
-              "|---" * (len(cols) + 5) + "|"]  # fmt: skip
-    for e in sorted(entries, key=lambda e: (e["profile"], e["attack"], e["eps"], e["name"], trained_on(e), e["seed"])):
-        c = control(entries, e)
-        cells = [f"{e['map'][col] - c['map'][col]:+.2f}" if c and col in e["map"] and col in c["map"] else "" for col in cols]
-        lines.append(f"| {e['profile']} | {e['name']} | {trained_on(e)} | {e['seed']} | " + " | ".join(cells)
-                     + f" | {e['train_seconds'] / 60:.1f} |")  # fmt: skip
-    lines += ["", "## Absolute mAP50-95, mean ± spread over seeds", "", "| profile | method | trained on | seeds | "
-              + " | ".join(cols) + " |", "|---" * (len(cols) + 4) + "|"]  # fmt: skip
-    groups = {}
-    for e in entries:
-        groups.setdefault((e["profile"], e["name"], trained_on(e)), []).append(e)
-    for (prof, name, trained), es in sorted(groups.items()):
-        def cell(col):
-            v = [x["map"][col] for x in es if col in x["map"]]
-            return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else (f"{v[0]:.2f}" if v else "")
-        lines.append(f"| {prof} | {name} | {trained} | {len(es)} | " + " | ".join(cell(c) for c in cols) + " |")
+    if DISCUSSION.exists():
+        lines += [DISCUSSION.read_text().strip(), ""]
+    for name in sorted(PROFILES, key=lambda n: n == "quick"):  # the full protocol first
+        if entries := [e for e in records if e["profile"] == name]:
+            lines += profile_section(name, entries)
     if BENCH.exists():
-        lines += ["", "## Step cost and attack speed", "", "```", BENCH.read_text().strip(), "```"]
-    lines += ["", "![benign vs adversarial mAP](results/benign_vs_adv.png)", ""]
+        lines += ["## Step cost and attack speed", "", "```", BENCH.read_text().strip(), "```", ""]
+    lines += ["![benign vs adversarial mAP](results/benign_vs_adv.png)", ""]
     text = "\n".join(lines)
     REPORT.write_text(text)
-    plot(groups)
+    plot(groups(records))
     return text
 
 
@@ -301,6 +427,7 @@ if __name__ == "__main__":
     parser.add_argument("--bench", action="store_true", help="also run benchmarks/ into the report")
     parser.add_argument("--vary", nargs="+", metavar="KEY=VALUE", help="train (c) AdvAmd with these settings only")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds of (a), (b), (c) instead of the profile's")
+    parser.add_argument("--fresh", action="store_true", help="archive the profile's records and run it anew")
     opt = parser.parse_args()
     if not opt.report:
         vary = {}
@@ -313,6 +440,8 @@ if __name__ == "__main__":
 
         try:
             check_advamd_cfg({**ADVAMD_DEFAULTS, **merge_cfg(vary)})  # a bad key or value fails now, not after M_T
+            if opt.fresh and (dest := archive("quick" if opt.quick else "full")):
+                print(f"reproduce.py: the earlier records are in {dest}")
             run_protocol("quick" if opt.quick else "full", vary, opt.seeds)
         except (SyntaxError, ValueError, FileNotFoundError) as e:
             parser.exit(2, f"reproduce.py: error: {e}\n")

@@ -17,6 +17,8 @@ def files(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "REPORT", tmp_path / "RESULTS.md")
     monkeypatch.setattr(reproduce, "PLOT", tmp_path / "plot.png")
     monkeypatch.setattr(reproduce, "BENCH", tmp_path / "benchmarks.txt")
+    monkeypatch.setattr(reproduce, "DISCUSSION", tmp_path / "discussion.md")
+    monkeypatch.setattr(reproduce, "TARGETS", tmp_path / "targets")
     return tmp_path
 
 
@@ -26,29 +28,48 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
     def fake_train(overrides):
         trained.append(overrides["name"])
         assert "vary" not in overrides and overrides.get("beta3", 0.5) == 0.5
-        (files / f"{overrides['name']}.pt").touch()
-        return files / f"{overrides['name']}.pt", 1.0
+        weights = files / overrides["name"] / "weights" / "best.pt"  # laid out as Ultralytics does
+        weights.parent.mkdir(parents=True, exist_ok=True)  # a run started anew reuses its folder
+        weights.touch()
+        (weights.parents[1] / "results.csv").write_text("epoch,metrics/mAP50-95(B)\n1,0.25\n2,0.5\n")
+        return weights, 1.0
 
     monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, p, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
+    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
-    reproduce.record({"key": "vanilla//seed0", "profile": "quick", "name": "vanilla", "seed": 0, "method": "vanilla",
-                      "attack": "fgsm", "eps": 0.01, "train_seconds": 1, "map": {"benign": 50.0}})  # fmt: skip
+    monkeypatch.setattr(reproduce, "ROOT", files)  # the repository: recorded paths are relative to it
+    reproduce.record({"key": "vanilla//seed0", "profile": "quick", "name": "vanilla", "seed": 0, "method": "vanilla", "attack": "fgsm",
+                      "eps": 0.01, "train_seconds": 1, "weights": "v.pt", "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}})  # fmt: skip
     reproduce.run_protocol("quick")
     assert trained == ["target", "advtrain_fgsm-0.01_seed0", "advamd_fgsm-0.01_seed0"]  # vanilla was recorded
+    target = next(e for e in reproduce.load() if e["key"] == "target")
+    assert target["weights"] == "targets/quick.pt" and (files / "targets" / "quick.pt").is_file()  # kept in the repo
+    (files / "target" / "weights" / "best.pt").unlink()  # a fresh machine has no runs/: M_T's kept copy is enough
     trained.clear()
     reproduce.run_protocol("quick")  # everything recorded: nothing is trained again
     assert trained == []
     assert len(reproduce.load()) == 4
+    assert next(e for e in reproduce.load() if e["key"] == "target")["curve"] == [25.0, 50.0]  # M_T's val mAP per epoch
     reproduce.run_protocol("quick", vary={"beta3": 0.5})  # a tried setting: (c) only, a row of its own
     assert trained == ["advamd_fgsm-0.01_seed0_beta3=0.5"]
-    assert "| quick | advamd | fgsm ε=0.01 beta3=0.5 | 0 | +0.00 |  |" in reproduce.report()
+    assert "| advamd | fgsm ε=0.01 beta3=0.5 | 0 | +0.00 | +0.00 |" in reproduce.report()
     trained.clear()
     reproduce.run_protocol("quick", seeds=[0, 1])  # more seeds: only the new seed's (a), (b), (c) are trained
     assert trained == ["vanilla__seed1", "advtrain_fgsm-0.01_seed1", "advamd_fgsm-0.01_seed1"]
-    (files / "target.pt").unlink()  # the weights every recorded fine-tune started from are gone: say so, train nothing
+    (files / "targets" / "quick.pt").unlink()  # the weights every recorded fine-tune started from are gone: say so, train nothing
     with pytest.raises(FileNotFoundError, match="recorded M_T of profile 'quick'"):
         reproduce.run_protocol("quick", seeds=[0, 1, 2])
+    reproduce.record({"key": "target", "profile": "full", "weights": "targets/full.pt", "train_seconds": 60,
+                      "curve": [70.0, 80.0], "map": {"benign": 80.0}})  # fmt: skip
+    quick = [line for line in reproduce.RESULTS.read_text().splitlines() if '"profile": "quick"' in line]
+    dest = reproduce.archive("quick")  # --fresh: the profile's records are kept aside, other profiles stay
+    assert dest.read_text().splitlines() == quick
+    assert [e["profile"] for e in reproduce.load()] == ["full"]
+    trained.clear()
+    reproduce.run_protocol("quick")  # anew: M_T first
+    assert trained == ["target", "vanilla__seed0", "advtrain_fgsm-0.01_seed0", "advamd_fgsm-0.01_seed0"]
+    again = reproduce.archive("quick")
+    assert again != dest and again.with_suffix(".pt").is_file()  # a new archive each time; M_T goes with its records
 
 
 def test_report_deltas_are_against_the_same_seed_control(files):
@@ -57,11 +78,51 @@ def test_report_deltas_are_against_the_same_seed_control(files):
         reproduce.record({**base, "key": f"v{seed}", "name": "vanilla", "seed": seed, "map": {"benign": van, "fgsm eps=0.01": 10.0}})
         reproduce.record({**base, "key": f"a{seed}", "name": "advamd", "seed": seed, "map": {"benign": amd, "fgsm eps=0.01": 15.0}})
     reproduce.BENCH.write_text("fgsm  1318 ms  3.79x stock")  # the last --bench tables stay in every report
+    reproduce.DISCUSSION.write_text("## What the numbers say\n\nAdvAmd is below the control here.")  # and the reading
     text = reproduce.report()
     assert "## Step cost and attack speed" in text and "3.79x stock" in text
-    rows = [line for line in text.splitlines() if line.startswith("| quick | advamd")]
+    assert text.index("AdvAmd is below the control here.") < text.index("## Profile `quick`")
+    rows = [line for line in text.splitlines() if line.startswith("| advamd | fgsm")]
     assert "| +2.00 | +5.00 |" in rows[0] and "| +3.00 | +5.00 |" in rows[1]
     assert "51.50 ± 0.71" in text  # mean ± stdev over the two seeds
-    assert "quick, advamd (fgsm ε=0.01): beats the control on benign val, Δ = +2.50 ± 0.71 over 2 seeds." in text
+    assert "advamd (fgsm ε=0.01): beats the control on benign val, Δ = +2.50 ± 0.71 over 2 seeds." in text
     assert (files / "plot.png").stat().st_size > 0
     assert json.loads(reproduce.RESULTS.read_text().splitlines()[0])["key"] == "v0"
+
+
+def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(files, monkeypatch):
+    full = reproduce.PROFILES["full"]
+    runs = reproduce.plan(full)
+    assert len({reproduce.key(r) for r in runs}) == len(runs)
+    for attack, eps in full["train"]:  # Adv-Train and the seven Table 3 rows at every attack and budget
+        names = {reproduce.method_name(r) for r in runs if (r["attack"], r["eps"], r["seed"]) == (attack, eps, 0)}
+        assert names >= {"advtrain", "advamd", *(f"ablation-{r}" for r in reproduce.TABLE3[:-1])}
+        assert all(r["steps"] == reproduce.TRAIN_STEPS[attack] for r in runs if r["attack"] == attack)
+    first = [reproduce.method_name(r) for r in runs[:9]]  # (a), (b), (c) over three seeds come first
+    assert first == ["vanilla", "advtrain", "advamd"] * 3 and [r["seed"] for r in runs[:9:3]] == [0, 1, 2]
+
+    asked = []
+    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n: asked.append(eps) or {"benign": 1.0, "fgsm eps=0.1": 5.0})
+    (files / "v.pt").touch()
+    entry = {"key": "vanilla//seed0", "profile": "full", "name": "vanilla", "seed": 0, "weights": str(files / "v.pt"),
+             "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}}  # fmt: skip
+    reproduce.record(entry)
+    done = reproduce.complete(entry, [0.01, 0.1], "data.yaml")
+    assert asked == [[0.1]]  # only the missing budget is evaluated; the recorded columns are kept
+    assert done["map"] == {"benign": 50.0, "fgsm eps=0.01": 20.0, "fgsm eps=0.1": 5.0}
+    assert reproduce.load() == [done]  # the later record of a key replaces the earlier one
+    assert reproduce.complete(done, [0.01, 0.1], "data.yaml") == done and asked == [[0.1]]
+    (files / "v.pt").unlink()  # a fine-tune's weights stay on the machine that trained it: without them, keep the record
+    assert reproduce.complete(done, [0.01, 0.03, 0.1], "data.yaml") == done and asked == [[0.1]]
+
+
+def test_paper_table_pairs_each_training_setting_with_the_same_attack(files):
+    base = {"profile": "full", "train_seconds": 60, "seed": 0}
+    reproduce.record({**base, "key": "v", "name": "vanilla", "attack": "fgsm", "eps": 0.01,
+                      "map": {"benign": 50.0, "fgsm eps=0.01": 10.0, "pgd eps=0.1": 1.0}})  # fmt: skip
+    reproduce.record({**base, "key": "a", "name": "advamd", "attack": "pgd", "eps": 0.1, "steps": 3,
+                      "map": {"benign": 49.0, "fgsm eps=0.1": 9.0, "pgd eps=0.1": 8.0}})  # fmt: skip
+    text = reproduce.report()
+    assert "| method | M | B | L | Δ adv, pgd-3 ε=0.1 | Δ benign, pgd-3 ε=0.1 |" in text
+    assert "| advamd | ✓ | ✓ | ✓ | +7.00 | -1.00 |" in text
+    assert "| ablation-ML | ✓ |  | ✓ |  |  |" in text
