@@ -252,26 +252,29 @@ def spread(values: list[float], signed: bool = False) -> str:
     return f"{mean} ± {statistics.stdev(values):.2f}" if len(values) > 1 else mean
 
 
-def verdict(entries: list[dict]) -> list[str]:
+def verdict(entries: list[dict], start: float | None = None) -> list[str]:
     """One line per (method, setting): mean Δ benign mAP50-95 vs the same-seed control, judged by its spread.
 
     "beats" / "is below" the control only when the mean Δ is more than one standard deviation over seeds from 0;
-    with one seed there is no spread, so no verdict.
+    with one seed there is no spread, so no verdict. With `start` (M_T's benign mAP50-95), each line also gives the
+    method's mean benign mAP vs M_T, the paper's comparison.
     """
-    deltas = {}
+    benign = {}
     for e in entries:
         if e["name"] != "vanilla" and (c := control(entries, e)):
-            deltas.setdefault((e["name"], trained_on(e)), []).append(e["map"]["benign"] - c["map"]["benign"])
+            benign.setdefault((e["name"], trained_on(e)), []).append((e["map"]["benign"], c["map"]["benign"]))
     lines = []
-    for (name, trained), d in sorted(deltas.items()):
+    for (name, trained), pairs in sorted(benign.items()):
+        d = [m - c for m, c in pairs]
         mean = statistics.mean(d)
+        vs_start = "" if start is None else f"; vs M_T {statistics.mean(m for m, _ in pairs) - start:+.2f}"
         if len(d) < 2:
-            lines.append(f"- {name} ({trained}): Δ benign = {mean:+.2f} on 1 seed (no spread: no verdict).")
+            lines.append(f"- {name} ({trained}): Δ benign = {mean:+.2f} on 1 seed (no spread: no verdict){vs_start}.")
             continue
         sd = statistics.stdev(d)
         word = "beats" if mean > sd else "is below" if mean < -sd else "is within the seed spread of"
         lines.append(f"- {name} ({trained}): {word} the control on benign val, Δ = {mean:+.2f} ± {sd:.2f} "
-                     f"over {len(d)} seeds.")  # fmt: skip
+                     f"over {len(d)} seeds{vs_start}.")  # fmt: skip
     return lines
 
 
@@ -281,7 +284,8 @@ def paper_table(entries: list[dict]) -> list[str]:
     from yolo_advamd.validate import column_name
 
     runs = [e for e in entries if e["name"] != "vanilla" and not e.get("vary") and control(entries, e)]
-    settings = sorted({(e["attack"], e["eps"]) for e in runs})
+    if not (settings := sorted({(e["attack"], e["eps"]) for e in runs})):
+        return ["No fine-tune recorded yet."]
     names = ["advtrain", *(f"ablation-{r}" for r in TABLE3[:-1]), "advamd"]
     heads = [f"{a if a == 'fgsm' else f'{a}-{TRAIN_STEPS[a]}'} ε={eps}" for a, eps in settings]
     lines = ["| method | M | B | L | " + " | ".join(f"Δ adv, {h}" for h in heads) + " | "
@@ -314,6 +318,11 @@ def protocol(p: dict) -> str:
             f"on val attacked with FGSM and PGD-{EVAL_STEPS} at the ε it trained with; the control at every ε.")  # fmt: skip
 
 
+def slope(curve: list[float]) -> float:
+    """Least-squares gain per epoch of a val mAP curve."""
+    return statistics.linear_regression(range(len(curve)), curve).slope
+
+
 def profile_section(name: str, entries: list[dict]) -> list[str]:
     """The report of one profile: protocol, M_T, verdict, the paper's tables, every run, absolute numbers."""
     target = next((e for e in entries if e["key"] == "target"), None)
@@ -324,10 +333,11 @@ def profile_section(name: str, entries: list[dict]) -> list[str]:
         tail = target["curve"][-5:]
         lines += ["M_T: " + ", ".join(f"{c} {v:.2f}" for c, v in target["map"].items())
                   + f" ({target['train_seconds'] / 60:.1f} min). Val mAP50-95 over its last 5 epochs: "
-                  + ", ".join(f"{v:.1f}" for v in tail) + f" ({tail[-1] - tail[0]:+.1f} points: "
-                  + ("at a plateau" if abs(tail[-1] - tail[0]) < 2 else "still learning, not at a plateau") + ").", ""]  # fmt: skip
+                  + ", ".join(f"{v:.1f}" for v in tail) + f" ({slope(tail):+.2f} points an epoch: "
+                  + ("at a plateau" if abs(slope(tail)) < 0.2 else "near a plateau, still gaining" if slope(tail) < 1
+                     else "still learning, not at a plateau") + ").", ""]  # fmt: skip
     lines += ["### Verdict: benign mAP50-95 of each method vs the control", ""]
-    lines += verdict(entries) or ["No fine-tune recorded yet."]
+    lines += verdict(entries, target and target["map"]["benign"]) or ["No fine-tune recorded yet."]
     lines += ["", "### Tables 1 and 3 analogue: Δ mAP50-95 vs the control, as laid out in the paper", "",
               "Each column: trained on that attack and ε; `Δ adv` is on val attacked the same way. Mean ± spread "
               "over the recorded seeds (one seed where no spread is shown). M = mediate samples, B = auxiliary BN, "
@@ -343,6 +353,9 @@ def profile_section(name: str, entries: list[dict]) -> list[str]:
                      + f" | {e['train_seconds'] / 60:.1f} |")  # fmt: skip
     lines += ["", "### Absolute mAP50-95, mean ± spread over seeds", "", "| method | trained on | seeds | "
               + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]  # fmt: skip
+    if target:  # where every fine-tune started
+        lines.append("| M_T (start) | — | — | " + " | ".join(f"{target['map'][c]:.2f}" if c in target["map"] else ""
+                                                             for c in cols) + " |")  # fmt: skip
     for (_, method, trained), es in sorted(groups(entries).items()):
         cells = [spread(v) if (v := [x["map"][c] for x in es if c in x["map"]]) else "" for c in cols]
         lines.append(f"| {method} | {trained} | {len(es)} | " + " | ".join(cells) + " |")

@@ -77,6 +77,8 @@ def test_report_deltas_are_against_the_same_seed_control(files):
     for seed, (van, amd) in enumerate([(50.0, 52.0), (48.0, 51.0)]):
         reproduce.record({**base, "key": f"v{seed}", "name": "vanilla", "seed": seed, "map": {"benign": van, "fgsm eps=0.01": 10.0}})
         reproduce.record({**base, "key": f"a{seed}", "name": "advamd", "seed": seed, "map": {"benign": amd, "fgsm eps=0.01": 15.0}})
+    reproduce.record({"profile": "quick", "key": "target", "train_seconds": 60, "curve": [40.0, 48.0, 48.5, 49.0, 49.5, 50.0],
+                      "map": {"benign": 50.5, "fgsm eps=0.01": 5.0}})  # fmt: skip
     reproduce.BENCH.write_text("fgsm  1318 ms  3.79x stock")  # the last --bench tables stay in every report
     reproduce.DISCUSSION.write_text("## What the numbers say\n\nAdvAmd is below the control here.")  # and the reading
     text = reproduce.report()
@@ -85,7 +87,9 @@ def test_report_deltas_are_against_the_same_seed_control(files):
     rows = [line for line in text.splitlines() if line.startswith("| advamd | fgsm")]
     assert "| +2.00 | +5.00 |" in rows[0] and "| +3.00 | +5.00 |" in rows[1]
     assert "51.50 ± 0.71" in text  # mean ± stdev over the two seeds
-    assert "advamd (fgsm ε=0.01): beats the control on benign val, Δ = +2.50 ± 0.71 over 2 seeds." in text
+    assert "advamd (fgsm ε=0.01): beats the control on benign val, Δ = +2.50 ± 0.71 over 2 seeds; vs M_T +1.00." in text
+    assert "| M_T (start) | — | — | 50.50 | 5.00 |" in text  # where every fine-tune started
+    assert "(+0.50 points an epoch: near a plateau, still gaining)" in text  # least squares over the last 5 epochs
     assert (files / "plot.png").stat().st_size > 0
     assert json.loads(reproduce.RESULTS.read_text().splitlines()[0])["key"] == "v0"
 
