@@ -102,10 +102,11 @@ def plan(profile: dict, vary: dict | None = None) -> list[dict]:
     return runs
 
 
-def eval_eps(run: dict, profile: dict) -> list[float]:
-    """The budgets a run is evaluated at: its own, or every budget of the profile for the control."""
-    budgets = sorted({eps for _, eps in profile["train"]})
-    return budgets if run["method"] == "vanilla" else [run["eps"]]
+def eval_eps(run: dict, profile: dict, vary: dict | None = None) -> list[float]:
+    """The budgets a run is evaluated at: its own, or for the control every budget planned (a varied ε included)."""
+    if run["method"] != "vanilla":
+        return [run["eps"]]
+    return sorted({eps for _, eps in profile["train"]} | {(vary or {}).get("eps", profile["train"][0][1])})
 
 
 def key(run: dict) -> str:
@@ -227,7 +228,7 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
     done["target"] = complete(done["target"], budgets, data)
     for run in plan(profile, vary):
         if (k := key(run)) in done:
-            done[k] = complete(done[k], eval_eps(run, profile), data)
+            done[k] = complete(done[k], eval_eps(run, profile, vary), data)
             continue
         name = k.replace("/", "_")
         settings = {k: v for k, v in run.items() if k != "vary"}
@@ -236,7 +237,7 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
                                   "attack_model": "target", "abar_batches": 10, "project": project, "name": name,
                                   **settings})  # fmt: skip
         done[k] = {"key": k, "profile": profile_name, **run, "name": method_name(run), "train_seconds": seconds,
-                   "weights": stored(weights), "map": evaluate(weights, data, eval_eps(run, profile), f"{profile_name}-{name}")}  # fmt: skip
+                   "weights": stored(weights), "map": evaluate(weights, data, eval_eps(run, profile, vary), f"{profile_name}-{name}")}  # fmt: skip
         record(done[k])
         report()
 

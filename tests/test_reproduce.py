@@ -102,6 +102,9 @@ def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(
         names = {reproduce.method_name(r) for r in runs if (r["attack"], r["eps"], r["seed"]) == (attack, eps, 0)}
         assert names >= {"advtrain", "advamd", *(f"ablation-{r}" for r in reproduce.TABLE3[:-1])}
         assert all(r["steps"] == reproduce.TRAIN_STEPS[attack] for r in runs if r["attack"] == attack)
+    control = runs[0]  # evaluated at every budget, and at a varied one, so a --vary eps=... row has its Δ adv
+    assert reproduce.eval_eps(control, full) == [0.01, 0.1] and reproduce.eval_eps(runs[1], full) == [0.01]
+    assert reproduce.eval_eps(control, full, {"eps": 0.003}) == [0.003, 0.01, 0.1]
     first = [reproduce.method_name(r) for r in runs[:9]]  # (a), (b), (c) over three seeds come first
     assert first == ["vanilla", "advtrain", "advamd"] * 3 and [r["seed"] for r in runs[:9:3]] == [0, 1, 2]
 
