@@ -1,6 +1,6 @@
 """Does AdvAmd work? The paper's comparisons (Tables 1 and 3) on the embedded digits-det data, resumable.
 
-    python benchmarks/reproduce.py --quick          # (a) vanilla, (b) Adv-Train, (c) AdvAmd at FGSM eps=0.01, ~20 min
+    python benchmarks/reproduce.py --quick          # (a) vanilla, (b) Adv-Train, (c) AdvAmd at FGSM eps=0.01, ~10 min
     nohup python benchmarks/reproduce.py &          # the full protocol (hours): runs append to docs/results/results.jsonl,
                                                     # finished runs are skipped, so it resumes where it stopped
     python benchmarks/reproduce.py --report         # only regenerate docs/RESULTS.md and the plot from the results file
@@ -391,33 +391,50 @@ def report() -> str:
     lines += ["![benign vs adversarial mAP](results/benign_vs_adv.png)", ""]
     text = "\n".join(lines)
     REPORT.write_text(text)
-    plot(groups(records))
+    plot(records)
     return text
 
 
-def plot(groups: dict) -> None:
-    """Plot benign vs mean adversarial mAP50-95 per method (mean over seeds; bars: benign spread over seeds)."""
+def plot(records: list[dict]) -> None:
+    """Plot benign vs adversarial mAP50-95, one panel per profile and training setting: each method trained there and
+    the control, on val attacked as that method was trained (means over seeds; bars: spread over seeds)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(10, 5), layout="constrained")
+    from yolo_advamd.validate import column_name
+
+    panels = {}  # (profile, attack, eps) -> {label: runs}
+    for (prof, name, _), es in sorted(groups(records).items()):
+        if name != "vanilla" and column_name(es[0]["attack"], es[0]["eps"]) in es[0]["map"]:
+            varied = [f"{k}={v}" for k, v in es[0].get("vary", {}).items() if k not in {"attack", "eps"}]
+            panels.setdefault((prof, es[0]["attack"], es[0]["eps"]), {})[" ".join([name, *varied])] = es
+    if not panels:  # no fine-tune recorded yet
+        return
+    labels = ["control", *sorted({label for runs in panels.values() for label in runs})]
+    style = {label: (f"C{i % 10}", "osD^v<>pPX*h"[i % 12]) for i, label in enumerate(labels)}
+    fig = Figure(figsize=(4 * min(len(panels), 4) + 2.5, 3.6 * -(-len(panels) // 4)), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    markers = "osD^v<>pPX*h"
-    for i, ((prof, name, trained), es) in enumerate(sorted(groups.items())):
-        adv = [v for e in es for c, v in e["map"].items() if c != "benign"]
-        if not adv:
-            continue
-        benign = [e["map"]["benign"] for e in es]
-        spread = statistics.stdev(benign) if len(benign) > 1 else 0.0
-        ax.errorbar(statistics.mean(benign), statistics.mean(adv), xerr=spread, fmt=markers[i % len(markers)],
-                    capsize=3, label=f"{name} {trained} ({prof}, {len(es)} seed{'s' * (len(es) > 1)})")  # fmt: skip
-    ax.set_xlabel("benign mAP50-95 (%)")
-    ax.set_ylabel("adversarial mAP50-95 (%), mean over attacks")
-    ax.set_title("AdvAmd vs controls on digits-det")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes = list(fig.subplots(-(-len(panels) // 4), min(len(panels), 4), squeeze=False).flat)
+    for ax, ((prof, attack, eps), runs) in zip(axes, sorted(panels.items())):
+        col = column_name(attack, eps)
+        controls = [c for c in records if c["profile"] == prof and c.get("name") == "vanilla" and col in c["map"]]
+        for label, es in [("control", controls)] * bool(controls) + list(runs.items()):
+            x, y = ([e["map"][c] for e in es] for c in ("benign", col))
+            sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in (x, y)]
+            color, marker = style[label]
+            ax.errorbar(statistics.mean(x), statistics.mean(y), xerr=sd[0], yerr=sd[1], fmt=marker, color=color,
+                        capsize=3, label=label)  # fmt: skip
+        ax.set_title(f"{prof}: trained on {attack if attack == 'fgsm' else f'{attack}-{TRAIN_STEPS[attack]}'} ε={eps}",
+                     fontsize=9)  # fmt: skip
+        ax.set_xlabel("benign mAP50-95 (%)", fontsize=8)
+        ax.set_ylabel(f"mAP50-95 on {col} val (%)", fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=style[label][0], marker=style[label][1], linestyle="") for label in labels]
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
     PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=110)
+    fig.savefig(PLOT, dpi=100)
 
 
 def benchmarks() -> str:
