@@ -116,11 +116,16 @@ def key(run: dict) -> str:
     return f"{method_name(run)}/{attack}/seed{run['seed']}{vary}"
 
 
+def attack_label(attack: str, steps: int | None = None) -> str:
+    """Name a training attack with its steps where it has several: "fgsm", "pgd-3"."""
+    return attack if attack == "fgsm" else f"{attack}-{steps or TRAIN_STEPS[attack]}"
+
+
 def trained_on(e: dict) -> str:
     """The training setting of a recorded run, for the report: attack, ε and any varied settings."""
     if e["name"] == "vanilla":
         return "—"
-    attack = e["attack"] if e["attack"] == "fgsm" else f"{e['attack']}-{e.get('steps', TRAIN_STEPS[e['attack']])}"
+    attack = attack_label(e["attack"], e.get("steps"))
     varied = (f"{k}={v}" for k, v in e.get("vary", {}).items() if k not in {"attack", "eps"})  # those are named first
     return " ".join([f"{attack} ε={e['eps']}", *varied])
 
@@ -288,7 +293,7 @@ def paper_table(entries: list[dict]) -> list[str]:
     if not (settings := sorted({(e["attack"], e["eps"]) for e in runs})):
         return ["No fine-tune recorded yet."]
     names = ["advtrain", *(f"ablation-{r}" for r in TABLE3[:-1]), "advamd"]
-    heads = [f"{a if a == 'fgsm' else f'{a}-{TRAIN_STEPS[a]}'} ε={eps}" for a, eps in settings]
+    heads = [f"{attack_label(a)} ε={eps}" for a, eps in settings]
     lines = ["| method | M | B | L | " + " | ".join(f"Δ adv, {h}" for h in heads) + " | "
              + " | ".join(f"Δ benign, {h}" for h in heads) + " |", "|---" * (4 + 2 * len(settings)) + "|"]  # fmt: skip
     for name in names:
@@ -423,10 +428,8 @@ def plot(records: list[dict]) -> None:
             x, y = ([e["map"][c] for e in es] for c in ("benign", col))
             sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in (x, y)]
             color, marker = style[label]
-            ax.errorbar(statistics.mean(x), statistics.mean(y), xerr=sd[0], yerr=sd[1], fmt=marker, color=color,
-                        capsize=3, label=label)  # fmt: skip
-        ax.set_title(f"{prof}: trained on {attack if attack == 'fgsm' else f'{attack}-{TRAIN_STEPS[attack]}'} ε={eps}",
-                     fontsize=9)  # fmt: skip
+            ax.errorbar(statistics.mean(x), statistics.mean(y), xerr=sd[0], yerr=sd[1], fmt=marker, color=color, capsize=3)
+        ax.set_title(f"{prof}: trained on {attack_label(attack)} ε={eps}", fontsize=9)
         ax.set_xlabel("benign mAP50-95 (%)", fontsize=8)
         ax.set_ylabel(f"mAP50-95 on {col} val (%)", fontsize=8)
     for ax in axes[len(panels):]:
