@@ -9,6 +9,7 @@
     python benchmarks/reproduce.py --quick --vary beta3=0.5 abar_norm=none   # (c) AdvAmd with other settings, as a
                                                     # row of its own against the same control ("what we tried")
     python benchmarks/reproduce.py --quick --seeds 0 1 2                     # (a), (b), (c) over three seeds
+    nohup python benchmarks/reproduce.py --study &  # where does adversarial training lift benign mAP? six arms, hours
     python benchmarks/reproduce.py --quick --fresh  # run a profile anew (a fresh clone has no quick M_T): its
                                                     # records move to docs/results/archive/, out of the report
 
@@ -72,6 +73,12 @@ def method_name(s: dict) -> str:
         return s["method"]
     on = "".join(k for k, v in zip("MBL", (s["mediate"], s["aux_bn"], s["advamd_loss"])) if v)
     return "advamd" if on == "MBL" else f"ablation-{on or 'none'}"
+
+
+def target_recipe(profile: dict) -> dict:
+    """How a profile's M_T is trained from scratch (on top of SCHEDULE): its length, data, lr0 and mosaic."""
+    epochs = profile["target_epochs"]
+    return {"epochs": epochs, "fraction": profile["fraction"], "lr0": 0.002, "close_mosaic": max(2, epochs // 6)}
 
 
 def make_run(setting: tuple[str, float], seed: int, method: str, on: str = "") -> dict:
@@ -191,13 +198,33 @@ def archive(profile_name: str) -> Path | None:
 
 
 def train(overrides: dict) -> tuple[Path, float]:
-    """Train with AdvAmdTrainer; return best.pt and the wall time in seconds."""
+    """Train with AdvAmdTrainer, or resume the interrupted run of the same name; return best.pt and its training time.
+
+    The time is Ultralytics' own per-epoch clock in results.csv (training and per-epoch validation), summed over the
+    pieces of a resumed run.
+    """
+    from ultralytics.utils.patches import torch_load
+
     from yolo_advamd.trainer import AdvAmdTrainer
 
-    t = time.time()
-    trainer = AdvAmdTrainer(overrides={**SCHEDULE, **overrides})
+    run = Path(overrides["project"]) / overrides["name"]
+    last = run / "weights" / "last.pt"
+    if not last.is_file():
+        trainer = AdvAmdTrainer(overrides={**SCHEDULE, **overrides})
+    elif torch_load(last, map_location="cpu").get("epoch", -1) != -1:  # stopped mid-run: continue it
+        print(f"reproduce.py: resuming {run} from {last}")
+        trainer = AdvAmdTrainer(overrides={"resume": str(last)})
+    else:  # finished, but stopped before it was recorded
+        return run / "weights" / "best.pt", train_seconds(run / "results.csv")
     trainer.train()
-    return trainer.best, time.time() - t
+    return trainer.best, train_seconds(run / "results.csv")
+
+
+def train_seconds(results_csv: Path) -> float:
+    """Training time of a run from its results.csv `time` column (cumulative per process, restarted by a resume)."""
+    with open(results_csv) as f:
+        times = [float(row["time"]) for row in csv.DictReader(f, skipinitialspace=True)]
+    return sum(t for t, after in zip(times, [*times[1:], 0.0]) if after < t)  # the last time of each piece
 
 
 def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] | None = None) -> None:
@@ -213,10 +240,8 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
     done = {e["key"]: e for e in load() if e["profile"] == profile_name}
     budgets = sorted({eps for _, eps in profile["train"]})
     if "target" not in done:
-        epochs = profile["target_epochs"]
         weights, seconds = train({"model": "yolov8n.yaml", "data": data, "method": "vanilla", "seed": 0,
-                                  "epochs": epochs, "fraction": profile["fraction"], "lr0": 0.002,
-                                  "close_mosaic": max(2, epochs // 6), "project": project, "name": "target"})  # fmt: skip
+                                  **target_recipe(profile), "project": project, "name": "target"})  # fmt: skip
         with open(weights.parents[1] / "results.csv") as f:  # val mAP50-95 per epoch: shows the plateau, or not
             curve = [100 * float(row["metrics/mAP50-95(B)"]) for row in csv.DictReader(f)]
         TARGETS.mkdir(parents=True, exist_ok=True)
@@ -245,6 +270,222 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
                    "weights": stored(weights), "map": evaluate(weights, data, eval_eps(run, profile, vary), f"{profile_name}-{name}")}  # fmt: skip
         record(done[k])
         report()
+
+# The study: where does adversarial training lift benign mAP? Each arm's settings were fixed before any of its results
+# were seen; a setting changed afterwards gets a new method label, and both rows are kept. Every run trains on top of
+# SCHEDULE, is compared with the arm's vanilla run of the same seed, and is attacked on val with FGSM and PGD-3 at the
+# ε it trained with (the vanilla run at every ε of its arm).
+M_T_RECIPE = {"epochs": 30, "fraction": 0.5, "lr0": 0.002, "close_mosaic": 5}  # = target_recipe(PROFILES["full"])
+M_T_FINAL_LR = M_T_RECIPE["lr0"] * ((1 - 29 / 30) * (1 - 0.01) + 0.01)  # Ultralytics' linear decay to lrf = 0.01
+FGSM = {"attack": "fgsm", "eps": 0.01}
+WEAK = {"attack": "fgsm", "eps": 1 / 255}  # AdvProp's regime: a weak attack
+AMD = {"method": "advamd", "abar_scope": "positive"}  # the paper's Ā loss: the true-class term of each object
+AUX_ONLY = {"method": "advamd", "mediate": False, "advamd_loss": False}  # Table 3's row B: the auxiliary BN alone
+VANILLA = {"method": "vanilla"}
+STUDY = {
+    "retrain": {
+        "about": "the paper's regime: M_T retrained with its own recipe and length (30 epochs), attacks on M_T",
+        "start": "full",
+        "recipe": M_T_RECIPE,
+        "methods": {
+            "vanilla": VANILLA,
+            "advamd": {**AMD, **FGSM, "attack_model": "target"},
+            "advamd ε=1/255": {**AMD, **WEAK, "attack_model": "target"},
+            "aux-BN only": {**AUX_ONLY, **FGSM, "attack_model": "target"},
+            "advtrain": {"method": "advtrain", **FGSM, "attack_model": "target"},
+            "advamd abar_scope=all": {**AMD, **FGSM, "abar_scope": "all", "attack_model": "target"},
+            "advamd current": {**AMD, **FGSM, "attack_model": "current"},
+        },
+        "confirm": ("vanilla", "advamd"),
+    },
+    "scratch": {
+        "about": "AdvProp's regime: from scratch with M_T's recipe, FGSM ε = 1/255 on the current model",
+        "start": "yolov8n.yaml",
+        "recipe": M_T_RECIPE,
+        "methods": {
+            "vanilla": VANILLA,
+            "advamd": {**AMD, **WEAK, "attack_model": "current"},
+            "detadvprop": {"method": "detadvprop", **WEAK},
+        },
+    },
+    "scarce": {
+        "about": "from scratch on 10 % of the scenes (200) for 150 epochs, as many image passes as M_T, FGSM ε = 1/255 "
+        "on the current model",
+        "start": "yolov8n.yaml",
+        "recipe": {"epochs": 150, "fraction": 0.1, "lr0": 0.002, "close_mosaic": 25, "patience": 150},
+        "methods": {
+            "vanilla": VANILLA,
+            "advamd": {**AMD, **WEAK, "attack_model": "current"},
+            "detadvprop": {"method": "detadvprop", **WEAK},
+        },
+    },
+    "lr-matched": {
+        "about": "the 2-epoch fine-tune of the full profile, with lr0 the rate M_T ended at",
+        "start": "full",
+        "recipe": {"epochs": 2, "fraction": 0.5, "lr0": M_T_FINAL_LR, "close_mosaic": 2, "abar_batches": 10},
+        "methods": {
+            "vanilla": VANILLA,
+            "advamd": {**AMD, **FGSM, "attack_model": "target"},
+            "advamd abar_scope=all": {**AMD, **FGSM, "abar_scope": "all", "attack_model": "target"},
+            "aux-BN only": {**AUX_ONLY, **FGSM, "attack_model": "target"},
+        },
+    },
+    "teacher": {
+        "about": "UDFA from M_T for 12 epochs (its published 1x fine-tune) with M_T's recipe",
+        "start": "full",
+        "recipe": {**M_T_RECIPE, "epochs": 12, "close_mosaic": 2},
+        "methods": {"vanilla": VANILLA, "udfa": {"method": "udfa", "attack": "fgsm", "eps": 2 / 255}},  # UDFA: 2/255 steps
+    },
+}
+SCREEN_BAR = -0.5  # seed 0's Δ benign above this earns seeds 1 and 2
+
+
+def study_key(label: str, seed: int) -> str:
+    """A study run's identity in the results file (its arm is the record's profile)."""
+    return f"{label}/seed{seed}"
+
+
+def study_plan(records: list[dict]) -> list[tuple[str, str, int]]:
+    """Return every (arm, method, seed) the study runs, given what is recorded: seed 0 of every arm first (the
+    screen), then seeds 1 and 2 of the arm's `confirm` methods and of every method whose seed-0 Δ benign is above
+    SCREEN_BAR, with their vanilla runs."""
+    runs = [(arm, label, 0) for arm, a in STUDY.items() for label in a["methods"]]
+    by_key = {(e["profile"], e["key"]): e for e in records}
+    for arm, a in STUDY.items():
+        control = by_key.get((arm, study_key("vanilla", 0)))
+        chosen = set(a.get("confirm", ()))
+        for label in a["methods"]:
+            if control and (e := by_key.get((arm, study_key(label, 0)))):
+                if e["map"]["benign"] - control["map"]["benign"] > SCREEN_BAR and label != "vanilla":
+                    chosen |= {label, "vanilla"}
+        runs += [(arm, label, seed) for seed in (1, 2) for label in a["methods"] if label in chosen]
+    return runs
+
+
+def study_budgets(arm: str, label: str) -> list[float]:
+    """The ε a study run is attacked at on val: its own, or every ε of its arm for the vanilla run."""
+    methods = STUDY[arm]["methods"]
+    own = methods[label].get("eps")
+    return [own] if own else sorted({m["eps"] for m in methods.values() if m.get("eps")})
+
+
+def study_settings(arm: str, label: str, seed: int) -> dict:
+    """The training settings of one study run (on top of SCHEDULE), without where it is written."""
+    a = STUDY[arm]
+    start = str(TARGETS / f"{a['start']}.pt") if a["start"] in PROFILES else a["start"]
+    method = a["methods"][label]
+    steps = {"steps": TRAIN_STEPS[method["attack"]]} if "attack" in method else {}
+    return {"model": start, **a["recipe"], **method, **steps, "seed": seed}
+
+
+def check_study() -> None:
+    """Check every study run's settings before any work: a bad key or value fails at once, naming it."""
+    from yolo_advamd.cfg import resolve_advamd_cfg
+
+    for arm, a in STUDY.items():
+        for label in a["methods"]:
+            settings = {k: v for k, v in study_settings(arm, label, 0).items() if k != "model"}
+            try:
+                resolve_advamd_cfg(settings)
+            except (SyntaxError, ValueError) as e:
+                raise ValueError(f"study arm {arm!r}, method {label!r}: {e}") from e
+
+
+def run_study(arms: list[str] | None = None) -> None:
+    """Run the study's planned runs not yet recorded, arm by arm, appending each as it finishes."""
+    import yolo_advamd  # noqa: F401
+    from yolo_advamd.cli import use_all_cores
+    from yolo_advamd.data import resolve_dataset
+
+    use_all_cores()
+    check_study()
+    data = resolve_dataset(str(ROOT / "data" / "digits-det.yaml"))
+    while True:
+        records = load()
+        done = {(e["profile"], e["key"]) for e in records}
+        todo = [r for r in study_plan(records) if (r[0], study_key(*r[1:])) not in done and (not arms or r[0] in arms)]
+        if not todo:
+            break
+        arm, label, seed = todo[0]
+        start = STUDY[arm]["start"]
+        if start in PROFILES and (arm, "start") not in done:  # the starting model, at the arm's budgets
+            kept = TARGETS / f"{start}.pt"
+            record({"key": "start", "profile": arm, "name": "M_T", "weights": stored(kept), "train_seconds": 0,
+                    "map": evaluate(kept, data, study_budgets(arm, "vanilla"), f"{arm}-start")})  # fmt: skip
+        settings = study_settings(arm, label, seed)
+        if not Path(settings["model"]).is_file() and settings["model"].endswith(".pt"):
+            raise FileNotFoundError(f"study arm {arm!r} starts from {settings['model']}, which is not on disk")
+        name = re.sub(r"[^\w.=-]+", "_", f"{label}_seed{seed}".replace("ε", "eps").replace("/", "-"))
+        weights, seconds = train({**settings, "data": data, "project": str(ROOT / "runs" / f"study-{arm}"), "name": name})
+        curves = epoch_curves(weights.parents[1] / "results.csv")
+        kept = {**settings, "model": stored(Path(settings["model"])) if settings["model"].endswith(".pt") else start}
+        record({"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": kept,
+                "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
+                "train_seconds": seconds, "weights": stored(weights), **curves,
+                "map": evaluate(weights, data, study_budgets(arm, label), f"{arm}-{name}")})  # fmt: skip
+        report()
+
+
+def epoch_curves(results_csv: Path) -> dict:
+    """Val mAP50-95 (%) and the benign training loss (box + cls + dfl) per epoch, from a run's results.csv."""
+    with open(results_csv) as f:
+        rows = list(csv.DictReader(f, skipinitialspace=True))
+    loss = [sum(float(row[f"train/{k}_loss"]) for k in ("box", "cls", "dfl")) for row in rows]
+    return {"curve": [100 * float(row["metrics/mAP50-95(B)"]) for row in rows], "train_loss": loss}
+
+
+def lift_section(records: list[dict]) -> list[str]:
+    """The study's report: one table, arm × method, of Δ benign, Δ FGSM and Δ PGD-3 vs the same-seed vanilla run."""
+    from yolo_advamd.validate import column_name
+
+    lines = ["## Where does it lift?", "",
+             "Each arm trains every method with the same recipe and length as its vanilla run; Δ = method − vanilla "
+             "of the same seed, in mAP50-95 points on val (benign; FGSM and PGD-3 at the ε the method trained with). "
+             "A lift needs a mean Δ benign more than one standard deviation above 0 over 3 seeds. `vs M_T`: benign "
+             "mAP against the model the arm started from (the paper's comparison). `wall`: training time as a ratio "
+             "to the vanilla run of the same seed.", "",
+             "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | vs M_T | wall × vanilla | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    notes = []
+    for arm, a in STUDY.items():
+        entries = [e for e in records if e["profile"] == arm]
+        start = next((e for e in entries if e["key"] == "start"), None)
+        runs = [e for e in entries if e["key"] != "start"]
+        controls = [e for e in runs if e["name"] == "vanilla"]
+        if controls:
+            benign = [c["map"]["benign"] for c in controls]
+            lines.append(f"| {arm} | vanilla (absolute) | {len(benign)} | {spread(benign)} | | | "
+                         + (f"{statistics.mean(benign) - start['map']['benign']:+.2f}" if start else "") + " | 1.00 | |")
+        for label in a["methods"]:
+            pairs = [(e, c) for e in runs if e["name"] == label != "vanilla" and (c := control(runs, e))]
+            if not pairs:
+                continue
+            d = [e["map"]["benign"] - c["map"]["benign"] for e, c in pairs]
+            adv = []
+            for attack in ("fgsm", "pgd"):
+                col = column_name(attack, pairs[0][0]["eps"]) if pairs[0][0].get("eps") else None
+                diffs = [e["map"][col] - c["map"][col] for e, c in pairs if col in e["map"] and col in c["map"]]
+                adv.append(spread(diffs, signed=True) if diffs else "")
+            vs = f"{statistics.mean(e['map']['benign'] for e, _ in pairs) - start['map']['benign']:+.2f}" if start else ""
+            wall = statistics.mean(e["train_seconds"] / c["train_seconds"] for e, c in pairs)
+            mean, sd = statistics.mean(d), (statistics.stdev(d) if len(d) > 1 else None)
+            word = ("1 seed: no verdict" if sd is None else "**lift**" if mean > sd else "below" if mean < -sd
+                    else "within the spread")  # fmt: skip
+            lines.append(f"| {arm} | {label} | {len(d)} | {spread(d, signed=True)} | {adv[0]} | {adv[1]} | {vs} | "
+                         f"{wall:.2f} | {word} |")  # fmt: skip
+        notes.append(f"- `{arm}`: {a['about']}.")
+        if arm == "scarce" and (first := next((c for c in controls if c["seed"] == 0 and c.get("curve")), None)):
+            notes.append("  " + overfit(first))
+    return lines + ["", *notes, ""]
+
+
+def overfit(run: dict) -> str:
+    """Say whether a run overfits: where its val mAP peaked, and whether the training loss kept falling after."""
+    curve, loss = run["curve"], run["train_loss"]
+    peak = max(range(len(curve)), key=curve.__getitem__)
+    tail = f"val mAP50-95 peaked at epoch {peak + 1} of {len(curve)} ({curve[peak]:.2f}) and ended at {curve[-1]:.2f}"
+    return (f"Vanilla (seed {run['seed']}): {tail}; the benign training loss went from {loss[peak]:.3f} at the peak to "
+            f"{loss[-1]:.3f} at the end ({'still falling: overfitting' if loss[-1] < loss[peak] else 'not falling'}).")
 
 
 def control(entries: list[dict], e: dict) -> dict | None:
@@ -369,10 +610,10 @@ def profile_section(name: str, entries: list[dict]) -> list[str]:
 
 
 def groups(entries: list[dict]) -> dict:
-    """Group fine-tunes by (profile, method, training setting)."""
+    """Group trained runs by (profile, method, training setting); the starting models (M_T) are not among them."""
     out = {}
     for e in entries:
-        if e["key"] != "target":
+        if e["key"] not in {"target", "start"}:
             out.setdefault((e["profile"], e["name"], trained_on(e)), []).append(e)
     return out
 
@@ -386,6 +627,8 @@ def report() -> str:
              "attack on the evaluated model. Δ = method − the vanilla fine-tune of the same profile and seed (the",
              "control: same epochs, no attack). `train min`: wall time on 2 CPU cores, longer when other jobs",
              "shared the machine.", ""]  # fmt: skip
+    if any(e["profile"] in STUDY for e in records):
+        lines += lift_section(records)
     if DISCUSSION.exists():
         lines += [DISCUSSION.read_text().strip(), ""]
     for name in sorted(PROFILES, key=lambda n: n == "quick"):  # the full protocol first
@@ -462,18 +705,25 @@ if __name__ == "__main__":
     parser.add_argument("--vary", nargs="+", metavar="KEY=VALUE", help="train (c) AdvAmd with these settings only")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds of (a), (b), (c) instead of the profile's")
     parser.add_argument("--fresh", action="store_true", help="archive the profile's records and run it anew")
+    parser.add_argument("--study", nargs="*", metavar="ARM", choices=list(STUDY),
+                        help=f"run the study's arms ({', '.join(STUDY)}; all when none is named)")  # fmt: skip
     opt = parser.parse_args()
-    if not opt.report:
+    if opt.study is not None and not opt.report:
+        try:
+            run_study(opt.study)
+        except (ValueError, FileNotFoundError) as e:
+            parser.exit(2, f"reproduce.py: error: {e}\n")
+    elif not opt.report:
         vary = {}
         for arg in opt.vary or []:
             k, eq, v = arg.partition("=")
             if not eq:
                 parser.error(f"--vary {arg}: give KEY=VALUE, e.g. --vary beta3=0.5")
             vary[k] = yaml.safe_load(v)
-        from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, merge_cfg
+        from yolo_advamd.cfg import resolve_advamd_cfg
 
         try:
-            check_advamd_cfg({**ADVAMD_DEFAULTS, **merge_cfg(vary)})  # a bad key or value fails now, not after M_T
+            resolve_advamd_cfg(vary)  # a bad key or value fails now, not after M_T
             if opt.fresh and (dest := archive("quick" if opt.quick else "full")):
                 print(f"reproduce.py: the earlier records are in {dest}")
             run_protocol("quick" if opt.quick else "full", vary, opt.seeds)

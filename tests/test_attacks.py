@@ -10,7 +10,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.attacks import DeepFool, build_attack
-from yolo_advamd.attacks.objectives import ClassifierObjective, DetectionObjective
+from yolo_advamd.attacks.objectives import ClassifierObjective, DetectionObjective, attack_detector
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -261,6 +261,26 @@ def test_each_attack_raises_detection_loss_and_pgd_beats_fgsm(fitted):
         clean = objective.loss(batch["img"]).item()
     assert all(v > clean for v in losses.values()), (clean, losses)
     assert losses["pgd"] > losses["fgsm"], losses
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_box_attack_raises_the_box_loss_cls_the_class_loss_and_max_keeps_the_stronger_per_image(fitted, attack):
+    """attack_terms: each attack raises its own part of the loss more than the other does; max picks per image."""
+    model, batch = fitted
+    adversary = build_attack(attack, eps=0.03, **({"steps": 5} if attack == "pgd" else {}))
+    adv = {t: attack_detector(adversary, model, batch, t)[0].adv for t in ("cls", "box")}
+    part = {t: DetectionObjective(model, batch, terms=t) for t in ("cls", "box")}  # the same fixed assignment
+    with part["cls"].frozen(), torch.no_grad():
+        value = {(p, a): part[p].loss(adv[a]).item() for p in part for a in adv}
+        losses = torch.stack([part["cls"].image_losses(adv[t]) for t in ("cls", "box")])
+    assert value["box", "box"] > value["box", "cls"] and value["cls", "cls"] > value["cls", "box"], value
+    result, _ = attack_detector(adversary, model, batch, "max")
+    keep_box = losses[1] > losses[0]
+    for i, box in enumerate(keep_box.tolist()):
+        assert torch.equal(result.adv[i], adv["box" if box else "cls"][i])
+    assert torch.equal(result.delta, result.adv - batch["img"])
+    with part["cls"].frozen(), torch.no_grad():  # eval mode: each image's loss does not depend on the others
+        assert torch.allclose(part["cls"].image_losses(result.adv), losses.amax(0))
 
 
 def test_deepfool_flips_detected_objects_and_returns_their_logits(detector):

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg, merge_cfg, parse_cli
+from yolo_advamd.cfg import ADVAMD_DEFAULTS, merge_cfg, parse_cli, resolve_advamd_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings(**kw):
     """AdvAmd defaults with `kw` applied, validated."""
-    return check_advamd_cfg({**ADVAMD_DEFAULTS, **merge_cfg(kw)})
+    return resolve_advamd_cfg(kw)
 
 
 def test_parse_cli_reads_key_value_like_yolo():

@@ -22,8 +22,8 @@ def synthetic_batch(rank: int, n: int = 2, size: int = 64) -> dict:
     }
 
 
-def advamd_step(rank: int, init_file: str, attack: str, out: dict) -> None:
-    """Worker: build the same dual-BN model on each rank, run the three views under DDP, return flat gradients."""
+def advamd_step(rank: int, init_file: str, method: str, attack: str, out: dict) -> None:
+    """Worker: build the same (dual-BN) model on each rank, run the method's views under DDP, return flat gradients."""
     import yolo_advamd  # noqa: F401
     from types import SimpleNamespace
 
@@ -31,31 +31,33 @@ def advamd_step(rank: int, init_file: str, attack: str, out: dict) -> None:
     from ultralytics.nn.tasks import DetectionModel
 
     from yolo_advamd.attacks import build_attack
-    from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_advamd_cfg
+    from yolo_advamd.cfg import resolve_advamd_cfg
     from yolo_advamd.loss import ViewGuard, train_views, wrap_criterion
     from yolo_advamd.nn.dual_bn import DualBatchNorm2d, convert_dual_bn
-    from yolo_advamd.stage import AttackStage
+    from yolo_advamd.stage import AttackStage, freeze_target
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
-    settings = check_advamd_cfg({**ADVAMD_DEFAULTS, "eps": 0.03})
+    settings = resolve_advamd_cfg({"method": method, "attack": attack, "eps": 0.03, "steps": 1})
     model.args = SimpleNamespace(**{**vars(get_cfg()), **settings})
-    module = wrap_criterion(convert_dual_bn(model).train())
+    teacher = freeze_target(model) if method == "udfa" else None
+    module = wrap_criterion((convert_dual_bn(model) if settings["aux_bn"] else model).train())
     ddp = DistributedDataParallel(module, find_unused_parameters=True)  # as Ultralytics builds it
     guard = ViewGuard(module)
-    stage = AttackStage(build_attack(attack, eps=0.03, steps=1), phi=0.7, attack_model="current")
+    stage = AttackStage(build_attack(attack, eps=0.03, steps=1), phi=0.7, attack_model="current", terms=settings["attack_terms"])
     abar = torch.linspace(0.5, 1.5, 10)
     batch = synthetic_batch(rank)
-    view = train_views(ddp, module, batch, stage, model.args, abar, lambda loss: (loss * WORLD).backward())
+    backward = lambda loss: (loss * WORLD).backward()  # noqa: E731
+    view = train_views(ddp, module, batch, stage, model.args, abar, backward, teacher=teacher)
     loss, items = ddp(view)  # the last view, as Ultralytics' loop does it
     (loss.sum() * WORLD).backward()
     aux = [m.aux.weight.grad for m in module.modules() if isinstance(m, DualBatchNorm2d)]
     flat = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
     out[rank] = {
         "grads": flat,
-        "aux_norm": float(torch.cat(aux).norm()),
+        "aux_norm": float(torch.cat(aux).norm()) if aux else 0.0,
         "bad": guard.pop_bad(),
         "n": len(aux),
         "loop_view": view["view"],
@@ -64,16 +66,24 @@ def advamd_step(rank: int, init_file: str, attack: str, out: dict) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("attack, loop_view", [("fgsm", "adv"), ("pgd", "benign")])
-def test_advamd_step_gradients_agree_across_ranks(tmp_path, attack, loop_view):
-    """FGSM on the current model reuses the benign pass's gradient (the loop runs the adversarial view), PGD not."""
+@pytest.mark.parametrize(
+    "method, attack, loop_view, extra",
+    [
+        ("advamd", "fgsm", "adv", ["med_loss", "adv_loss"]),  # the benign pass's gradient is FGSM's: the loop runs adv
+        ("advamd", "pgd", "benign", ["med_loss", "adv_loss"]),
+        ("detadvprop", "fgsm", "benign", ["adv_loss"]),  # attack_terms=max: two attacks, then both views
+        ("udfa", "fgsm", "adv", ["align_loss"]),
+    ],
+)
+def test_step_gradients_agree_across_ranks(tmp_path, method, attack, loop_view, extra):
+    """Every method's step under DDP leaves the same gradients on each rank, auxiliary BN included where it has one."""
     out = mp.Manager().dict()
-    mp.spawn(advamd_step, args=(str(tmp_path / "init"), attack, out), nprocs=WORLD, join=True)
+    mp.spawn(advamd_step, args=(str(tmp_path / "init"), method, attack, out), nprocs=WORLD, join=True)
     a, b = out[0], out[1]
     assert a["loop_view"] == loop_view
-    assert a["items"] == ["box_loss", "cls_loss", "dfl_loss", "med_loss", "adv_loss"]
+    assert a["items"] == ["box_loss", "cls_loss", "dfl_loss", *extra]
     assert a["bad"] == {} and b["bad"] == {}
-    assert a["n"] > 0 and a["aux_norm"] > 0, "the auxiliary BN got no gradient"
+    assert (a["n"] > 0 and a["aux_norm"] > 0) == (method != "udfa"), "the auxiliary BN got no gradient"
     assert a["grads"].shape == b["grads"].shape
     assert torch.allclose(a["grads"], b["grads"], rtol=1e-5, atol=1e-7)
     assert a["aux_norm"] == pytest.approx(b["aux_norm"], rel=1e-6)

@@ -117,12 +117,13 @@ def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup
     """White-box: attacks differentiate the evaluated weights; transfer: those of attack_model, as the table says."""
     seen = []
 
-    class Spy(validate.DetectionObjective):
-        def __init__(self, model, batch, terms="all"):
-            seen.append(next(model.parameters()).detach().clone())
-            super().__init__(model, batch, terms)
+    attack_detector = validate.attack_detector
 
-    monkeypatch.setattr(validate, "DetectionObjective", Spy)
+    def spy(attack, model, batch, terms="all"):
+        seen.append(next(model.parameters()).detach().clone())
+        return attack_detector(attack, model, batch, terms)
+
+    monkeypatch.setattr(validate, "attack_detector", spy)
     first_weight = {k: next(validate.load_detector(setup[k])[0].parameters()) for k in ("stock", "untrained")}
     white = run(setup, "white", attacks="fgsm", eps=0.01)
     assert seen and all(torch.equal(w, first_weight["stock"]) for w in seen)

@@ -7,19 +7,28 @@ from contextlib import ExitStack
 
 import torch
 
+from yolo_advamd.align import alignment_loss, captured, teacher_targets
 from yolo_advamd.nn.dual_bn import aux_bn
 
 VIEWS = {"benign": "img", "med": "img_med", "adv": "img_adv"}  # view name -> the batch key of its images
-VIEW_KEYS = ("view", "loss_scale", "class_weights", "aux_bn", "view_items")  # what a view batch carries
+VIEW_KEYS = ("view", "loss_scale", "class_weights", "abar_scope", "aux_bn", "align", "view_items")  # a view batch's own
 
 
 class ViewLoss:
     """Wrap a model's Ultralytics criterion so that each view's batch sets its own loss weight and class weights.
 
     A batch without the keys in `VIEW_KEYS` (e.g. from the validator) gives exactly the wrapped criterion's result.
-    `class_weights` (nc,) multiplies the classification BCE through `v8DetectionLoss.class_weights`, Ultralytics'
-    per-class hook, on top of any weights already there (`cls_pw`). Like Ultralytics, that weights the BCE of positive
-    and negative anchors alike, not only the y = 1 term of the paper's eq. 6. `view_items` (the detached losses of the
+    `class_weights` (nc,), the vulnerability Ā, weights the classification BCE (B, anchors, nc) through
+    `v8DetectionLoss.class_weights`, Ultralytics' hook, on top of any weights already there, in one of two scopes
+    (`abar_scope`):
+        - "positive" (the paper's eq. 5 and 6, -Σ_k Ā_k y_k log p_k): on each foreground anchor, the BCE element of the
+          class the assigner gave it is multiplied by that class's Ā; every other element (other classes, background
+          anchors) keeps weight 1. With Ultralytics' IoU-aware soft target t ≤ 1 at that element, both of its parts,
+          t·log p and (1 - t)·log(1 - p), are weighted; the normalization by the sum of target scores is unchanged.
+          The assignment is the criterion's own, made on this view's predictions.
+        - "all": class k's weight multiplies its BCE on every anchor, positive and negative alike (Ultralytics'
+          per-class weighting; not the paper's y = 1 term only).
+    `view_items` (the detached losses of the
     other views, in log order) completes the returned loss items, so Ultralytics logs every view: the benign view's
     own items come first, any other view's total goes in as `{view}_loss`.
 
@@ -43,28 +52,65 @@ class ViewLoss:
         return [p for p in (self.criterion, *parts) if p is not None and hasattr(p, "class_weights")]
 
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict]:
-        """Compute the loss of one view: `loss_scale * criterion(preds, batch)`, with the view's class weights."""
+        """Compute the loss of one view: `loss_scale * criterion(preds, batch)`, with the view's class weights.
+
+        A view with `align` (UDFA's adversarial view) is scored by the alignment of the student's neck features,
+        captured during its forward pass (`ViewGuard`), with the teacher's: `alignment_loss` times the batch size, as
+        Ultralytics scales its detection loss, so the two keep UDFA's 1:1 ratio.
+        """
         weights = batch.get("class_weights")
-        if weights is None:
+        if "align" in batch:
+            a = batch["align"]
+            value = alignment_loss([a["student"][i] for i in range(len(a["teacher"]))], a["teacher"], a["masks"])
+            loss, items = value * batch["img"].shape[0], {"align": value.detach()}
+        elif weights is None:
             loss, items = self.criterion(preds, batch)
         else:
             heads = self.heads()
-            saved = [h.class_weights for h in heads]
+            saved = [(h.class_weights, h.assigner) for h in heads]
             try:
-                for h, w in zip(heads, saved):
-                    view = weights.to(h.device, torch.float32).view(1, 1, -1)
-                    h.class_weights = view if w is None else w * view
+                for h, (w, assigner) in zip(heads, saved):
+                    weights = weights.to(h.device, torch.float32)
+                    if batch.get("abar_scope", "all") == "all":
+                        view = weights.view(1, 1, -1)
+                        h.class_weights = view if w is None else w * view
+                    else:
+                        h.assigner = PositiveWeights(h, weights)
                 loss, items = self.criterion(preds, batch)
             finally:
-                for h, w in zip(heads, saved):
-                    h.class_weights = w
+                for h, (w, assigner) in zip(heads, saved):
+                    h.class_weights, h.assigner = w, assigner
         if "loss_scale" in batch:
             loss = loss * batch["loss_scale"]
         logged = batch.get("view_items")
         if logged is not None:
             view = batch.get("view", "benign")
-            items = {**items, **logged} if view == "benign" else {**logged, f"{view}_loss": sum(items.values())}
+            items = {**items, **logged} if view == "benign" else {**logged, item_name(view, "align" in batch): sum(items.values())}
         return loss, items
+
+
+class PositiveWeights:
+    """Stand in for a criterion's assigner: assign as it does, then weight only the assigned classes' BCE elements.
+
+    After the assignment, the criterion's `class_weights` becomes a (B, anchors, nc) tensor of ones holding, at each
+    foreground anchor's assigned class, that class's weight (times any weights the criterion had before), so the
+    criterion's own `bce_loss *= class_weights` weights the positive terms only (see `ViewLoss`).
+    """
+
+    def __init__(self, head, weights: torch.Tensor):
+        """Wrap the assigner of `head` (a `v8DetectionLoss`) with per-class `weights` (nc,)."""
+        self.head, self.assigner, self.weights, self.base = head, head.assigner, weights, head.class_weights
+
+    def __call__(self, *args, **kwargs) -> tuple:
+        """Assign, set the criterion's element-wise class weights and return the assignment unchanged."""
+        out = self.assigner(*args, **kwargs)
+        labels, _, scores, fg = out[:4]
+        w = torch.ones(scores.shape, device=scores.device, dtype=torch.float32)
+        b, a = fg.nonzero(as_tuple=True)
+        c = labels[b, a].long()
+        w[b, a, c] = self.weights[c]
+        self.head.class_weights = w if self.base is None else w * self.base
+        return out
 
 
 def wrap_criterion(model):
@@ -81,7 +127,7 @@ def make_view(batch: dict, name: str, args, abar: torch.Tensor | None) -> dict:
         batch (dict): A preprocessed batch; `img_med` and `img_adv` (from `AttackStage`) for those views.
         name (str): "benign" (β1, main BN), "med" (β2, main BN) or "adv" (β3, auxiliary BN if `aux_bn`, classification
             loss weighted by `abar` if `advamd_loss`).
-        args (SimpleNamespace): Settings with `aux_bn`, `advamd_loss`, `beta1`, `beta2`, `beta3`.
+        args (SimpleNamespace): Settings with `aux_bn`, `advamd_loss`, `abar_scope`, `beta1`, `beta2`, `beta3`.
         abar (torch.Tensor | None): Per-class weights (nc,) for the adversarial view's classification loss.
 
     Returns:
@@ -93,8 +139,15 @@ def make_view(batch: dict, name: str, args, abar: torch.Tensor | None) -> dict:
     view["loss_scale"] = {"benign": args.beta1, "med": args.beta2, "adv": args.beta3}[name]
     view["aux_bn"] = name == "adv" and args.aux_bn
     if name == "adv" and args.advamd_loss and abar is not None:
-        view["class_weights"] = abar
+        view["class_weights"], view["abar_scope"] = abar, args.abar_scope
+    if name == "adv" and "align" in batch:  # UDFA: the teacher's features to align with (`train_views`)
+        view["align"] = batch["align"]
     return view
+
+
+def item_name(view: str, align: bool) -> str:
+    """Return the loss column of an extra view: `med_loss`, `adv_loss`, or `align_loss` for UDFA's adversarial view."""
+    return "align_loss" if align else f"{view}_loss"
 
 
 def view_order(args, reuse_gradient: bool) -> tuple[str, ...]:
@@ -108,12 +161,12 @@ def view_order(args, reuse_gradient: bool) -> tuple[str, ...]:
     return ("benign", *extra) if reuse_gradient else (*extra, "benign")
 
 
-def logged_items(order: tuple[str, ...], trained: dict) -> dict:
+def logged_items(order: tuple[str, ...], trained: dict, align: bool = False) -> dict:
     """Return the loss items of the views `trained` so far, in log order, with a slot for the loop's view."""
     items = dict(trained.get("benign", {}))
     for name in ("med", "adv"):
         if name in order:
-            items[f"{name}_loss"] = sum(trained[name].values()) if name in trained else None
+            items[item_name(name, align and name == "adv")] = sum(trained[name].values()) if name in trained else None
     return items
 
 
@@ -133,7 +186,7 @@ def train_view(model, view: dict, backward) -> dict:
     return items
 
 
-def train_views(model, module, batch: dict, stage, args, abar: torch.Tensor | None, backward) -> dict:
+def train_views(model, module, batch: dict, stage, args, abar: torch.Tensor | None, backward, teacher=None) -> dict:
     """Attack `batch` and train all but the last of its views, one forward and backward at a time; return the last.
 
     The returned view batch is for Ultralytics' own loop, whose `model(batch)` and backward train it and log every
@@ -149,6 +202,8 @@ def train_views(model, module, batch: dict, stage, args, abar: torch.Tensor | No
         args (SimpleNamespace): Settings with `mediate`, `aux_bn`, `advamd_loss`, `beta1`, `beta2`, `beta3`.
         abar (torch.Tensor | None): Per-class weights (nc,) for the adversarial view's classification loss.
         backward (callable): `backward(loss)` as the loop does it (AMP scaling, DDP world size).
+        teacher (nn.Module | None): UDFA's frozen teacher: the adversarial view's loss is then the alignment of the
+            student's features with the teacher's on the clean images (see `yolo_advamd.align`).
 
     Returns:
         (dict): The view batch for the loop's pass, with `view_items` and the attacked batch's `img_med`, `img_adv`.
@@ -161,11 +216,13 @@ def train_views(model, module, batch: dict, stage, args, abar: torch.Tensor | No
         batch = stage({**batch, "img": img.detach()}, model=module, grad=img.grad)
     else:
         batch = stage(batch, model=module)
+    if teacher is not None:  # UDFA: the adversarial view is aligned with the teacher's features on the clean images
+        batch["align"] = teacher_targets(teacher, batch)
     for name in order[:-1]:
         if name not in trained:
             trained[name] = train_view(model, make_view(batch, name, args, abar), backward)
     view = make_view(batch, order[-1], args, abar)
-    view["view_items"] = logged_items(order, trained)
+    view["view_items"] = logged_items(order, trained, align=teacher is not None)
     return view
 
 
@@ -203,6 +260,8 @@ class ViewGuard:
         self.routing = ExitStack()
         if view["aux_bn"]:
             self.routing.enter_context(aux_bn(module))
+        if "align" in view:  # UDFA: the student's neck features, for ViewLoss to align with the teacher's
+            view["align"] = {**view["align"], "student": self.routing.enter_context(captured(module, view["align"]["layers"]))}
 
     def exit(self, module: torch.nn.Module, args: tuple, output) -> None:
         """After a view's forward (also when it raised): restore the routing and keep the view's loss."""

@@ -13,7 +13,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.fgsm import FGSM
-from yolo_advamd.attacks.objectives import DetectionObjective
+from yolo_advamd.attacks.objectives import ATTACK_TERMS, DetectionObjective, attack_detector
 from yolo_advamd.cfg import DEFAULT_PHI
 from yolo_advamd.vulnerability import Vulnerability
 
@@ -63,7 +63,8 @@ class AttackStage:
         model (nn.Module | None): The model being trained, used in "current" mode when none is passed per call.
         target (nn.Module | None): The frozen target model in "target" mode.
         vulnerability (Vulnerability | None): Where flip statistics go.
-        terms (str): "all" (box + cls + dfl loss) or "cls" (classification term only) as the attack objective.
+        terms (str): The part of the detection loss attacked: "all" (box + cls + dfl), "cls", "box" (box + dfl) or
+            "max" (a cls and a box attack, per image the stronger one; see `attack_detector`).
         collect_stats (bool): Whether calls feed `vulnerability` (switch on for calibration and Ā refresh only).
 
     Examples:
@@ -92,7 +93,7 @@ class AttackStage:
                 default attacked model in "current" mode.
             target (nn.Module | None): A ready frozen target (e.g. restored on resume); made from `model` if omitted.
             vulnerability (Vulnerability | None): Receives flip statistics when `collect_stats` is on.
-            terms (str): "all" or "cls", the part of the detection loss the attack maximizes.
+            terms (str): "all", "cls", "box" or "max", the part of the detection loss the attack maximizes.
             collect_stats (bool): Feed flip statistics to `vulnerability` on each call.
         """
         if attack_model not in ATTACK_MODELS:
@@ -102,8 +103,8 @@ class AttackStage:
             )
         if not 0 < phi < 1:
             raise ValueError(f"phi={phi} is outside (0, 1): the mediate sample is x + phi * delta, e.g. phi=0.5")
-        if terms not in {"all", "cls"}:
-            raise ValueError(f"terms={terms!r} is not valid: choose 'all' (box + cls + dfl) or 'cls' (class term)")
+        if terms not in ATTACK_TERMS:
+            raise ValueError(f"terms={terms!r} is not valid: choose one of {', '.join(ATTACK_TERMS)}")
         if attack_model == "target" and target is None:
             if model is None:
                 raise ValueError("attack_model='target' needs model= (to freeze a copy of) or target= (a frozen copy)")
@@ -162,10 +163,10 @@ class AttackStage:
         img = batch["img"].detach()
         if self.attack_model == "target" and next(attacked.parameters()).device != img.device:
             attacked.to(img.device)  # the frozen copy follows the data (e.g. wrap_collate to another device)
-        objective = DetectionObjective(attacked, batch, terms=self.terms)
         if grad is None:
-            result = self.attack(img, objective)
+            result, objective = attack_detector(self.attack, attacked, batch, self.terms)
         elif self.reuses_gradient:
+            objective = DetectionObjective(attacked, batch, terms=self.terms)
             result = self.attack.step(img, grad.float())
         else:
             raise ValueError(f"{self.attack} with attack_model={self.attack_model!r} cannot reuse a training gradient")

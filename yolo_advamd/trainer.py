@@ -13,7 +13,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, TQDM
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks import build_attack
-from yolo_advamd.cfg import ADVAMD_DEFAULTS, ADVAMD_KEYS, check_advamd_cfg, merge_cfg
+from yolo_advamd.cfg import ADVAMD_KEYS, advamd_defaults, check_advamd_cfg, merge_cfg
 from yolo_advamd.data import resolve_dataset
 from yolo_advamd.loss import ViewGuard, train_views, wrap_criterion
 from yolo_advamd.nn.dual_bn import convert_dual_bn, dual_bn_overhead, has_dual_bn, strip_aux_bn
@@ -52,12 +52,18 @@ class AdvAmdTrainer(DetectionTrainer):
             _callbacks (dict, optional): Ultralytics callbacks.
         """
         overrides = merge_cfg(overrides or {})
-        check_advamd_cfg({**ADVAMD_DEFAULTS, **overrides})  # fail before any directory is made
+        defaults = advamd_defaults(overrides.get("method"))
+        check_advamd_cfg({**defaults, **overrides})  # fail before any directory is made
         if overrides.get("model"):
             check_local_weights(overrides["model"])
+        if defaults["method"] == "udfa" and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
+            raise ValueError(
+                f"method=udfa aligns the model with a teacher, the starting checkpoint, and model={overrides.get('model')} "
+                "has none: pass a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt"
+            )
         if overrides.get("data"):
             overrides["data"] = resolve_dataset(overrides["data"])
-        super().__init__({**ADVAMD_DEFAULTS, **cfg2dict(cfg)}, overrides, _callbacks)
+        super().__init__({**defaults, **cfg2dict(cfg)}, overrides, _callbacks)
         check_advamd_cfg(vars(self.args))  # resolves per-attack defaults in place, saved with train_args
         if self.args.attack_model == "auto":
             self.args.attack_model = "target" if str(self.args.model).endswith(".pt") else "current"
@@ -68,7 +74,7 @@ class AdvAmdTrainer(DetectionTrainer):
                 "find_unused_parameters=False, and each view leaves the main or the auxiliary BN unused. "
                 "Use compile=False for multi-GPU AdvAmd training."
             )
-        self.stage = self.vulnerability = self.abar = self.resume_state = self.guard = None
+        self.stage = self.vulnerability = self.abar = self.resume_state = self.guard = self.target = None
         if self.amend:
             self.add_callback("on_train_start", AdvAmdTrainer.setup_advamd)
             self.add_callback("on_train_epoch_end", AdvAmdTrainer.refresh_abar)
@@ -108,11 +114,11 @@ class AdvAmdTrainer(DetectionTrainer):
         nc = self.data["nc"]
         self.vulnerability = Vulnerability(nc)
         state = self.resume_state or {}
-        target = None
-        if args.attack_model == "target":
-            target = strip_aux_bn(freeze_target(model))  # M_T: the starting weights, frozen, in eval mode
+        self.target = None  # M_T: the starting weights, frozen, in eval mode (attacked, or UDFA's teacher)
+        if args.attack_model == "target" or args.method == "udfa":
+            self.target = strip_aux_bn(freeze_target(model))
             if state.get("target") is not None:
-                target.load_state_dict(state["target"])
+                self.target.load_state_dict(state["target"])
         attack = build_attack(
             args.attack,
             eps=args.eps,
@@ -126,7 +132,7 @@ class AdvAmdTrainer(DetectionTrainer):
             attack,
             phi=args.phi,
             attack_model=args.attack_model,
-            target=target,
+            target=self.target if args.attack_model == "target" else None,
             vulnerability=self.vulnerability,
             terms=args.attack_terms,
         )
@@ -183,7 +189,7 @@ class AdvAmdTrainer(DetectionTrainer):
 
     def save_advamd_state(self):
         """Attach Ā, the flip counts and the target's weights to the model and its EMA, so checkpoints carry them."""
-        target = self.stage.target
+        target = self.target
         state = {
             "abar": None if self.abar is None else self.abar.detach().cpu(),
             "vulnerability": self.vulnerability.state_dict(),
@@ -203,8 +209,10 @@ class AdvAmdTrainer(DetectionTrainer):
         self.stage.collect_stats = a.advamd_loss and a.abar_update == "epoch" and self.refresh_batches < a.abar_batches
         self.refresh_batches += self.stage.collect_stats
         world = self.world_size if RANK != -1 else 1
+        teacher = self.target if a.method == "udfa" else None
         return train_views(
-            self.model, module, batch, self.stage, a, self.abar, lambda loss: self.scaler.scale(loss * world).backward()
+            self.model, module, batch, self.stage, a, self.abar, lambda loss: self.scaler.scale(loss * world).backward(),
+            teacher=teacher,
         )
 
     def optimizer_step(self):

@@ -38,7 +38,7 @@ from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS, LOGGER, Iterab
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_advamd.attacks import build_attack
-from yolo_advamd.attacks.objectives import DetectionObjective
+from yolo_advamd.attacks.objectives import attack_detector
 from yolo_advamd.cfg import ATTACKS, DEFAULT_STEPS
 from yolo_advamd.data import resolve_dataset
 from yolo_advamd.export import strip_advamd
@@ -65,7 +65,8 @@ class AdvDetectionValidator(DetectionValidator):
         attack (Attack | None): The attack applied to every batch before inference.
         attack_model (nn.Module | None): The fp32, eval-mode model the attack differentiates (white-box: a copy of
             the model under test; transfer: another model), on the validation device.
-        terms (str): "all" (box + cls + dfl loss) or "cls" (classification term only) as the attack objective.
+        terms (str): The attacked part of the detection loss: "all" (box + cls + dfl), "cls", "box" (box + dfl) or "max"
+            (the stronger of a cls and a box attack, per image).
         adv_dir (Path | None): Where adversarial images and labels are written in YOLO layout (`images/`, `labels/`).
         coco (dict): pycocotools stats of the last run with `save_json=True` (`coco/AP50-95`, ...).
 
@@ -123,7 +124,7 @@ class AdvDetectionValidator(DetectionValidator):
         with torch.inference_mode(False), torch.enable_grad():
             clean = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             clean["img"] = clean["img"].float()
-            result = self.attack(clean["img"], DetectionObjective(self.attack_model, clean, terms=self.terms))
+            result, _ = attack_detector(self.attack, self.attack_model, clean, self.terms)
             return (clean["img"] + result.delta.detach()).clamp_(*self.attack.clip)
 
     def save_images(self, batch: dict) -> None:
@@ -370,7 +371,8 @@ def validate_advamd(
         steps (int | None): Iterations of pgd and deepfool (10 and 50 when None); fgsm is always one step of ε.
         step_size (float | None): Per-step size of pgd and deepfool; the attack's default when None.
         random_start (bool | None): Start from a random point of the ε-ball; True for pgd only when None.
-        attack_terms (str): `all` (box + cls + dfl loss) or `cls` (classification term) as the attack objective.
+        attack_terms (str): The attacked part of the detection loss: `all` (box + cls + dfl), `cls`, `box` (box + dfl)
+            or `max` (the stronger of a cls and a box attack, per image).
         seed (int): Seed of the attacks' randomness.
         **overrides (Any): Ultralytics val settings (`conf`, `iou`, `max_det`, `split`, `quantize`, `workers`,
             `plots`, `fraction`, ...), checked by Ultralytics (deprecated keys such as `half` are mapped).

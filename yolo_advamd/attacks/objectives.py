@@ -16,9 +16,12 @@ from torch import nn
 
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
 
+from yolo_advamd.attacks.base import AttackResult
+
 from yolo_advamd.loss import ViewLoss
 
-TERMS = ("all", "cls")
+TERMS = {"all": "box + cls + dfl", "cls": "the classification term", "box": "the localization terms, box + dfl"}
+ATTACK_TERMS = (*TERMS, "max")  # max: the cls and the box attack, per image the one with the larger detection loss
 
 
 @contextlib.contextmanager
@@ -84,7 +87,7 @@ class DetectionObjective(Objective):
 
     `loss(x)` is the model's own training loss, `criterion(model(x), batch)` summed over its box, cls and dfl terms
     with the hyperparameter gains (what the trainer minimizes, paper eq. 4), or only its classification term with
-    `terms="cls"`. For an end-to-end head (`E2ELoss`, e.g. yolo26) both branches count with their current weights.
+    `terms="cls"`, or only its localization terms (box + dfl) with `terms="box"`. For an end-to-end head (`E2ELoss`, e.g. yolo26) both branches count with their current weights.
 
     Targets are assigned to anchors once, at the clean images `batch["img"]`, and kept for every other x: the loss
     is L(F(x), y) with y the ground truth as the criterion's `TaskAlignedAssigner` places it on the clean images, so
@@ -107,7 +110,7 @@ class DetectionObjective(Objective):
     Attributes:
         model (nn.Module): The attacked detector.
         batch (dict): The batch whose `cls`, `bboxes`, `batch_idx` are the targets.
-        terms (str): "all" or "cls".
+        terms (str): "all", "cls" or "box".
         labels (torch.Tensor): (n_obj,) long, the true class of each ground-truth object, in batch order.
         batch_idx (torch.Tensor): (n_obj,) long, the image of each ground-truth object.
 
@@ -124,10 +127,10 @@ class DetectionObjective(Objective):
             model (nn.Module): An Ultralytics `DetectionModel` (float32 weights, `args` a namespace with box/cls/dfl).
             batch (dict): A preprocessed batch on the model's device: `img` (B, 3, H, W) in [0, 1], `cls` (n, 1),
                 `bboxes` (n, 4) normalized xywh, `batch_idx` (n,) sorted as Ultralytics' collate function makes it.
-            terms (str): "all" (box + cls + dfl) or "cls" (the classification term only).
+            terms (str): "all" (box + cls + dfl), "cls" (the classification term) or "box" (box + dfl).
         """
         if terms not in TERMS:
-            raise ValueError(f"terms={terms!r} is not valid: choose 'all' (box + cls + dfl) or 'cls' (class term)")
+            raise ValueError(f"terms={terms!r} is not valid: choose {', '.join(f'{k} ({v})' for k, v in TERMS.items())}")
         if isinstance(getattr(model, "args", None), dict):
             raise TypeError(
                 "model.args is a dict (as loaded from a checkpoint): the Ultralytics criterion needs a namespace, "
@@ -195,11 +198,39 @@ class DetectionObjective(Objective):
                 (fg_mask, gt_idx, *_), terms, _ = criterion.get_assigned_targets_and_loss(p, self.batch)
             finally:
                 criterion.assigner = stock
-            term = terms.sum() if self.terms == "all" else terms[1]
+            term = {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}[self.terms]
             loss = loss + weight * term * images.shape[0]
             if logits is None:
                 logits = self._mean_assigned(p, fg_mask, gt_idx)
         return loss, logits
+
+    @torch.no_grad()
+    def image_losses(self, images: torch.Tensor) -> torch.Tensor:
+        """Return each image's own detection loss at `images`: the criterion's box + cls + dfl on that image alone.
+
+        Each image is scored as the trainer would score a batch of that one image (its own assignment and
+        normalization, the hyperparameter gains, both branches of an end-to-end head), from one forward pass of the
+        batch, so images attacked in different ways compare like with like. Call it inside `frozen()`.
+
+        Args:
+            images (torch.Tensor): (B, 3, H, W) versions of the batch's images.
+
+        Returns:
+            (torch.Tensor): (B,) float32 losses.
+        """
+        preds = self.model(images)
+        preds = preds[1] if isinstance(preds, tuple) else preds
+        losses = images.new_zeros(images.shape[0], dtype=torch.float32)
+        for key, criterion, weight in self.branches:
+            p = preds[key] if key else preds
+            for i in range(images.shape[0]):
+                objects = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+                one = {"boxes": p["boxes"][i : i + 1], "scores": p["scores"][i : i + 1],
+                       "feats": [f[i : i + 1] for f in p["feats"]]}  # fmt: skip
+                target = {"batch_idx": self.batch["cls"].new_zeros(objects.stop - objects.start),
+                          "cls": self.batch["cls"][objects], "bboxes": self.batch["bboxes"][objects]}  # fmt: skip
+                losses[i] += weight * criterion.loss(one, target)[0].sum().float()
+        return losses
 
     def _mean_assigned(self, preds: dict, fg_mask: torch.Tensor, gt_idx: torch.Tensor) -> torch.Tensor:
         """Average the class logits (B, nc, A) over each object's assigned anchors, with the center-cell fallback."""
@@ -257,3 +288,37 @@ class ClassifierObjective(Objective):
         """Return the mean cross-entropy and the logits at `images` from a single forward pass."""
         logits = self.model(images)
         return F.cross_entropy(logits, self.labels), logits
+
+
+def attack_detector(attack, model: nn.Module, batch: dict, terms: str = "all"):
+    """Attack a detection batch on `terms` of the model's loss; return the attack's result and its objective.
+
+    `terms="max"` is Det-AdvProp's selection (Chen et al., CVPR 2021): one attack on the classification term and one
+    on the localization terms (box + dfl), then, per image, the adversarial image whose detection loss
+    (`DetectionObjective.image_losses`) is the larger; that costs the two attacks and one forward pass of each result.
+    The returned result then has no iterates and no adversarial logits, and its objective is the cls attack's (per-object
+    logits do not depend on the terms).
+
+    Args:
+        attack (Attack): The attack (FGSM, PGD, DeepFool).
+        model (nn.Module): The attacked detector (see `DetectionObjective`).
+        batch (dict): A preprocessed batch: `img` in [0, 1] and its targets.
+        terms (str): One of `ATTACK_TERMS`: "all", "cls", "box" or "max".
+
+    Returns:
+        result (AttackResult): The perturbation and adversarial images.
+        objective (DetectionObjective): The objective attacked (for flip statistics).
+    """
+    if terms not in ATTACK_TERMS:
+        raise ValueError(f"attack_terms={terms!r} is not valid: choose one of {', '.join(ATTACK_TERMS)}")
+    img = batch["img"].detach()
+    if terms != "max":
+        objective = DetectionObjective(model, batch, terms=terms)
+        return attack(img, objective), objective
+    objectives = [DetectionObjective(model, batch, terms=t) for t in ("cls", "box")]
+    results = [attack(img, o) for o in objectives]
+    with objectives[0].frozen():
+        losses = torch.stack([objectives[0].image_losses(r.adv) for r in results])
+    keep_box = (losses[1] > losses[0]).view(-1, *[1] * (img.ndim - 1))
+    adv = torch.where(keep_box, results[1].adv, results[0].adv)
+    return AttackResult(delta=adv - img, adv=adv, clean_logits=results[0].clean_logits), objectives[0]

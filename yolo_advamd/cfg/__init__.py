@@ -13,7 +13,7 @@ from ultralytics.utils import DEFAULT_CFG_DICT, YAML
 
 ADVAMD_DEFAULTS = YAML.load(Path(__file__).with_name("default.yaml"))
 ADVAMD_KEYS = frozenset(ADVAMD_DEFAULTS)
-METHODS = ("advamd", "advtrain", "vanilla")
+METHODS = ("advamd", "advtrain", "detadvprop", "udfa", "vanilla")
 ATTACKS = ("fgsm", "pgd", "deepfool")
 DEFAULT_PHI = {"fgsm": 0.7, "deepfool": 0.6, "pgd": 0.5}  # the paper, section 5.3
 DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 5}  # DeepFool: each step costs ~(candidates-1) backwards
@@ -21,12 +21,23 @@ CHOICES = {
     "method": METHODS,
     "attack": ATTACKS,
     "norm": ("inf", 2),
-    "attack_terms": ("all", "cls"),
+    "attack_terms": ("all", "cls", "box", "max"),
     "attack_model": ("auto", "target", "current"),
     "abar_update": ("none", "epoch"),
     "abar_norm": ("none", "mean"),
+    "abar_scope": ("positive", "all"),
 }
 SWITCHES = ("mediate", "aux_bn", "advamd_loss")
+METHOD_DEFAULTS = {  # what each relative of AdvAmd changes in the defaults; `fixed` keys define the method
+    "detadvprop": {  # Det-AdvProp (Chen et al., CVPR 2021): clean + adversarial views, the latter through the aux BN
+        "defaults": {"attack_model": "current", "attack_terms": "max"},
+        "fixed": {"mediate": False, "aux_bn": True, "advamd_loss": False},
+    },
+    "udfa": {  # UDFA (ICIP 2022): clean detection loss + the student's adversarial features aligned with M_T's clean ones
+        "defaults": {"aux_bn": False},
+        "fixed": {"attack_model": "current", "mediate": False, "advamd_loss": False},
+    },
+}
 
 
 def load_hyp(path: str | Path) -> dict:
@@ -48,6 +59,13 @@ def load_hyp(path: str | Path) -> dict:
     return hyp
 
 
+def advamd_defaults(method: str | None = None) -> dict:
+    """Return the default of every AdvAmd setting for `method` (the relatives start from their published settings)."""
+    method = str(method or ADVAMD_DEFAULTS["method"]).lower()
+    preset = METHOD_DEFAULTS.get(method, {})
+    return {**ADVAMD_DEFAULTS, "method": method, **preset.get("defaults", {}), **preset.get("fixed", {})}
+
+
 def check_advamd_cfg(cfg: dict) -> dict:
     """Validate AdvAmd settings before any work and fill the per-attack defaults (steps, phi, random_start).
 
@@ -60,7 +78,7 @@ def check_advamd_cfg(cfg: dict) -> dict:
     Raises:
         ValueError: Naming the key, the value and the valid range, for the first bad setting.
     """
-    for key in ("method", "attack", "attack_terms", "attack_model", "abar_update", "abar_norm"):
+    for key in ("method", "attack", "attack_terms", "attack_model", "abar_update", "abar_norm", "abar_scope"):
         cfg[key] = str(cfg[key]).lower()
     cfg["norm"] = "inf" if str(cfg["norm"]).lower() in {"inf", "linf"} else cfg["norm"]
     for key, choices in CHOICES.items():
@@ -100,6 +118,12 @@ def check_advamd_cfg(cfg: dict) -> dict:
         raise ValueError(f"abar_batches={ab} must be a whole number >= 1: A-bar is estimated from that many batches")
     if cfg["method"] == "advtrain":  # the paper's Adv-Train baseline is AdvAmd with every amendment off
         cfg.update(dict.fromkeys(SWITCHES, False))
+    for key, value in METHOD_DEFAULTS.get(cfg["method"], {}).get("fixed", {}).items():
+        if cfg[key] != value:
+            raise ValueError(
+                f"{key}={cfg[key]} does not fit method={cfg['method']}, which is defined by {key}={value}: "
+                f"drop {key}=, or use method=advamd to combine the AdvAmd switches freely"
+            )
     return cfg
 
 
@@ -146,6 +170,19 @@ def merge_cfg(overrides: dict) -> dict:
     hyp = load_hyp(overrides["hyp"])
     check_keys(base, hyp, source=f"key in hyp={overrides['hyp']}", listed=ADVAMD_DEFAULTS)
     return {**hyp, **overrides}
+
+
+def resolve_advamd_cfg(overrides: dict) -> dict:
+    """Return every AdvAmd setting for user settings: hyp file, the method's defaults and overrides merged, checked.
+
+    Args:
+        overrides (dict): User settings (Ultralytics and AdvAmd keys, optionally `hyp`).
+
+    Returns:
+        (dict): Every AdvAmd setting and the given Ultralytics ones, per-attack defaults resolved (`check_advamd_cfg`).
+    """
+    merged = merge_cfg(overrides)
+    return check_advamd_cfg({**advamd_defaults(merged.get("method")), **merged})
 
 
 def split_cfg(cfg: dict) -> tuple[dict, dict]:
