@@ -12,7 +12,7 @@ Writes runs/attack/expN/: adversarial PNGs, a side-by-side JPG and a CSV per ima
 import sys
 
 import yolo_advamd  # noqa: F401  (offline before Ultralytics is imported)
-from yolo_advamd.attack_api import main
+from yolo_advamd.cli import main_attack
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_attack())

@@ -30,7 +30,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -165,12 +164,24 @@ def stored(weights: Path) -> str:
     return str(weights.relative_to(ROOT)) if weights.is_relative_to(ROOT) else str(weights)
 
 
+def on_disk(recorded: str) -> Path:
+    """The file a recorded path names on this machine: relative to the repository, or an absolute path written by
+    an older version on another machine, found again under this repository's `runs/` or `docs/` when it moved."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return ROOT / path
+    for top in ("runs", "docs"):
+        if not path.exists() and top in path.parts:
+            return ROOT.joinpath(*path.parts[path.parts.index(top) :])
+    return path
+
+
 def complete(entry: dict, eps: list[float], data: str) -> dict:
     """Evaluate a recorded run at the budgets it lacks (the control of a newly planned ε), record and return it."""
     from yolo_advamd.validate import column_name
 
     if missing := [e for e in eps if column_name("fgsm", e) not in entry["map"]]:
-        if not (weights := ROOT / entry["weights"]).is_file():  # fine-tune weights stay in runs/, on one machine
+        if not (weights := on_disk(entry["weights"])).is_file():  # fine-tune weights stay in runs/, on one machine
             print(f"reproduce.py: {entry['key']} lacks ε = {missing} and its weights {weights} are gone: left as is")
             return entry
         name = f"{entry['profile']}-{entry['key'].replace('/', '_')}"
@@ -249,7 +260,7 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
         done["target"] = {"key": "target", "profile": profile_name, "weights": stored(kept), "train_seconds": seconds,
                           "curve": curve, "map": evaluate(kept, data, budgets, f"{profile_name}-target")}  # fmt: skip
         record(done["target"])
-    target = str(ROOT / done["target"]["weights"])
+    target = str(on_disk(done["target"]["weights"]))
     if not Path(target).is_file():
         raise FileNotFoundError(
             f"the recorded M_T of profile {profile_name!r} ({target}) is not on disk, and every recorded fine-tune "

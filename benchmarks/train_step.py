@@ -51,7 +51,11 @@ METHODS = {  # name: AdvAmd overrides (None: stock DetectionTrainer)
     "fgsm-current": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "current"},
     "pgd": {"hyp": "hyps/advamd-pgd.yaml", "attack_model": "target"},
     "deepfool": {"hyp": "hyps/advamd-deepfool.yaml", "attack_model": "target"},
+    "fgsm-max": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "target", "attack_terms": "max"},  # two attacks
+    "detadvprop": {"hyp": "hyps/detadvprop.yaml"},
+    "udfa": {"hyp": "hyps/udfa.yaml"},
 }
+ITERATIVE = ("pgd", "deepfool")  # methods whose steps --attack-steps sets
 FLOORS = {"fgsm": 3.7, "fgsm-current": 3.0}  # time floors x stock from the issue; memory ceiling: 1.3x stock
 MEMORY_CEILING = 1.3
 PARTS = ("attack", "views", "loop", "optimizer")  # per-step breakdown of AdvAmd steps
@@ -186,7 +190,7 @@ def build_trainer(method: str, args: argparse.Namespace):
         trainer = DetectionTrainer(overrides=overrides)
     else:
         overrides.update(METHODS[method], abar_batches=1)
-        if METHODS[method]["hyp"] != "hyps/advamd-fgsm.yaml":
+        if method in ITERATIVE:
             overrides["steps"] = args.attack_steps
         trainer = AdvAmdTrainer(overrides=overrides)
     trainer._setup_train()
@@ -270,6 +274,8 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         "method": method,
         "attack": getattr(trainer.args, "attack", None) if method != "stock" else None,
         "attack_steps": getattr(trainer.args, "steps", None) if method != "stock" else None,
+        "attack_model": getattr(trainer.args, "attack_model", None),
+        "attack_terms": getattr(trainer.args, "attack_terms", None),
         "time": statistics.median(times),
         "times": times,
         "parts": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
@@ -337,7 +343,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     print(head + "".join(f"{p:>11s}" for p in ("preprocess", *PARTS)) + "   (ms, median per part)")
     for r in results:
         attack = "" if r["attack"] is None else f"{r['attack']}-{r['attack_steps']}"
-        attack += {"fgsm-current": " cur", "stock": ""}.get(r["method"], " tgt")
+        attack += {"current": " cur", "target": " tgt"}.get(r["attack_model"], "")
+        attack += " max" if r["attack_terms"] == "max" else ""
         t = r["time"] / stock["time"] if stock else float("nan")
         m = r["memory"] / stock["memory"] if stock and stock["memory"] > 0 else float("nan")
         g = r["graph"] / stock["graph"] if stock and stock["graph"] > 0 else float("nan")
@@ -350,6 +357,11 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         f"with attack_model=current (reached within 10%: <= {1.1 * FLOORS['fgsm']:.2f}x / "
         f"{1.1 * FLOORS['fgsm-current']:.2f}x); peak memory <= {MEMORY_CEILING}x stock for every method."
     )
+    by = {r["method"]: r for r in results}
+    if "fgsm" in by and "fgsm-max" in by:
+        ratio = by["fgsm-max"]["parts"]["attack"] / by["fgsm"]["parts"]["attack"]
+        print(f"attack_terms=max: its attack part costs {ratio:.2f} FGSM attacks (a cls and a box attack, then one "
+              "forward of each result to keep the stronger per image).")
     print("Memory: peak MB = peak memory growth over the pre-step baseline (CPU: RSS, includes allocator caching); "
           "graph MB = peak bytes held by autograd graphs for backward.")
     print("Parts: attack = AttackStage call, views = the views trained inside preprocess_batch (forward + backward), "

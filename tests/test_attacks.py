@@ -4,32 +4,21 @@ import copy
 
 import pytest
 import torch
+from helpers import assert_unchanged, calibrate, snapshot
 from torch import nn
-
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.attacks import DeepFool, build_attack
-from yolo_advamd.attacks.objectives import ClassifierObjective, DetectionObjective, attack_detector
+from yolo_advamd.attacks.objectives import (
+    ClassifierObjective,
+    DetectionObjective,
+    attack_detector,
+)
 
 torchattacks = pytest.importorskip("torchattacks")
 
 NC, IMGSZ = 10, 64
-
-
-def calibrate(model: nn.Module, imgsz: int) -> nn.Module:
-    """Give a fresh model running BN statistics of random images (cumulative average), so eval gradients are real."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for s in range(3):
-            model(torch.rand(4, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(s)))
-    for bn, m in zip(bns, momenta):
-        bn.momentum = m
-    return model
 
 
 def classifier() -> nn.Module:
@@ -71,28 +60,6 @@ def det_batch(b: int = 2, imgsz: int = IMGSZ, seed: int = 1) -> dict:
         "bboxes": torch.cat([xy, wh], 1),
         "batch_idx": batch_idx,
     }
-
-
-def snapshot(model: nn.Module) -> dict:
-    """Everything an attack must leave alone: parameters and buffers, modes, flags, gradients."""
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "track": [getattr(m, "track_running_stats", None) for m in model.modules()],
-        "grad": [p.grad for p in model.parameters()],
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    """Assert `model` matches `before` bit for bit, and no gradient reached any parameter."""
-    after = snapshot(model)
-    for k, v in before["state"].items():
-        assert torch.equal(v, after["state"][k]), f"{k} changed"
-    assert after["training"] == before["training"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["track"] == before["track"]
-    assert all(g is None for g in after["grad"])
 
 
 def norms(delta: torch.Tensor, norm) -> torch.Tensor:
@@ -356,7 +323,7 @@ def test_bad_settings_name_the_value_and_the_fix(detector):
         build_attack("pgd", eps=2.0)
     with pytest.raises(ValueError, match="norm='l1'"):
         build_attack("pgd", eps=0.01, norm="l1")
-    with pytest.raises(ValueError, match="steps=3: FGSM is a single step"):
+    with pytest.raises(ValueError, match="steps=3 does not fit attack=fgsm"):
         build_attack("fgsm", eps=0.01, steps=3)
     with pytest.raises(ValueError, match="random_start=True: DeepFool"):
         build_attack("deepfool", eps=0.01, random_start=True)

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from yolo_advamd.cfg import ADVAMD_DEFAULTS, merge_cfg, parse_cli, resolve_advamd_cfg
+from yolo_advamd.cfg import merge_cfg, parse_cli, resolve_advamd_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_unknown_key_is_rejected_with_suggestion():
         ({"phi": 1.0}, r"phi=1\.0 is outside \(0, 1\)"),
         ({"steps": 0}, r"steps=0 must be a whole number >= 1"),
         ({"beta2": -1.0}, r"beta2=-1\.0 must be a number >= 0"),
-        ({"attack": "cw"}, r"attack=cw is not valid: choose one of fgsm, pgd, deepfool"),
+        ({"attack": "cw"}, r"attack=cw is not an attack: choose one of fgsm, pgd, deepfool"),
         ({"method": "magnet"}, r"method=magnet is not valid"),
         ({"abar_batches": 0}, r"abar_batches=0 must be a whole number >= 1"),
         ({"norm": 1}, r"norm=1 is not valid"),
@@ -90,11 +91,15 @@ def cli(*args, cwd):
     )
 
 
-def test_cli_help_lists_advamd_keys(tmp_path):
+def test_cli_help_lists_every_method_and_the_advamd_keys_with_their_meaning(tmp_path):
     r = cli("help", cwd=tmp_path)
     assert r.returncode == 0
-    for key in ("eps=0.01", "attack=fgsm", "abar_batches=20", "mediate=True"):
+    for key in ("eps=0.01", "attack=fgsm", "abar_batches=20", "mediate=True", "abar_scope=positive"):
         assert key in r.stdout
+    assert "# positive: A-bar weights the BCE of each foreground anchor's assigned class only" in r.stdout
+    for method in ("advamd", "advtrain", "detadvprop", "udfa", "vanilla"):
+        assert re.search(rf"^  {method} +\S", r.stdout, re.M), method
+    assert "hyps/detadvprop.yaml" in r.stdout and "hyps/udfa.yaml" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -135,3 +140,21 @@ def test_val_and_export_cli_errors(tmp_path, program, args, message):
     r = subprocess.run([sys.executable, str(ROOT / program), *args], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_trains_a_baseline_fine_tunes_it_and_prints_the_benign_and_fgsm_table(tmp_path, tiny_data, capsys,
+                                                                                     monkeypatch):  # fmt: skip
+    """`make demo` (no arguments) at a tiny size: baseline, AdvAmd fine-tune, then the val table of both with Δ."""
+    from yolo_advamd import cli
+
+    shared = {**cli.DEMO["shared"], "data": tiny_data, "imgsz": 64, "batch": 8, "fraction": 1.0, "close_mosaic": 0,
+              "project": str(tmp_path), "workers": 0, "plots": False}  # fmt: skip
+    monkeypatch.setattr(cli, "DEMO", {**cli.DEMO, "shared": shared, "baseline": {**cli.DEMO["baseline"], "epochs": 1},
+                                      "advamd": {**cli.DEMO["advamd"], "abar_batches": 1}})  # fmt: skip
+    monkeypatch.setenv("YOLO_ADVAMD_THREADS", str(torch.get_num_threads()))
+    assert cli.main_train([]) == 0
+    out = capsys.readouterr().out
+    assert "| model | attacked model | benign | fgsm eps=0.01 |" in out
+    assert re.search(r"^\| Δ \(.*advamd.* − .*baseline.*\) \|  \| [+-]\d+\.\d\d \| [+-]\d+\.\d\d \|$", out, flags=re.M)
+    assert (tmp_path / "val" / "results.md").is_file()

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from yolo_advamd.data import DIGITS_BUILDER_KEYS, build_digits_det, dataset_dir, resolve_dataset
+from yolo_advamd.data import (
+    DIGITS_BUILDER_KEYS,
+    build_digits_det,
+    dataset_dir,
+    resolve_dataset,
+)
 from yolo_advamd.data.digits import COMPLETE_MARKER
 
 REPO = Path(__file__).resolve().parents[1]

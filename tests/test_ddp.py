@@ -22,9 +22,9 @@ def synthetic_batch(rank: int, n: int = 2, size: int = 64) -> dict:
     }
 
 
-def advamd_step(rank: int, init_file: str, method: str, attack: str, out: dict) -> None:
+def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -> None:
     """Worker: build the same (dual-BN) model on each rank, run the method's views under DDP, return flat gradients."""
-    import yolo_advamd  # noqa: F401
+    import yolo_advamd  # noqa: F401  (offline before Ultralytics, in the spawned process)
     from types import SimpleNamespace
 
     from ultralytics.cfg import get_cfg
@@ -32,9 +32,11 @@ def advamd_step(rank: int, init_file: str, method: str, attack: str, out: dict) 
 
     from yolo_advamd.attacks import build_attack
     from yolo_advamd.cfg import resolve_advamd_cfg
-    from yolo_advamd.loss import ViewGuard, train_views, wrap_criterion
+    from yolo_advamd.checkpoint import freeze_target
+    from yolo_advamd.loss import wrap_criterion
     from yolo_advamd.nn.dual_bn import DualBatchNorm2d, convert_dual_bn
-    from yolo_advamd.stage import AttackStage, freeze_target
+    from yolo_advamd.stage import AttackStage
+    from yolo_advamd.step import ViewGuard, advamd_step
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -50,7 +52,7 @@ def advamd_step(rank: int, init_file: str, method: str, attack: str, out: dict) 
     abar = torch.linspace(0.5, 1.5, 10)
     batch = synthetic_batch(rank)
     backward = lambda loss: (loss * WORLD).backward()  # noqa: E731
-    view = train_views(ddp, module, batch, stage, model.args, abar, backward, teacher=teacher)
+    view = advamd_step(ddp, module, batch, stage, model.args, abar, backward, teacher=teacher)
     loss, items = ddp(view)  # the last view, as Ultralytics' loop does it
     (loss.sum() * WORLD).backward()
     aux = [m.aux.weight.grad for m in module.modules() if isinstance(m, DualBatchNorm2d)]
@@ -78,7 +80,7 @@ def advamd_step(rank: int, init_file: str, method: str, attack: str, out: dict) 
 def test_step_gradients_agree_across_ranks(tmp_path, method, attack, loop_view, extra):
     """Every method's step under DDP leaves the same gradients on each rank, auxiliary BN included where it has one."""
     out = mp.Manager().dict()
-    mp.spawn(advamd_step, args=(str(tmp_path / "init"), method, attack, out), nprocs=WORLD, join=True)
+    mp.spawn(ddp_worker, args=(str(tmp_path / "init"), method, attack, out), nprocs=WORLD, join=True)
     a, b = out[0], out[1]
     assert a["loop_view"] == loop_view
     assert a["items"] == ["box_loss", "cls_loss", "dfl_loss", *extra]

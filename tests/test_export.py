@@ -15,114 +15,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ultralytics.cfg import get_cfg
+from helpers import IMGSZ, digits_detector, val_batch
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS, IterableSimpleNamespace
+from ultralytics.utils import (
+    DEFAULT_CFG_KEYS,
+)
 
-from yolo_advamd.data import build_digits_det
 from yolo_advamd.export import export_model, load_state_dict_file, pickled_globals
-from yolo_advamd.nn.dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn, has_dual_bn
+from yolo_advamd.nn.dual_bn import aux_bn, has_dual_bn
 
-IMGSZ = 64
 TESTS = Path(__file__).parent
 STOCK_CKPT_KEYS = {"date", "version", "license", "docs", "epoch", "best_fitness", "stopper", "model", "ema", "updates",
                    "modelopt", "optimizer", "scaler", "train_args", "train_metrics", "train_results", "git"}
 
 
-def digits_data(base: Path) -> Path:
-    """A 16-image, 64 px digits-det build (real handwritten digit scans) shared by the session; return its YAML."""
-    return build_digits_det(root=base / "digits", seed=1, n_train=2, n_val=16, imgsz=IMGSZ) / "digits-det.yaml"
-
-
-def val_batch(data: Path) -> dict:
-    """The whole val split of `data` as one preprocessed batch (letterboxed to IMGSZ, float in [0, 1])."""
-    from ultralytics.data import build_dataloader, build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
-
-    info = check_det_dataset(str(data))
-    dataset = build_yolo_dataset(get_cfg(overrides={"imgsz": IMGSZ}), info["val"], 16, info, mode="val", stride=32)
-    batch = next(iter(build_dataloader(dataset, 16, 0, shuffle=False)))
-    return {**batch, "img": batch["img"].float() / 255}
-
-
-def digits_detector(base: Path) -> DetectionModel:
-    """A yolov8n fitted for 80 steps to the digits val images (mAP50 ~0.99 on them), cached for the session.
-
-    Its BN statistics are recomputed on the batch at the end, so the eval-mode model behaves like a trained one.
-    """
-    file = base / "digits-detector.pt"
-    torch.manual_seed(1)  # the initial weights
-    model = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
-    model.names = {i: str(i) for i in range(10)}
-    if file.is_file():
-        model.load_state_dict(torch.load(file, weights_only=True))
-        return model.eval()
-    batch = val_batch(digits_data(base))
-    model.args = get_cfg()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(80):  # 40 fitted some CPUs only to mAP50 0.86 (floating-point order): 80 fit every one seen
-        loss, _ = model.loss(batch)
-        optimizer.zero_grad()
-        loss.sum().backward()
-        optimizer.step()
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: the statistics of exactly this batch
-    with torch.no_grad():
-        model(batch["img"])
-    for m in bns:
-        m.momentum = 0.03
-    del model.args
-    model.criterion = None
-    torch.save(model.state_dict(), file)
-    return model.eval()
-
-
-def amend(model):
-    """Convert a copy of `model` to dual BN, poison its auxiliary BN, and attach AdvAmd state like the trainer.
-
-    The auxiliary BN holds NaN statistics: any output computed through it is NaN, so a test that sees finite,
-    unchanged results proves the main BN was used.
-    """
-    model = convert_dual_bn(deepcopy(model))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, DualBatchNorm2d):
-                m.aux.running_mean.fill_(float("nan"))
-    model.advamd_state = {"abar": torch.rand(10), "vulnerability": {"counts": torch.ones(10, 10)}, "target": None}
-    return model
-
-
-def save_ckpt(model, file, **extra):
-    """Save `model` the way Ultralytics' trainer does (EMA in fp16, its args, train_args), plus `extra` keys."""
-    train_args = {"model": "yolov8n.yaml", "imgsz": IMGSZ, "epochs": 3, "attack": "fgsm", "eps": 0.01, "beta1": 1.0}
-    ema = deepcopy(model).half()
-    ema.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **train_args})  # the trainer's args, AdvAmd keys too
-    ckpt = {"epoch": 2, "best_fitness": 0.5, "model": None, "ema": ema, "updates": 10,
-            "optimizer": {"state": {}, "param_groups": []}, "train_args": train_args, **extra}
-    torch.save(ckpt, file)
-    return file
-
-
-def checkpoints(base: Path) -> dict:
-    """The digits detector saved as a stock checkpoint and as an amended one (dual BN, AdvAmd state), session-cached."""
-    files = {"stock": base / "stock.pt", "amended": base / "amended.pt"}
-    if not all(f.is_file() for f in files.values()):
-        model = digits_detector(base)
-        save_ckpt(model, files["stock"])
-        save_ckpt(amend(model), files["amended"], advamd={"abar": torch.rand(10), "attack": "fgsm"})
-    return files
-
-
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
+def ckpts(tmp_path_factory, digits):
     """Stock and amended checkpoints of the digits detector, in a directory of this module's own."""
-    base = tmp_path_factory.getbasetemp()
     root = tmp_path_factory.mktemp("export")
-    files = {k: Path(shutil.copy(f, root)) for k, f in checkpoints(base).items()}
-    return {**files, "base": digits_detector(base), "data": digits_data(base), "root": root}
+    files = {k: Path(shutil.copy(digits[k], root)) for k in ("stock", "amended")}
+    return {**files, "base": digits_detector(tmp_path_factory.getbasetemp()), "data": digits["data"], "root": root}
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 

@@ -6,17 +6,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_trainer import results, tiny, tiny_data  # noqa: F401  (the tiny digits-det build)
-
+from helpers import results, tiny
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.align import alignment_loss, level_masks, neck_layers
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.cfg import resolve_advamd_cfg
-from yolo_advamd.loss import ViewGuard, train_views, wrap_criterion
+from yolo_advamd.checkpoint import freeze_target
+from yolo_advamd.loss import wrap_criterion
 from yolo_advamd.nn.dual_bn import aux_bn, convert_dual_bn
-from yolo_advamd.stage import AttackStage, freeze_target
+from yolo_advamd.stage import AttackStage
+from yolo_advamd.step import ViewGuard, advamd_step
 from yolo_advamd.trainer import AdvAmdTrainer
 
 NC = 10
@@ -45,7 +46,7 @@ def step(method: str, **kw):
     a = model.args
     stage = AttackStage(build_attack(a.attack, eps=a.eps, steps=a.steps), a.phi, a.attack_model, model=module, terms=a.attack_terms)
     losses = []
-    view = train_views(module, module, batch(), stage, a, torch.linspace(0.5, 1.5, NC), losses.append, teacher=teacher)
+    view = advamd_step(module, module, batch(), stage, a, torch.linspace(0.5, 1.5, NC), losses.append, teacher=teacher)
     losses.append(module(view)[0].sum())
     return module, view, sum(losses), teacher
 
@@ -117,7 +118,7 @@ def test_level_masks_mark_each_box_on_the_level_of_its_size():
     assert masks[1].sum() == 0
 
 
-def test_bad_method_combinations_are_refused_before_any_work(tmp_path, tiny_data):  # noqa: F811
+def test_bad_method_combinations_are_refused_before_any_work(tmp_path, tiny_data):
     with pytest.raises(ValueError, match="method=udfa aligns the model with a teacher"):
         AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "bad", method="udfa"))  # a YAML model has no teacher
     with pytest.raises(ValueError, match="mediate=True does not fit method=detadvprop"):
@@ -131,7 +132,7 @@ def test_bad_method_combinations_are_refused_before_any_work(tmp_path, tiny_data
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, column", [("detadvprop", "adv_loss"), ("udfa", "align_loss")])
-def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tiny_data, method, column):  # noqa: F811
+def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tiny_data, method, column):
     from yolo_advamd.export import export_model, pickled_globals
     from yolo_advamd.validate import validate_advamd
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reproduce  # noqa: E402
@@ -133,3 +134,83 @@ def test_paper_table_pairs_each_training_setting_with_the_same_attack(files):
     assert "| method | M | B | L | Δ adv, pgd-3 ε=0.1 | Δ benign, pgd-3 ε=0.1 |" in text
     assert "| advamd | ✓ | ✓ | ✓ | +7.00 | -1.00 |" in text
     assert "| ablation-ML | ✓ |  | ✓ |  |  |" in text
+
+
+def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(files):
+    runs = reproduce.study_plan([])
+    screen = [r for r in runs if r[2] == 0]
+    assert screen == [(arm, label, 0) for arm, a in reproduce.STUDY.items() for label in a["methods"]]
+    assert [r for r in runs if r[2] > 0] == [("retrain", m, s) for s in (1, 2) for m in ("vanilla", "advamd")]
+    record = {"profile": "scratch", "train_seconds": 1, "seed": 0}
+    records = [{**record, "key": "vanilla/seed0", "name": "vanilla", "map": {"benign": 50.0}},
+               {**record, "key": "advamd/seed0", "name": "advamd", "map": {"benign": 49.6}},  # Δ -0.4: confirmed
+               {**record, "key": "detadvprop/seed0", "name": "detadvprop", "map": {"benign": 49.4}}]  # Δ -0.6: not
+    confirmed = [r for r in reproduce.study_plan(records) if r[0] == "scratch" and r[2] > 0]
+    assert confirmed == [("scratch", m, s) for s in (1, 2) for m in ("vanilla", "advamd")]
+
+
+def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkeypatch):
+    trained = []
+
+    def fake_train(overrides):
+        trained.append((overrides["project"].rsplit("-", 1)[-1], overrides["name"], overrides.get("method")))
+        run = files / "runs" / overrides["name"]
+        (run / "weights").mkdir(parents=True, exist_ok=True)
+        (run / "weights" / "best.pt").touch()
+        (run / "results.csv").write_text("epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/mAP50-95(B)\n"
+                                         "1,10,1.0,1.0,1.0,0.5\n2,20,0.5,0.5,0.5,0.6\n")  # fmt: skip
+        return run / "weights" / "best.pt", 20.0
+
+    monkeypatch.setattr(reproduce, "ROOT", files)
+    monkeypatch.setattr(reproduce, "train", fake_train)
+    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n: {"benign": 50.0, **{f"fgsm eps={e:g}": 20.0 for e in eps}})
+    monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
+    monkeypatch.setitem(reproduce.STUDY, "retrain", {**reproduce.STUDY["retrain"], "methods": {
+        k: reproduce.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})  # fmt: skip
+    (files / "targets").mkdir()
+    (files / "targets" / "full.pt").touch()  # M_T, kept in the repository
+    reproduce.run_study(["retrain"])
+    assert trained == [("retrain", f"{m}_seed{s}", m) for s in (0, 1, 2) for m in ("vanilla", "advamd")]
+    records = {e["key"]: e for e in reproduce.load() if e["profile"] == "retrain"}
+    assert records["start"]["map"] == {"benign": 50.0, "fgsm eps=0.01": 20.0}  # M_T at the arm's budgets
+    amd = records["advamd/seed0"]
+    assert amd["settings"]["model"] == "targets/full.pt" and amd["settings"]["abar_scope"] == "positive"
+    assert amd["curve"] == [50.0, 60.0] and amd["train_loss"] == [3.0, 1.5] and amd["eps"] == 0.01
+    trained.clear()
+    reproduce.run_study(["retrain"])  # everything recorded: nothing is trained again
+    assert trained == []
+    assert "| retrain | advamd | 3 | +0.00 ± 0.00 | +0.00 ± 0.00 |" in reproduce.report()
+
+
+def test_an_interrupted_run_resumes_and_its_time_sums_the_pieces(files, monkeypatch):
+    import yolo_advamd.trainer
+
+    made = []
+
+    class FakeTrainer:
+        def __init__(self, overrides):
+            made.append(overrides)
+            self.best = files / "run" / "weights" / "best.pt"
+
+        def train(self):
+            pass
+
+    monkeypatch.setattr(yolo_advamd.trainer, "AdvAmdTrainer", FakeTrainer)
+    (files / "run" / "weights").mkdir(parents=True)
+    (files / "run" / "results.csv").write_text("epoch,time\n1,10\n2,20\n3,5\n4,12\n")  # resumed after epoch 2
+    torch.save({"epoch": 1}, files / "run" / "weights" / "last.pt")  # stopped mid-run
+    _, seconds = reproduce.train({"project": str(files), "name": "run", "epochs": 4})
+    assert made == [{"resume": str(files / "run" / "weights" / "last.pt")}] and seconds == 32
+    torch.save({"epoch": -1}, files / "run" / "weights" / "last.pt")  # finished, not recorded yet: nothing to train
+    assert reproduce.train({"project": str(files), "name": "run"})[0] == files / "run" / "weights" / "best.pt"
+    assert len(made) == 1
+
+
+def test_old_records_with_absolute_paths_are_found_under_this_repository(files, monkeypatch):
+    monkeypatch.setattr(reproduce, "ROOT", files)
+    (files / "runs" / "x" / "weights").mkdir(parents=True)
+    (files / "runs" / "x" / "weights" / "best.pt").touch()
+    assert reproduce.on_disk("/elsewhere/repo/runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
+    assert reproduce.on_disk("runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
+    kept = Path(reproduce.__file__).parents[1] / "docs" / "results" / "results.jsonl"  # the repository's own records
+    assert not [e["weights"] for e in map(json.loads, kept.read_text().splitlines()) if Path(e["weights"]).is_absolute()]

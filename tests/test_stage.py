@@ -5,17 +5,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import assert_unchanged, calibrate, snapshot
 from torch import nn
 from torch.utils.data import DataLoader
-
 from ultralytics.cfg import get_cfg
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import DetectionObjective
-from yolo_advamd.loss import make_view, wrap_criterion
-from yolo_advamd.stage import DEFAULT_PHI, AttackStage, freeze_target, preprocess
+from yolo_advamd.checkpoint import freeze_target
+from yolo_advamd.loss import wrap_criterion
+from yolo_advamd.stage import DEFAULT_PHI, AttackStage, preprocess
+from yolo_advamd.step import make_view
 from yolo_advamd.vulnerability import Vulnerability
 
 NC, IMGSZ, EPS = 10, 64, 0.03
@@ -26,15 +28,7 @@ def make_model() -> DetectionModel:
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
     model.args = get_cfg()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.momentum = None  # cumulative average over the calibration batches
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(4, 3, IMGSZ, IMGSZ))
-    for bn in bns:
-        bn.momentum = 0.03
-    return model
+    return calibrate(model, IMGSZ)
 
 
 def samples(n: int = 4) -> list[dict]:
@@ -77,26 +71,6 @@ def relabel_to_benign_prediction(model: nn.Module, batch: dict) -> dict:
     raise AssertionError("labels did not settle on the model's benign predictions")
 
 
-def snapshot(model: nn.Module) -> dict:
-    """Everything an attack must leave alone: parameters, buffers, modes, requires_grad flags, gradients."""
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grad": [p.grad for p in model.parameters()],
-    }
-
-
-def assert_same(before: dict, after: dict) -> None:
-    """Assert two snapshots are identical."""
-    assert before["state"].keys() == after["state"].keys()
-    for k, v in before["state"].items():
-        assert torch.equal(v, after["state"][k]), k
-    assert before["training"] == after["training"]
-    assert before["requires_grad"] == after["requires_grad"]
-    assert all(g is None for g in after["grad"])
-
-
 @pytest.fixture(scope="module")
 def model() -> DetectionModel:
     """The model being trained (train mode)."""
@@ -129,8 +103,8 @@ def test_target_mode_never_changes_trained_model_nor_target(model):
     stage = AttackStage(attack, 0.5, "target", model=model)
     before_model, before_target = snapshot(model), snapshot(stage.target)
     stage(make_batch(), model)
-    assert_same(before_model, snapshot(model))
-    assert_same(before_target, snapshot(stage.target))
+    assert_unchanged(model, before_model)
+    assert_unchanged(stage.target, before_target)
     assert model.training and not stage.target.training
 
 
@@ -162,7 +136,7 @@ def test_current_mode_attacks_passed_model_and_leaves_it_as_it_was(model):
     batch = make_batch()
     before = snapshot(model)
     out = stage(batch, model)
-    assert_same(before, snapshot(model))
+    assert_unchanged(model, before)
     assert model.training
     direct = build_attack("fgsm", eps=EPS)(batch["img"], DetectionObjective(model, batch))
     torch.testing.assert_close(out["img_adv"], (batch["img"] + direct.delta).clamp(0, 1), atol=1e-6, rtol=0)

@@ -1,69 +1,16 @@
 """AdvAmdTrainer: three views through Ultralytics' own loop, stock-exact vanilla, checkpoints, resume and bad input."""
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
-
+from helpers import results, tiny
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.patches import torch_load
 
 from yolo_advamd.cfg import ADVAMD_KEYS
-from yolo_advamd.data import resolve_dataset
 from yolo_advamd.nn.dual_bn import DualBatchNorm2d
 from yolo_advamd.trainer import AdvAmdTrainer
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A 32/16-scene, 64 px digits-det build (real handwritten digits)."""
-    root = tmp_path_factory.mktemp("data")
-    yaml = root / "tiny.yaml"
-    yaml.write_text("builder: digits-det\nseed: 3\nn_train: 32\nn_val: 16\nimgsz: 64\n")
-    import os
-
-    old = os.environ.get("YOLO_ADVAMD_DATA")
-    os.environ["YOLO_ADVAMD_DATA"] = str(root / "cache")
-    try:
-        return resolve_dataset(str(yaml))
-    finally:
-        if old is None:
-            os.environ.pop("YOLO_ADVAMD_DATA")
-        else:
-            os.environ["YOLO_ADVAMD_DATA"] = old
-
-
-def tiny(tmp_path, data, name, **kw):
-    """Settings for a seconds-long run: yolov8n at 64 px, 4 batches of 8, SGD with a fixed schedule."""
-    return {
-        "model": "yolov8n.yaml",
-        "data": data,
-        "epochs": 1,
-        "imgsz": 64,
-        "batch": 8,
-        "workers": 0,
-        "optimizer": "SGD",
-        "lr0": 0.01,
-        "warmup_epochs": 0,
-        "close_mosaic": 0,
-        "deterministic": True,
-        "seed": 0,
-        "plots": False,
-        "val": True,
-        "abar_batches": 2,
-        "project": str(tmp_path),
-        "name": name,
-        "exist_ok": True,
-        "verbose": False,
-        **kw,
-    }
-
-
-def results(run: Path) -> list[dict]:
-    """Rows of a run's results.csv."""
-    with open(run / "results.csv") as f:
-        return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def ema_state(path: Path) -> dict:
@@ -191,3 +138,55 @@ def test_nan_view_skips_the_step_and_never_reaches_the_weights(tmp_path, tiny_da
         assert torch.isfinite(v.float()).all()
     for v in ema_state(trainer.last).values():
         assert torch.isfinite(v).all()
+
+
+@pytest.mark.slow
+def test_tensorboard_on_logs_views_vulnerability_and_view_losses(tmp_path):
+    """`yolo settings tensorboard=True` (a private settings directory): AdvAmd trains and its event file holds the view
+    grid, the Ā figure and the mediate and adversarial losses."""
+    import os
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # Ultralytics mutes TensorBoard in tests
+    env.update(YOLO_CONFIG_DIR=str(tmp_path / "config"), YOLO_ADVAMD_DATA=str(tmp_path / "cache"), YOLO_ADVAMD_THREADS="1")
+    data = tmp_path / "tiny.yaml"
+    data.write_text("builder: digits-det\nseed: 3\nn_train: 16\nn_val: 8\nimgsz: 64\n")
+    on = "import yolo_advamd; from ultralytics import settings; settings.update(tensorboard=True)"
+    subprocess.run([sys.executable, "-c", on], env=env, check=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "train_advamd.py"), f"data={data}", "model=yolov8n.yaml",
+         "epochs=1", "imgsz=64", "batch=8", "workers=0", "abar_batches=1", "plots=True", f"project={tmp_path}",
+         "name=tb", "exist_ok=True"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert {"advamd/views", "advamd/vulnerability"} <= set(events.Tags()["images"])
+    assert {"train/med_loss", "train/adv_loss"} <= set(events.Tags()["scalars"])
+
+
+def test_compile_with_the_auxiliary_bn_is_refused_before_any_work(tmp_path, tiny_data):
+    with pytest.raises(ValueError, match="compile=True cannot route the adversarial view to the auxiliary BN"):
+        AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "compiled", compile=True))
+    assert not (tmp_path / "compiled").exists()
+
+
+@pytest.mark.slow
+def test_compile_trains_adv_train_through_ultralytics_compiled_loop(tmp_path, tiny_data, monkeypatch):
+    """compile=True without an auxiliary BN (Adv-Train): Ultralytics' compiled loop trains the views and logs them."""
+    compile_ = torch.compile
+    compiled = []
+
+    def fast(model, **kwargs):  # dynamo's graph capture as with inductor, without inductor's minutes of C++ builds
+        compiled.append(kwargs.get("backend"))
+        return compile_(model, **{**kwargs, "backend": "aot_eager", "mode": None})
+
+    monkeypatch.setattr(torch, "compile", fast)
+    trainer = AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "compiled", compile=True, method="advtrain"))
+    trainer.train()
+    assert compiled == ["inductor"]  # Ultralytics' compile branch ran
+    row = results(trainer.save_dir)[0]
+    assert float(row["train/adv_loss"]) > 0 and float(row["train/box_loss"]) > 0

@@ -10,24 +10,24 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_export import IMGSZ, checkpoints, digits_data, save_ckpt  # the session's small trained digits detector
+from helpers import IMGSZ, save_ckpt
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_advamd.validate as validate
+from yolo_advamd.checkpoint import load_model
 from yolo_advamd.validate import validate_advamd
 
 TOLERANCE = 0.02  # |pycocotools AP - Ultralytics mAP|: both use 101-point interpolation, COCO keeps 100 dets/image
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, digits):
     """The digits data, stock and amended (poisoned auxiliary BN) checkpoints, an untrained model and a run dir."""
-    base = tmp_path_factory.getbasetemp()
     root = tmp_path_factory.mktemp("validate")
     torch.manual_seed(0)
     untrained = save_ckpt(DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval(), root / "untrained.pt")
-    return {**checkpoints(base), "data": str(digits_data(base)), "untrained": untrained, "runs": root / "runs"}
+    return {**digits, "data": str(digits["data"]), "untrained": untrained, "runs": root / "runs"}
 
 
 def run(setup, name, **kwargs):
@@ -124,7 +124,7 @@ def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup
         return attack_detector(attack, model, batch, terms)
 
     monkeypatch.setattr(validate, "attack_detector", spy)
-    first_weight = {k: next(validate.load_detector(setup[k])[0].parameters()) for k in ("stock", "untrained")}
+    first_weight = {k: next(load_model(setup[k], 'test')[0].parameters()) for k in ("stock", "untrained")}
     white = run(setup, "white", attacks="fgsm", eps=0.01)
     assert seen and all(torch.equal(w, first_weight["stock"]) for w in seen)
     seen.clear()
@@ -174,7 +174,7 @@ def test_saved_adversarial_copy_is_the_letterboxed_input_in_yolo_layout_and_repr
         assert np.allclose(labels, expected, atol=1e-5)
     assert max(d.max() for d in diffs) <= round(eps * 255) + 1 and np.mean([d.mean() for d in diffs]) > 1
     ours = stats(results, f"fgsm eps={eps}")["metrics/mAP50-95(B)"]
-    model, *_ = validate.load_detector(setup["stock"])
+    model, *_ = load_model(setup["stock"], "test")
     args = {"data": str(adv / "data.yaml"), "imgsz": 96, "batch": 16, "plots": False}
     again = DetectionValidator(args=args)(model=model)  # stock Ultralytics reading the saved copy
     assert stats(results)["metrics/mAP50-95(B)"] > ours + 0.1  # the attack did something measurable
@@ -188,8 +188,8 @@ def test_saved_adversarial_copy_is_the_letterboxed_input_in_yolo_layout_and_repr
         ({"attacks": "fgsm", "eps": 2}, ValueError, r"eps=2.0 is outside \(0, 1\]"),
         ({"attacks": "fgsm", "eps": "0.01,a"}, ValueError, "not a comma-separated list"),
         ({"confx": 0.1}, SyntaxError, "'confx' is not a valid YOLO argument"),
-        ({"model": "best.onnx"}, FileNotFoundError, "not a PyTorch .pt checkpoint"),
-        ({"baseline": "missing.pt"}, FileNotFoundError, "not a PyTorch .pt checkpoint"),
+        ({"model": "best.onnx"}, FileNotFoundError, "model=best.onnx is not a .pt checkpoint on disk"),
+        ({"baseline": "missing.pt"}, FileNotFoundError, "baseline=missing.pt is not a .pt checkpoint on disk"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(setup, kwargs, error, match):

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-
 from ultralytics.nn.distill_model import DistillationModel, FeatureHook
 
 FOREGROUND, BACKGROUND = 1.0, 6.0  # UDFA's VOC weights of the two parts (kd_neck_w, kd_neck_bg_w)

@@ -25,37 +25,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from yolo_advamd.attacks import ATTACKS, build_attack
-from yolo_advamd.attacks.objectives import DetectionObjective, Objective
-from yolo_advamd.cfg import DEFAULT_STEPS
+from yolo_advamd.attacks import build_attack
+from yolo_advamd.attacks.objectives import (
+    DetectionObjective,
+    LetterboxObjective,
+    VanishObjective,
+)
+from yolo_advamd.attacks.settings import attack_settings
+from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model
+from yolo_advamd.images import iter_images, letterbox, to_image, to_tensor
 
 OBJECTIVES = ("loss", "cls", "vanish")
-PAD = 114 / 255  # Ultralytics' letterbox gray
-ATTACK_KEYS = {
-    "model": None,
-    "source": None,
-    "method": "pgd",
-    "eps": "8/255",
-    "steps": None,
-    "step_size": None,
-    "norm": "inf",
-    "random_start": None,
-    "objective": "loss",
-    "data": None,
-    "split": "val",
-    "conf": 0.25,
-    "iou": 0.7,
-    "imgsz": None,
-    "device": None,
-    "seed": 0,
-    "save": True,
-    "project": None,
-    "name": None,
-    "exist_ok": False,
-}
 CSV_COLUMNS = ("image", "stage", "class", "name", "confidence", "x1", "y1", "x2", "y2",
                "detections_before", "detections_after", "mean_conf_drop", "linf", "l2")  # fmt: skip
 
@@ -180,80 +162,6 @@ class AdversarialResult:
         return files
 
 
-class LetterboxObjective(Objective):
-    """An objective on the model's letterboxed input, seen as a function of the original image's pixels.
-
-    `loss(x) = objective.loss(letterbox(x))` with the differentiable `letterbox`, so an attack on x perturbs the
-    original pixels and its gradient flows through the resize and the padding.
-
-    Attributes:
-        objective (DetectionObjective | VanishObjective): The objective at the model's input.
-        params (dict): `LetterBox.get_params` geometry of the image (`new_unpad`, `top`, `bottom`, `left`, `right`).
-    """
-
-    def __init__(self, objective, params: dict):
-        """Wrap `objective` (built on the letterboxed clean image) for images of the original size."""
-        self.objective, self.params = objective, params
-        self.labels, self.batch_idx = objective.labels, objective.batch_idx
-
-    def frozen(self):
-        """Return the wrapped objective's side-effect-free context."""
-        return self.objective.frozen()
-
-    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the objective's loss and per-object logits at the letterboxed `images`."""
-        return self.objective.loss_and_logits(letterbox(images, self.params))
-
-
-class VanishObjective(Objective):
-    """Suppress every detection: minus the sum of the `topk` highest anchor scores (max class sigmoid per anchor).
-
-    The attack maximizes it, pushing down the anchors that NMS would keep first, until none passes `conf`. It needs
-    no targets; end-to-end heads (e.g. yolo26) count both branches. DeepFool has no class to flip here.
-
-    Attributes:
-        model (nn.Module): The attacked detector (fp32, any mode).
-        topk (int): Number of anchors per image whose scores are pushed down (Ultralytics' `max_det` by default).
-        labels (torch.Tensor): Empty: there are no objects to flip.
-        batch_idx (torch.Tensor): Empty.
-    """
-
-    def __init__(self, model: nn.Module, topk: int = 300):
-        """Bind `model` and the number of anchors per image to suppress."""
-        self.model, self.topk = model, topk
-        device = next(model.parameters()).device
-        self.labels = self.batch_idx = torch.zeros(0, dtype=torch.long, device=device)
-
-    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return minus the sum of the top anchor scores and empty (0, nc) per-object logits from one forward pass."""
-        preds = self.model(images)
-        preds = preds[1] if isinstance(preds, tuple) else preds  # eval mode: (decoded, raw dict)
-        loss = 0.0
-        for p in [preds[k] for k in ("one2many", "one2one") if k in preds] or [preds]:
-            scores = p["scores"].float().sigmoid().amax(1)  # (B, anchors)
-            loss = loss - scores.topk(min(self.topk, scores.shape[1]), dim=1).values.sum()
-        return loss, scores.new_zeros(0, p["scores"].shape[1])
-
-
-def letterbox(images: torch.Tensor, params: dict) -> torch.Tensor:
-    """Resize and pad images exactly where Ultralytics' `LetterBox` does, with differentiable torch ops.
-
-    Bilinear resizing with half-pixel centers (`align_corners=False`, no antialiasing) is what `cv2.INTER_LINEAR`
-    computes; the padding is Ultralytics' gray 114.
-
-    Args:
-        images (torch.Tensor): (B, 3, H, W) float images in [0, 1], all of the size `params` was computed for.
-        params (dict): `LetterBox.get_params` output: `new_unpad` (w, h), `top`, `bottom`, `left`, `right`.
-
-    Returns:
-        (torch.Tensor): (B, 3, h + top + bottom, w + left + right) letterboxed images.
-    """
-    w, h = params["new_unpad"]
-    if tuple(images.shape[-2:]) != (h, w):
-        images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
-    return F.pad(images, (params["left"], params["right"], params["top"], params["bottom"]), value=PAD)
-
-
 def attack(
     model,
     source=None,
@@ -328,15 +236,11 @@ def attack(
     from ultralytics.cfg import get_save_dir
     from ultralytics.utils import LOGGER, IterableSimpleNamespace
 
-    settings = check_settings(method, eps, norm, objective)
-    method, eps, objective = settings["method"], settings["eps"], settings["objective"]
-    steps = steps if steps is not None or method == "fgsm" else DEFAULT_STEPS[method]
-    iterative = {} if steps is None else {"steps": steps}  # FGSM refuses steps other than 1
-    adversary = build_attack(
-        method, eps=eps, norm=norm, step_size=step_size, seed=seed,
-        random_start=method == "pgd" if random_start is None else random_start, **iterative,
-    )  # fmt: skip
-    net, train_args = load_model(model)
+    objective = check_objective(objective, method)
+    settings = attack_settings(method, eps, norm, steps, step_size, random_start, key="method")
+    method, eps = settings.pop("attack"), settings["eps"]
+    adversary = build_attack(method, **settings, seed=seed)
+    net, train_args = detector(model)
     labels = None
     if data is not None:
         labels, dataset_source = dataset_labels(data, split, net)
@@ -387,49 +291,20 @@ def attack(
     return results
 
 
-def to_tensor(image: np.ndarray, device) -> torch.Tensor:
-    """Return a (H, W, 3) uint8 BGR image as a (1, 3, H, W) float RGB tensor in [0, 1] on `device`."""
-    return torch.from_numpy(np.ascontiguousarray(image[..., ::-1].transpose(2, 0, 1))).to(device)[None].float() / 255
-
-
-def to_image(x: torch.Tensor) -> np.ndarray:
-    """Return a (1, 3, H, W) RGB tensor in [0, 1] as a (H, W, 3) uint8 BGR image, rounded to the nearest level."""
-    return np.ascontiguousarray((x[0] * 255).round().byte().permute(1, 2, 0).flip(-1).cpu().numpy())
-
-
-def check_settings(method: str, eps, norm, objective: str) -> dict:
-    """Check the attack settings before any work; return `method`, `eps` (a float) and `objective` normalized.
-
-    Raises:
-        ValueError: Naming the bad value and what would be right.
-    """
-    method, objective = str(method).lower(), str(objective).lower()
-    if method not in ATTACKS:
-        raise ValueError(f"method={method} is not an attack: choose one of {', '.join(ATTACKS)}, e.g. method=pgd")
+def check_objective(objective: str, method: str) -> str:
+    """Return `objective` normalized if it is valid for the attack `method`, else raise naming the fix."""
+    objective = str(objective).lower()
     if objective not in OBJECTIVES:
         raise ValueError(
             f"objective={objective} is not valid: choose loss (detection loss), cls (its class term) or vanish "
             "(suppress every detection)"
         )
-    if objective == "vanish" and method == "deepfool":
+    if objective == "vanish" and str(method).lower() == "deepfool":
         raise ValueError("objective=vanish has no classes for DeepFool to flip: use method=fgsm or method=pgd")
-    value = eps
-    if isinstance(eps, str):
-        try:
-            num, _, den = eps.partition("/")
-            value = float(num) / float(den) if den else float(num)
-        except (ValueError, ZeroDivisionError):
-            value = None
-    top = 1 if str(norm).lower() in {"inf", "linf", "l_inf"} else math.inf  # an L2 budget spans the whole image
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
-        raise ValueError(
-            f"eps={eps} is outside (0, {top:g}]: eps is an L-{norm} budget on images scaled to [0, 1], e.g. "
-            "eps=8/255 or eps=0.03 (3% of the pixel range)"
-        )
-    return {"method": method, "eps": float(value), "objective": objective}
+    return objective
 
 
-def load_model(model) -> tuple[nn.Module, dict]:
+def detector(model) -> tuple[nn.Module, dict]:
     """Return an fp32 eval-mode copy of a detection model (main BN only) and its training settings.
 
     Args:
@@ -449,14 +324,11 @@ def load_model(model) -> tuple[nn.Module, dict]:
         SegmentationModel,
     )
 
-    from yolo_advamd.offline import check_local_weights
-    from yolo_advamd.validate import load_detector
-
     label = model if isinstance(model, (str, Path)) else type(model).__name__
     module = model.model if isinstance(model, Model) else model  # an ultralytics.YOLO holds the DetectionModel
     if isinstance(module, (str, Path)):
-        check_local_weights(module)
-    net, _, train_args = load_detector(module)
+        check_local_weights(module)  # a missing .pt: the offline message, before the .pt-only one
+    net, _, train_args = load_model(module, "attack needs the model's gradients: pass its .pt checkpoint")
     kinds = ((SegmentationModel, "segmentation"), (PoseModel, "pose"), (OBBModel, "OBB"),
              (RTDETRDetectionModel, "RT-DETR"), (ClassificationModel, "classification"))  # fmt: skip
     kind = next((k for cls, k in kinds if isinstance(net, cls)), None)
@@ -473,8 +345,6 @@ def setup(net: nn.Module, train_args: dict, imgsz, conf: float, iou: float, devi
     from ultralytics.models.yolo.detect import DetectionPredictor
     from ultralytics.utils.checks import check_imgsz
     from ultralytics.utils.torch_utils import select_device
-
-    from yolo_advamd.validate import attack_copy
 
     dev = select_device(device, verbose=False)
     victim = attack_copy(net, train_args, dev)
@@ -558,66 +428,6 @@ def dataset_labels(data: str, split: str, net: nn.Module):
     return labels, info[split]
 
 
-def iter_images(source):
-    """Check `source` and return an iterator of `(path, BGR uint8 image)`, reading each file when it is reached.
-
-    Raises:
-        ValueError: For an empty source, a video or stream, an unsupported type, or (on iteration) an unreadable image.
-        FileNotFoundError: If a path does not exist or a folder holds no images.
-    """
-    from PIL import Image
-    from ultralytics.data.loaders import LoadImagesAndVideos
-    from ultralytics.data.utils import IMG_FORMATS
-
-    if source is None:
-        raise ValueError("source= is required: an image, a folder, a glob, a list of images, arrays or a tensor")
-    items = list(source) if isinstance(source, (list, tuple)) else [source]
-    if isinstance(source, torch.Tensor):
-        items = list(source[None] if source.ndim == 3 else source)
-    if not items:
-        raise ValueError(f"source={source!r} is empty: give at least one image, folder, array or tensor")
-    entries, count = [], 0  # (path, None for a file read later | in-memory image)
-    for s in items:
-        if isinstance(s, (str, Path)):
-            if "://" in str(s):
-                raise ValueError(f"source={s} is a URL or stream: attack works offline on local image files")
-            try:
-                loader = LoadImagesAndVideos(str(s))
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"source={s}: {str(e).split(' Supported formats')[0]}") from None
-            if any(loader.video_flag):
-                videos = [f for f, v in zip(loader.files, loader.video_flag) if v]
-                raise ValueError(f"source={s} holds videos {videos[:3]}: attack works on images {sorted(IMG_FORMATS)}")
-            entries += [(f, None) for f in loader.files]
-            continue
-        if isinstance(s, Image.Image):
-            s = np.asarray(s.convert("RGB"))[..., ::-1]
-        elif isinstance(s, torch.Tensor):
-            if s.ndim != 3 or s.shape[0] != 3 or not s.is_floating_point() or s.min() < 0 or s.max() > 1:
-                raise ValueError(f"tensor source of shape {tuple(s.shape)}: give RGB (B, 3, H, W) floats in [0, 1]")
-            s = (s.detach() * 255).round().byte().permute(1, 2, 0).flip(-1).cpu().numpy()
-        if not isinstance(s, np.ndarray) or s.dtype != np.uint8 or s.ndim != 3 or s.shape[2] != 3:
-            raise ValueError(
-                f"source item {type(s).__name__} {getattr(s, 'shape', '')} is not supported: give image paths, "
-                "(H, W, 3) uint8 BGR arrays, PIL images or RGB float tensors in [0, 1]"
-            )
-        entries.append((f"image{count}.jpg", np.ascontiguousarray(s)))
-        count += 1
-    return _read(entries)
-
-
-def _read(entries: list):
-    """Yield `(path, image)`, reading files with Ultralytics' `imread`; an unreadable file raises ValueError."""
-    from ultralytics.utils.patches import imread
-
-    for path, image in entries:
-        if image is None:
-            image = imread(path, flags=cv2.IMREAD_COLOR)
-            if image is None:
-                raise ValueError(f"image {path} cannot be read: it is not an image OpenCV can decode; fix or remove it")
-        yield path, image
-
-
 def _enlarged(results, s: int):
     """Return a copy of `results` on its image enlarged `s` times (nearest neighbour), boxes scaled alike."""
     if s == 1:
@@ -648,25 +458,3 @@ def write_summary(file: Path, result: AdversarialResult, first: bool) -> None:
         if first:
             writer.writeheader()
         writer.writerow(row)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python attack.py model=best.pt source=images/ method=pgd eps=8/255 [data=... objective=vanish save=True]`."""
-    from yolo_advamd.cfg import check_keys
-    from yolo_advamd.cli import run
-    from yolo_advamd.offline import check_local_weights
-
-    def job(args):
-        check_keys(ATTACK_KEYS, args)
-        if not args.get("model"):
-            raise ValueError("model= is required: the detector to attack, e.g. model=runs/detect/train/weights/best.pt")
-        check_local_weights(args["model"])
-        args = {**ATTACK_KEYS, **args}
-        if args.get("source") is None and args.get("data") is None:
-            raise ValueError("source= is required: an image, a folder or a glob (or data= and split= for a dataset)")
-        results = attack(**args)
-        if results and results[0].files:
-            print(f"{len(results)} adversarial images in {results[0].files['adversarial'].parent}")
-
-    usage = "model=best.pt source=images/ method=pgd eps=8/255 [steps=10 objective=loss|cls|vanish data=... save=True]"
-    return run(argv, "attack.py", usage, ATTACK_KEYS, job, ultralytics_keys=False)

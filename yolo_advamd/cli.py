@@ -8,8 +8,14 @@ import sys
 
 import torch
 
-from yolo_advamd.cfg import ADVAMD_DEFAULTS, check_keys, help_text, parse_cli
-from yolo_advamd.offline import check_local_weights
+from yolo_advamd.cfg import (
+    ADVAMD_DEFAULTS,
+    ADVAMD_NOTES,
+    check_keys,
+    help_text,
+    parse_cli,
+)
+from yolo_advamd.checkpoint import check_local_weights
 
 DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tune from it (FGSM, the paper's settings)
     "baseline": {"model": "yolov8n.yaml", "epochs": 8, "method": "vanilla"},
@@ -23,6 +29,7 @@ DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tun
         "project": "advamd-demo",  # runs/detect/advamd-demo
         "exist_ok": True,
     },
+    "val_eps": 0.01,  # the FGSM budget the fine-tune trained with, for the closing table
 }
 
 
@@ -40,6 +47,28 @@ VAL_KEYS = {
     "device": None,
 }
 EXPORT_KEYS = {"model": None, "format": "onnx (engine, torchscript, openvino, pt: stock checkpoint, state_dict)"}
+ATTACK_KEYS = {  # attack.py: the arguments of yolo_advamd.attack() with the CLI's defaults
+    "model": None,
+    "source": None,
+    "method": "pgd",
+    "eps": "8/255",
+    "steps": None,
+    "step_size": None,
+    "norm": "inf",
+    "random_start": None,
+    "objective": "loss",
+    "data": None,
+    "split": "val",
+    "conf": 0.25,
+    "iou": 0.7,
+    "imgsz": None,
+    "device": None,
+    "seed": 0,
+    "save": True,
+    "project": None,
+    "name": None,
+    "exist_ok": False,
+}
 
 
 def use_all_cores() -> None:
@@ -66,20 +95,27 @@ def train(overrides: dict):
 
 
 def demo():
-    """Run the embedded demo: a vanilla baseline, an AdvAmd fine-tune from its best.pt, and their benign mAP."""
+    """Run the embedded demo: a vanilla baseline, an AdvAmd fine-tune from its best.pt, and both on benign and FGSM val.
+
+    The last step is `val_advamd.py model=<advamd best.pt> baseline=<baseline best.pt> attacks=fgsm eps=0.01`: the table
+    shows what the fine-tune costs on benign images and what it buys under attack.
+    """
+    from yolo_advamd.validate import validate_advamd
+
     base = train({**DEMO["shared"], **DEMO["baseline"], "name": "baseline"})
     amended = train({**DEMO["shared"], **DEMO["advamd"], "model": str(base.best), "name": "advamd"})
-    rows = [("baseline (vanilla)", base), ("AdvAmd fine-tune", amended)]
-    print("\nbenign val mAP50-95 / mAP50 (main BN):")
-    for name, t in rows:
-        m = t.metrics or {}
-        print(f"  {name:20s} {m.get('metrics/mAP50-95(B)', 0):.4f} / {m.get('metrics/mAP50(B)', 0):.4f}  {t.save_dir}")
+    table = validate_advamd(str(amended.best), DEMO["shared"]["data"], attacks="fgsm", eps=DEMO["val_eps"],
+                            baseline=str(base.best), imgsz=DEMO["shared"]["imgsz"], project=str(amended.save_dir.parent),
+                            name="val", exist_ok=True)  # fmt: skip
+    print(f"\nAdvAmd fine-tune vs its baseline, benign and FGSM ε={DEMO['val_eps']} val (main BN), mAP in %:\n")
+    print(table["markdown"])
+    print(f"Runs: {base.save_dir}, {amended.save_dir}, {table['save_dir']}")
     return amended
 
 
 def main_train(argv: list[str] | None = None) -> int:
     """`python train_advamd.py key=value ...`; no arguments runs the embedded demo."""
-    return run(argv, "train_advamd.py", "model=yolov8n.yaml data=data/digits-det.yaml hyp=hyps/advamd-fgsm.yaml eps=0.01 epochs=30", ADVAMD_DEFAULTS, lambda a: train(a) if a else demo())
+    return run(argv, "train_advamd.py", "model=yolov8n.yaml data=data/digits-det.yaml hyp=hyps/advamd-fgsm.yaml eps=0.01 epochs=30", ADVAMD_DEFAULTS, lambda a: train(a) if a else demo(), notes=ADVAMD_NOTES, methods=True)
 
 
 def main_val(argv: list[str] | None = None) -> int:
@@ -120,12 +156,33 @@ def main_export(argv: list[str] | None = None) -> int:
     return run(argv, "export.py", "model=amended.pt format=onnx [imgsz=640 half=False ...]", EXPORT_KEYS, job)
 
 
-def run(argv, program: str, usage: str, keys: dict, job, ultralytics_keys: bool = True) -> int:
+def main_attack(argv: list[str] | None = None) -> int:
+    """`python attack.py model=best.pt source=images/ method=pgd eps=8/255 [data=... objective=vanish save=True]`."""
+
+    def job(args):
+        from yolo_advamd.attack_api import attack
+
+        check_keys(ATTACK_KEYS, args)
+        if not args.get("model"):
+            raise ValueError("model= is required: the detector to attack, e.g. model=runs/detect/train/weights/best.pt")
+        check_local_weights(args["model"])
+        args = {**ATTACK_KEYS, **args}
+        if args.get("source") is None and args.get("data") is None:
+            raise ValueError("source= is required: an image, a folder or a glob (or data= and split= for a dataset)")
+        results = attack(**args)
+        if results and results[0].files:
+            print(f"{len(results)} adversarial images in {results[0].files['adversarial'].parent}")
+
+    usage = "model=best.pt source=images/ method=pgd eps=8/255 [steps=10 objective=loss|cls|vanish data=... save=True]"
+    return run(argv, "attack.py", usage, ATTACK_KEYS, job, ultralytics_keys=False)
+
+
+def run(argv, program: str, usage: str, keys: dict, job, ultralytics_keys: bool = True, **help_kw) -> int:
     """Parse `key=value` arguments, print help or run `job(args)`, and turn bad input into a one-line error."""
     try:
         args = parse_cli(argv)
         if args.get("help"):
-            print(help_text(program, usage, keys, ultralytics_keys))
+            print(help_text(program, usage, keys, ultralytics_keys, **help_kw))
             return 0
         use_all_cores()
         job(args)

@@ -35,9 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yolo_advamd.nn.dual_bn import strip_aux_bn
+from yolo_advamd.checkpoint import check_local_weights, strip_advamd
 
-ADVAMD_ATTRIBUTES = ("advamd_state",)  # set on the model (and its EMA) by AdvAmdTrainer.save_advamd_state
 STOCK_KEYS = (  # top-level keys of an Ultralytics checkpoint (BaseTrainer.save_model, strip_optimizer)
     "date",
     "version",
@@ -58,26 +57,6 @@ STOCK_KEYS = (  # top-level keys of an Ultralytics checkpoint (BaseTrainer.save_
     "git",
 )
 OWN_FORMATS = ("pt", "state_dict")
-
-
-def strip_advamd(model: nn.Module) -> nn.Module:
-    """Remove the auxiliary BN and every AdvAmd attribute from `model`, in place: a plain Ultralytics model remains.
-
-    Args:
-        model (nn.Module): An amended model (dual BN, `advamd_state`, AdvAmd loss criterion) or a stock one, which is
-            returned unchanged.
-
-    Returns:
-        (nn.Module): `model`, with plain BatchNorm layers holding the main BN's values, no AdvAmd attributes and no
-            criterion (it is rebuilt on demand by Ultralytics).
-    """
-    strip_aux_bn(model)
-    for m in model.modules():
-        for name in ADVAMD_ATTRIBUTES:
-            m.__dict__.pop(name, None)
-    if getattr(model, "criterion", None) is not None:
-        model.criterion = None  # a ViewLoss wrapper would pickle a yolo_advamd class
-    return model
 
 
 def stock_checkpoint(ckpt: dict) -> dict:
@@ -162,7 +141,7 @@ def save_stock(ckpt: dict, file: str | Path) -> Path:
         file.unlink()
         raise RuntimeError(
             f"the stock checkpoint {file} would still refer to {ours}: an AdvAmd object is attached to the model "
-            f"and strip_advamd does not know it; add its attribute name to yolo_advamd.export.ADVAMD_ATTRIBUTES"
+            f"and strip_advamd does not know it; add its attribute name to yolo_advamd.checkpoint.ADVAMD_ATTRIBUTES"
         )
     return file
 
@@ -238,11 +217,7 @@ def export_model(model: str | Path, format: str = "onnx", **overrides) -> str:
     from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
 
-    path = Path(model)
-    if not path.is_file() or path.suffix != ".pt":
-        raise FileNotFoundError(
-            f"model={model} is not a .pt checkpoint on disk: pass one, e.g. model=runs/advamd/train/weights/best.pt"
-        )
+    path = check_local_weights(model, "pass the one to export, e.g. model=runs/detect/train/weights/best.pt")
     fmt = str(format).lower()
     if fmt in OWN_FORMATS:
         if overrides:

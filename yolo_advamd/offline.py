@@ -43,20 +43,3 @@ def place_font():
             tmp.replace(target)  # atomic: a concurrent process never sees half a font
     return USER_CONFIG_DIR
 
-
-def check_local_weights(model):
-    """Fail at once, with the fix, when a `.pt` checkpoint is named that is not on disk (nothing is downloaded).
-
-    Args:
-        model (str | Path): The `model=` argument: a YAML (built from scratch) or a checkpoint path.
-
-    Raises:
-        FileNotFoundError: If `model` names a checkpoint that does not exist locally.
-    """
-    model = str(model)
-    if model.endswith((".pt", ".pth")) and not Path(model).is_file():
-        raise FileNotFoundError(
-            f"model={model} is not on disk and yolo-advamd never downloads weights (it runs offline). "
-            f"Copy the checkpoint to this path, pass an existing path (model=path/to/best.pt), "
-            f"or train from scratch with a YAML (model=yolov8n.yaml)."
-        )

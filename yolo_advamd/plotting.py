@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import cv2
 import torch
-
 from ultralytics.utils.plotting import plot_images
 
 

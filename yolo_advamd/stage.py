@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
-import copy
 from functools import partial
 from typing import Callable
 
 import torch
 from torch import nn
-
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.fgsm import FGSM
-from yolo_advamd.attacks.objectives import ATTACK_TERMS, DetectionObjective, attack_detector
+from yolo_advamd.attacks.objectives import (
+    ATTACK_TERMS,
+    DetectionObjective,
+    attack_detector,
+)
 from yolo_advamd.cfg import DEFAULT_PHI
+from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.vulnerability import Vulnerability
 
-__all__ = ("DEFAULT_PHI", "AttackStage", "freeze_target", "preprocess")
+__all__ = ("DEFAULT_PHI", "AttackStage", "preprocess")
 ATTACK_MODELS = ("target", "current")
-
-
-def freeze_target(model: nn.Module) -> nn.Module:
-    """Return a frozen copy of `model`: the paper's target model M_T.
-
-    The copy is unwrapped from DDP / torch.compile, deep-copied, cast to float32, put in eval mode and has
-    `requires_grad=False` on every parameter; `model` itself is not changed.
-
-    Args:
-        model (nn.Module): The starting detector (e.g. a `DetectionModel` with `args` set for its criterion).
-
-    Returns:
-        (nn.Module): The frozen copy, on the same device as `model`.
-    """
-    target = copy.deepcopy(unwrap_model(model)).float().eval()
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return target
 
 
 class AttackStage:

@@ -6,7 +6,6 @@ from copy import deepcopy
 
 import torch
 from torch import distributed as dist
-
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, TQDM
@@ -14,12 +13,18 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.cfg import ADVAMD_KEYS, advamd_defaults, check_advamd_cfg, merge_cfg
+from yolo_advamd.checkpoint import check_local_weights, freeze_target
 from yolo_advamd.data import resolve_dataset
-from yolo_advamd.loss import ViewGuard, train_views, wrap_criterion
-from yolo_advamd.nn.dual_bn import convert_dual_bn, dual_bn_overhead, has_dual_bn, strip_aux_bn
-from yolo_advamd.offline import check_local_weights
+from yolo_advamd.loss import wrap_criterion
+from yolo_advamd.nn.dual_bn import (
+    convert_dual_bn,
+    dual_bn_overhead,
+    has_dual_bn,
+    strip_aux_bn,
+)
 from yolo_advamd.plotting import plot_views, tensorboard_writer
-from yolo_advamd.stage import AttackStage, freeze_target
+from yolo_advamd.stage import AttackStage
+from yolo_advamd.step import ViewGuard, advamd_step
 from yolo_advamd.vulnerability import Vulnerability
 
 
@@ -31,7 +36,7 @@ class AdvAmdTrainer(DetectionTrainer):
     each forward and backward in turn; Ultralytics' loop then trains the benign view and steps the optimizer, so its
     optimizer, scheduler, EMA, AMP, warmup, early stopping and checkpoints stay as they are. With FGSM on the current
     model, the benign view runs first and hands FGSM its input gradient, and the loop trains the last view instead
-    (`loss.train_views`). `method=vanilla` is exactly `DetectionTrainer`. Ā is calibrated before the first epoch and
+    (`step.advamd_step`). `method=vanilla` is exactly `DetectionTrainer`. Ā is calibrated before the first epoch and
     refreshed by callbacks; Ā, the flip counts and the frozen target's weights ride in the checkpoint as the model
     attribute `advamd_state`.
 
@@ -68,12 +73,6 @@ class AdvAmdTrainer(DetectionTrainer):
         if self.args.attack_model == "auto":
             self.args.attack_model = "target" if str(self.args.model).endswith(".pt") else "current"
         self.amend = self.args.method != "vanilla"
-        if self.amend and self.args.aux_bn and self.args.compile and self.world_size > 1:
-            raise ValueError(
-                "compile=True with DDP and aux_bn=True is not supported: Ultralytics then builds DDP with "
-                "find_unused_parameters=False, and each view leaves the main or the auxiliary BN unused. "
-                "Use compile=False for multi-GPU AdvAmd training."
-            )
         self.stage = self.vulnerability = self.abar = self.resume_state = self.guard = self.target = None
         if self.amend:
             self.add_callback("on_train_start", AdvAmdTrainer.setup_advamd)
@@ -184,8 +183,8 @@ class AdvAmdTrainer(DetectionTrainer):
         figure = self.vulnerability.figure(self.data["names"])
         if self.args.plots:
             figure.savefig(self.save_dir / "vulnerability.png", dpi=100)
-        if writer := tensorboard_writer():
-            writer.add_figure("advamd/vulnerability", figure, self.epoch + 1)
+        if writer := tensorboard_writer():  # calibration runs before the first epoch, where Ultralytics has no self.epoch
+            writer.add_figure("advamd/vulnerability", figure, self.epoch + 1 if hasattr(self, "epoch") else self.start_epoch)
 
     def save_advamd_state(self):
         """Attach Ā, the flip counts and the target's weights to the model and its EMA, so checkpoints carry them."""
@@ -210,7 +209,7 @@ class AdvAmdTrainer(DetectionTrainer):
         self.refresh_batches += self.stage.collect_stats
         world = self.world_size if RANK != -1 else 1
         teacher = self.target if a.method == "udfa" else None
-        return train_views(
+        return advamd_step(
             self.model, module, batch, self.stage, a, self.abar, lambda loss: self.scaler.scale(loss * world).backward(),
             teacher=teacher,
         )

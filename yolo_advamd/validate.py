@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import os
-from copy import deepcopy
 from pathlib import Path
 
 import cv2
@@ -33,17 +32,22 @@ import yaml
 from torch import nn
 from ultralytics.cfg import check_dict_alignment, get_save_dir
 from ultralytics.models.yolo.detect import DetectionValidator
-from ultralytics.nn.tasks import load_checkpoint
-from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS, LOGGER, IterableSimpleNamespace, colorstr
+from ultralytics.utils import (
+    DEFAULT_CFG_DICT,
+    LOGGER,
+    IterableSimpleNamespace,
+    colorstr,
+)
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import attack_detector
-from yolo_advamd.cfg import ATTACKS, DEFAULT_STEPS
+from yolo_advamd.attacks.settings import attack_settings, parse_eps
+from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model
 from yolo_advamd.data import resolve_dataset
-from yolo_advamd.export import strip_advamd
 
 BENIGN = "benign"
+WHITE_BOX = "adversarial validation needs the model's gradients (exported formats such as ONNX cannot be attacked)"
 COCO_STATS = (  # the 12 numbers of pycocotools' COCOeval.summarize(), in order
     "AP50-95", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
     "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
@@ -266,53 +270,13 @@ def coco_evaluate(gt, preds: list, img_ids: list) -> list[float]:
     return [float(s) for s in evaluator.stats]  # -1: no ground truth in that area range (pycocotools convention)
 
 
-def load_detector(model: str | Path | nn.Module) -> tuple[nn.Module, str, dict]:
-    """Load a `.pt` checkpoint (amended or stock) as a plain fp32 eval-mode model: main BN only, no AdvAmd state.
-
-    Args:
-        model (str | Path | nn.Module): A checkpoint path or a detection model (copied, not changed).
-
-    Returns:
-        (tuple): The model, its label for tables, and its training settings (Ultralytics keys only).
-    """
-    if isinstance(model, nn.Module):
-        net, label = deepcopy(model), type(model).__name__
-    else:
-        net, _ = load_checkpoint(check_checkpoint(model))
-        label = str(model)
-    args = getattr(net, "args", None) or {}  # a model built from a YAML has none
-    args = args if isinstance(args, dict) else vars(args)
-    return strip_advamd(net).float().eval(), label, {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS}
-
-
-def check_checkpoint(model: str | Path) -> Path:
-    """Return `model` as a Path if it is a `.pt` file on disk, else raise FileNotFoundError saying what to pass."""
-    path = Path(model)
-    if path.suffix != ".pt" or not path.is_file():
-        raise FileNotFoundError(
-            f"model={model} is not a PyTorch .pt checkpoint on disk: adversarial validation needs the model's "
-            "gradients, so pass the .pt file (exported formats such as ONNX cannot be attacked white-box)"
-        )
-    return path
-
-
-def attack_copy(model: nn.Module, train_args: dict, device: torch.device) -> nn.Module:
-    """Return the model the attacks differentiate: an fp32, eval-mode copy with frozen weights and a cfg namespace."""
-    net = deepcopy(model).float().eval().to(device)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    net.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **train_args})  # box, cls, dfl gains of its training
-    net.criterion = None
-    return net
-
-
 def as_list(value, cast, key: str) -> list:
     """Parse a CLI list (`"fgsm,pgd"`, `"0.01,0.1"`, a number, a list or tuple) into a list of `cast` values."""
     items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
     try:
         return [cast(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
     except ValueError as e:
-        raise ValueError(f"{key}={value!r} is not a comma-separated list, e.g. {key}=0.01,0.1") from e
+        raise ValueError(f"{key}={value!r} is not a comma-separated list, e.g. {key}=0.01,8/255 ({e})") from e
 
 
 def column_name(attack: str, eps: float) -> str:
@@ -354,7 +318,8 @@ def validate_advamd(
         data (str): Data YAML, e.g. `data/coco.yaml`, or `data/digits-det.yaml` (built on first use).
         attacks (str | list[str]): Attack names (`fgsm`, `pgd`, `deepfool`), comma-separated or a list; empty for
             benign validation only.
-        eps (str | float | list[float]): L-inf (or L2) budgets on images scaled to [0, 1], each in (0, 1].
+        eps (str | float | list[float]): L-inf (or L2) budgets on images scaled to [0, 1], comma-separated or a list,
+            each a number or a fraction such as 8/255, in (0, 1] for L-inf.
         baseline (str | Path | nn.Module | None): A second model evaluated the same way; the table adds its row and
             the Δ (model − baseline).
         attack_model (str | Path | nn.Module | None): Transfer setting: attack this model instead of each evaluated one.
@@ -368,7 +333,8 @@ def validate_advamd(
         name (str | None): Run name, `exp` when None, incremented (`exp2`, ...) unless `exist_ok`.
         exist_ok (bool): Reuse an existing run directory.
         norm (str | int): Attack norm, `inf` or 2.
-        steps (int | None): Iterations of pgd and deepfool (10 and 50 when None); fgsm is always one step of ε.
+        steps (int | None): Iterations of pgd and deepfool (`DEFAULT_STEPS`: 10 and 5 when None); fgsm is always one
+            step of ε.
         step_size (float | None): Per-step size of pgd and deepfool; the attack's default when None.
         random_start (bool | None): Start from a random point of the ε-ball; True for pgd only when None.
         attack_terms (str): The attacked part of the detection loss: `all` (box + cls + dfl), `cls`, `box` (box + dfl)
@@ -382,19 +348,15 @@ def validate_advamd(
             baseline), `settings`, `save_dir`, and the rendered `markdown` table.
     """
     attacks = [a.lower() for a in as_list(attacks or [], str, "attacks") if a.lower() != "none"]
-    eps = as_list(eps, float, "eps")
-    for a in attacks:
-        if a not in ATTACKS:
-            raise ValueError(f"attacks={a} is not an attack: choose among {', '.join(ATTACKS)}, e.g. attacks=fgsm,pgd")
-    for e in eps:
-        if not 0 < e <= 1:
-            raise ValueError(f"eps={e} is outside (0, 1]: eps is a budget on images scaled to [0, 1], e.g. eps=0.01")
+    eps = as_list(eps, parse_eps, "eps")
     if attacks and not eps:
         raise ValueError("eps is empty: give at least one budget for the attacks, e.g. eps=0.01,0.1")
+    attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start, "seed": seed}
+    build_attacks(attacks, eps, **attack_kwargs)  # every setting checked before any work
     check_dict_alignment(DEFAULT_CFG_DICT, overrides)  # Ultralytics' own check: SyntaxError with suggestions
-    for m in (model, baseline, attack_model):
+    for key, m in (("model", model), ("baseline", baseline), ("attack_model", attack_model)):
         if m is not None and not isinstance(m, nn.Module):
-            check_checkpoint(m)
+            check_local_weights(m, WHITE_BOX, key)
     data = resolve_dataset(data)
     save_dir = get_save_dir(
         IterableSimpleNamespace(project=project, name=name or "exp", task="advamd_val", mode="val", exist_ok=exist_ok)
@@ -403,9 +365,8 @@ def validate_advamd(
     dev = select_device(device, batch, verbose=False)
     transfer = None
     if attack_model is not None:
-        net, label, train_args = load_detector(attack_model)
+        net, label, train_args = load_model(attack_model, WHITE_BOX, "attack_model")
         transfer = (attack_copy(net, train_args, dev), f"{label} (transfer)")
-    attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start, "seed": seed}
     settings = {"data": str(data), "attacks": attacks, "eps": eps, **attack_kwargs, "attack_terms": attack_terms,
                 "attack_model": transfer and transfer[1], "batch": batch, "imgsz": imgsz, **overrides}  # fmt: skip
     val_args = {**overrides, "data": data, "imgsz": imgsz, "batch": batch, "device": device, "save_json": save_json,
@@ -414,7 +375,7 @@ def validate_advamd(
     for role, target in (("model", model), ("baseline", baseline)):
         if target is None:
             continue
-        net, label, train_args = load_detector(target)
+        net, label, train_args = load_model(target, WHITE_BOX, role)
         victim, attacked_by = transfer or (attack_copy(net, train_args, dev), f"{label} (white-box)")
         row = {"name": label, "role": role, "attacked_by": attacked_by, "stats": {}}
         runs = {BENIGN: None, **build_attacks(attacks, eps, **attack_kwargs)}  # fresh attacks: same seeds per row
@@ -447,16 +408,16 @@ def validate_advamd(
 
 
 def build_attacks(attacks: list[str], eps: list[float], norm, steps, step_size, random_start, seed) -> dict:
-    """Return a fresh attack per attack × ε, keyed by table column, with yolo_advamd.cfg's per-attack defaults.
+    """Return a fresh attack per attack × ε, keyed by table column, resolved by `attack_settings` (its defaults).
 
     FGSM is one step of size ε: `steps` and `step_size` apply to the iterative attacks (PGD, DeepFool) only.
     """
     out = {}
     for a in attacks:
-        iterative = {"steps": steps or DEFAULT_STEPS[a], "step_size": step_size} if a != "fgsm" else {}
+        iterative = {"steps": steps, "step_size": step_size} if a != "fgsm" else {}
         for e in eps:
-            start = a == "pgd" if random_start is None else random_start
-            out[column_name(a, e)] = build_attack(a, eps=e, norm=norm, random_start=start, seed=seed, **iterative)
+            settings = attack_settings(a, e, norm, random_start=random_start, key="attacks", **iterative)
+            out[column_name(a, e)] = build_attack(settings.pop("attack"), **settings, seed=seed)
     return out
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-NORMS = ("inf", 2)
-
-
-def _is_number(x) -> bool:
-    """Return True for a real number (int or float), False for bools and anything else."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+from yolo_advamd.attacks.settings import (
+    check_eps,
+    check_norm,
+    check_step_size,
+    check_steps,
+)
 
 
 @dataclass
@@ -72,7 +71,8 @@ class Attack:
         """Check and store the settings.
 
         Args:
-            eps (float): Budget > 0 on images scaled to [0, 1] (the paper: 0.01, 0.1); at most the clip range for inf.
+            eps (float | str): Budget > 0 on images scaled to [0, 1] (the paper: 0.01, 0.1), a number or a fraction
+                string such as "8/255"; at most the clip range for inf.
             norm (str | int): "inf" (the paper's choice) or 2; "linf", "l2", "2" and math.inf are accepted too.
             steps (int): Number of steps >= 1.
             step_size (float | None): Step size > 0, or None for the attack's default.
@@ -81,40 +81,20 @@ class Attack:
             clip (tuple[float, float]): Valid image range (lo, hi).
             return_iterates (bool): Return each step's adversarial images.
         """
-        self.norm = self._check_norm(norm)
+        self.norm = check_norm(norm)
         lo, hi = (float(c) for c in clip)
         if not lo < hi:
             raise ValueError(f"clip={clip} is not a range: give (lo, hi) with lo < hi, e.g. clip=(0.0, 1.0)")
-        top = hi - lo if self.norm == "inf" else math.inf  # an L-inf budget beyond the range means no budget
-        if not _is_number(eps) or not 0 < eps <= top:
-            raise ValueError(
-                f"eps={eps} is outside (0, {top:g}]: eps is an L-{self.norm} budget on images scaled to "
-                f"[{lo:g}, {hi:g}], e.g. eps=0.01"
-            )
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps={steps} must be a whole number >= 1, e.g. steps=10")
-        if step_size is not None and (not _is_number(step_size) or step_size <= 0):
-            raise ValueError(f"step_size={step_size} must be > 0, or None for the attack's default")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed={seed} must be a whole number or None")
-        self.eps = float(eps)
-        self.steps = steps
-        self.step_size = None if step_size is None else float(step_size)
+        self.eps = check_eps(eps, self.norm, (lo, hi))  # an L-inf budget beyond the range means no budget
+        self.steps = check_steps(steps)
+        self.step_size = check_step_size(step_size)
         self.random_start = bool(random_start)
         self.seed = seed
         self.clip = (lo, hi)
         self.return_iterates = return_iterates
         self._generators = {}  # per device, seeded once: a fixed seed gives a reproducible sequence of starts
-
-    @staticmethod
-    def _check_norm(norm: str | int | float) -> str | int:
-        """Return "inf" or 2 for the accepted spellings of the L-inf and L2 norms."""
-        key = str(norm).lower()
-        if key in {"inf", "linf", "l_inf"}:
-            return "inf"
-        if key in {"2", "2.0", "l2"}:
-            return 2
-        raise ValueError(f"norm={norm!r} is not valid: choose 'inf' (the paper's L-inf) or 2 (L2)")
 
     def __repr__(self) -> str:
         """Return the attack's name and settings."""

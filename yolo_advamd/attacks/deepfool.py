@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_advamd.attacks.base import Attack, AttackResult
+from yolo_advamd.attacks.settings import DEFAULT_STEPS, is_number
 
 
 class DeepFool(Attack):
@@ -39,7 +40,7 @@ class DeepFool(Attack):
         self,
         eps: float,
         norm: str | int = "inf",
-        steps: int = 50,
+        steps: int = DEFAULT_STEPS["deepfool"],
         step_size: float | None = None,
         random_start: bool = False,
         overshoot: float = 0.02,
@@ -59,10 +60,13 @@ class DeepFool(Attack):
             **kwargs (Any): `seed`, `clip`, `return_iterates`.
         """
         if step_size is not None:
-            raise ValueError(f"step_size={step_size}: DeepFool computes its own steps, leave step_size=None")
+            raise ValueError(f"step_size={step_size}: attack=deepfool chooses its own steps, leave step_size empty")
         if random_start:
-            raise ValueError("random_start=True: DeepFool starts at the clean images, use random_start=False")
-        if not isinstance(overshoot, (int, float)) or isinstance(overshoot, bool) or overshoot < 0:
+            raise ValueError(
+                "random_start=True: DeepFool starts at the clean images (attack=deepfool chooses its own steps), "
+                "leave random_start empty"
+            )
+        if not is_number(overshoot) or overshoot < 0:
             raise ValueError(f"overshoot={overshoot} must be a number >= 0, e.g. overshoot=0.02")
         if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 2:
             raise ValueError(f"candidates={candidates} must be a whole number >= 2 (the true class and one other)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from yolo_advamd.attacks.base import Attack, AttackResult
+from yolo_advamd.attacks.settings import check_step_size, check_steps, parse_eps
 
 
 class FGSM(Attack):
@@ -21,9 +22,9 @@ class FGSM(Attack):
 
     def __init__(self, eps: float, norm: str | int = "inf", steps: int = 1, step_size: float | None = None, **kwargs):
         """Check the settings: FGSM is a single step of size eps (see `Attack` for the arguments)."""
-        if steps != 1:
-            raise ValueError(f"steps={steps}: FGSM is a single step, use steps=1 or attack=pgd for iterations")
-        if step_size is not None and step_size != eps:
+        if check_steps(steps) != 1:
+            raise ValueError(f"steps={steps} does not fit attack=fgsm (a single step): use steps=1, or attack=pgd for more")
+        if check_step_size(step_size) is not None and step_size != parse_eps(eps):
             raise ValueError(f"step_size={step_size}: FGSM steps by eps={eps}, leave step_size=None or use attack=pgd")
         super().__init__(eps, norm, steps=1, **kwargs)
 

@@ -13,12 +13,10 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
 
 from yolo_advamd.attacks.base import AttackResult
-
-from yolo_advamd.loss import ViewLoss
+from yolo_advamd.images import letterbox
 
 TERMS = {"all": "box + cls + dfl", "cls": "the classification term", "box": "the localization terms, box + dfl"}
 ATTACK_TERMS = (*TERMS, "max")  # max: the cls and the box attack, per image the one with the larger detection loss
@@ -144,7 +142,7 @@ class DetectionObjective(Objective):
             raise ValueError("batch['batch_idx'] is not sorted: order objects by image as Ultralytics' collate_fn does")
         if getattr(model, "criterion", None) is None:
             model.criterion = model.init_criterion()  # as DetectionModel.loss does
-        criterion = model.criterion.criterion if isinstance(model.criterion, ViewLoss) else model.criterion
+        criterion = getattr(model.criterion, "criterion", model.criterion)  # a trainer's wrapper holds the criterion
         if isinstance(criterion, E2ELoss):
             self.branches = (
                 ("one2many", criterion.one2many, criterion.o2m),
@@ -261,6 +259,60 @@ class _AssignOnce:
             self.result = self.assigner(*args, **kwargs)
         return self.result
 
+
+class LetterboxObjective(Objective):
+    """An objective on the model's letterboxed input, seen as a function of the original image's pixels.
+
+    `loss(x) = objective.loss(letterbox(x))` with the differentiable `letterbox`, so an attack on x perturbs the
+    original pixels and its gradient flows through the resize and the padding.
+
+    Attributes:
+        objective (DetectionObjective | VanishObjective): The objective at the model's input.
+        params (dict): `LetterBox.get_params` geometry of the image (`new_unpad`, `top`, `bottom`, `left`, `right`).
+    """
+
+    def __init__(self, objective, params: dict):
+        """Wrap `objective` (built on the letterboxed clean image) for images of the original size."""
+        self.objective, self.params = objective, params
+        self.labels, self.batch_idx = objective.labels, objective.batch_idx
+
+    def frozen(self):
+        """Return the wrapped objective's side-effect-free context."""
+        return self.objective.frozen()
+
+    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the objective's loss and per-object logits at the letterboxed `images`."""
+        return self.objective.loss_and_logits(letterbox(images, self.params))
+
+
+class VanishObjective(Objective):
+    """Suppress every detection: minus the sum of the `topk` highest anchor scores (max class sigmoid per anchor).
+
+    The attack maximizes it, pushing down the anchors that NMS would keep first, until none passes `conf`. It needs
+    no targets; end-to-end heads (e.g. yolo26) count both branches. DeepFool has no class to flip here.
+
+    Attributes:
+        model (nn.Module): The attacked detector (fp32, any mode).
+        topk (int): Number of anchors per image whose scores are pushed down (Ultralytics' `max_det` by default).
+        labels (torch.Tensor): Empty: there are no objects to flip.
+        batch_idx (torch.Tensor): Empty.
+    """
+
+    def __init__(self, model: nn.Module, topk: int = 300):
+        """Bind `model` and the number of anchors per image to suppress."""
+        self.model, self.topk = model, topk
+        device = next(model.parameters()).device
+        self.labels = self.batch_idx = torch.zeros(0, dtype=torch.long, device=device)
+
+    def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return minus the sum of the top anchor scores and empty (0, nc) per-object logits from one forward pass."""
+        preds = self.model(images)
+        preds = preds[1] if isinstance(preds, tuple) else preds  # eval mode: (decoded, raw dict)
+        loss = 0.0
+        for p in [preds[k] for k in ("one2many", "one2one") if k in preds] or [preds]:
+            scores = p["scores"].float().sigmoid().amax(1)  # (B, anchors)
+            loss = loss - scores.topk(min(self.topk, scores.shape[1]), dim=1).values.sum()
+        return loss, scores.new_zeros(0, p["scores"].shape[1])
 
 class ClassifierObjective(Objective):
     """The cross-entropy of an image classifier on true labels: the same interface as `DetectionObjective`.

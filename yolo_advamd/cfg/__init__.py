@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from pathlib import Path
-
 from difflib import get_close_matches
+from pathlib import Path
 
 from ultralytics.cfg import merge_equals_args, parse_key_value_pair
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML
 
-ADVAMD_DEFAULTS = YAML.load(Path(__file__).with_name("default.yaml"))
+from yolo_advamd.attacks.settings import attack_settings, is_number
+
+DEFAULT_YAML = Path(__file__).with_name("default.yaml")
+ADVAMD_DEFAULTS = YAML.load(DEFAULT_YAML)
 ADVAMD_KEYS = frozenset(ADVAMD_DEFAULTS)
-METHODS = ("advamd", "advtrain", "detadvprop", "udfa", "vanilla")
-ATTACKS = ("fgsm", "pgd", "deepfool")
+ADVAMD_NOTES = {  # key -> its comment in default.yaml, for `help`
+    line.split(":", 1)[0]: line.split(" # ", 1)[1].strip()
+    for line in DEFAULT_YAML.read_text().splitlines()
+    if line[:1].isalpha() and " # " in line
+}
+METHODS = {  # name -> what it trains, its paper, its hyp file
+    "advamd": "benign + mediate views (main BN) + adversarial view (auxiliary BN, classification loss weighted by "
+    "A-bar); Yu, Chen and Gan, IJCAI 2023; hyps/advamd-fgsm.yaml, -pgd, -deepfool",
+    "advtrain": "benign + adversarial views, shared BN, unweighted loss: the paper's Adv-Train baseline; hyps/advtrain.yaml",
+    "detadvprop": "benign view + the stronger of a classification and a localization attack per image (current model), "
+    "through the auxiliary BN; Chen et al., CVPR 2021; hyps/detadvprop.yaml",
+    "udfa": "benign detection loss + the adversarial neck features (current model) aligned with the frozen starting "
+    "checkpoint's on the clean images; Xu et al., ICIP 2022; hyps/udfa.yaml (model= must be a .pt)",
+    "vanilla": "stock Ultralytics training, bit for bit (the control)",
+}
 DEFAULT_PHI = {"fgsm": 0.7, "deepfool": 0.6, "pgd": 0.5}  # the paper, section 5.3
-DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 5}  # DeepFool: each step costs ~(candidates-1) backwards
 CHOICES = {
-    "method": METHODS,
-    "attack": ATTACKS,
-    "norm": ("inf", 2),
+    "method": tuple(METHODS),
     "attack_terms": ("all", "cls", "box", "max"),
     "attack_model": ("auto", "target", "current"),
     "abar_update": ("none", "epoch"),
@@ -69,6 +81,9 @@ def advamd_defaults(method: str | None = None) -> dict:
 def check_advamd_cfg(cfg: dict) -> dict:
     """Validate AdvAmd settings before any work and fill the per-attack defaults (steps, phi, random_start).
 
+    The attack's own settings (eps, also as a fraction such as 8/255, norm, steps, step size, random start) are
+    resolved by `yolo_advamd.attacks.settings.attack_settings`, as in validation and the attack API.
+
     Args:
         cfg (dict): Settings holding at least every AdvAmd key (other keys are ignored).
 
@@ -78,39 +93,22 @@ def check_advamd_cfg(cfg: dict) -> dict:
     Raises:
         ValueError: Naming the key, the value and the valid range, for the first bad setting.
     """
-    for key in ("method", "attack", "attack_terms", "attack_model", "abar_update", "abar_norm", "abar_scope"):
+    for key in ("method", "attack_terms", "attack_model", "abar_update", "abar_norm", "abar_scope"):
         cfg[key] = str(cfg[key]).lower()
-    cfg["norm"] = "inf" if str(cfg["norm"]).lower() in {"inf", "linf"} else cfg["norm"]
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:
             raise ValueError(f"{key}={cfg[key]} is not valid: choose one of {', '.join(map(str, choices))}")
-    eps = cfg["eps"]
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps <= 1:
-        raise ValueError(
-            f"eps={eps} is outside (0, 1]: eps is an L-{cfg['norm']} budget on images scaled to [0, 1], e.g. eps=0.01"
-        )
-    attack = cfg["attack"]
-    if cfg["steps"] is None:
-        cfg["steps"] = DEFAULT_STEPS[attack]
-    if not isinstance(cfg["steps"], int) or isinstance(cfg["steps"], bool) or cfg["steps"] < 1:
-        raise ValueError(f"steps={cfg['steps']} must be a whole number >= 1, e.g. steps=10")
-    if attack == "fgsm" and cfg["steps"] != 1:
-        raise ValueError(f"steps={cfg['steps']} does not fit attack=fgsm (a single step): use attack=pgd for more steps")
-    if attack == "deepfool" and (cfg["step_size"] is not None or cfg["random_start"]):
-        raise ValueError("attack=deepfool chooses its own steps: leave step_size and random_start empty")
-    if cfg["step_size"] is not None and not (isinstance(cfg["step_size"], (int, float)) and cfg["step_size"] > 0):
-        raise ValueError(f"step_size={cfg['step_size']} must be > 0, or empty for the attack's default")
+    attack = {k: cfg[k] for k in ("attack", "eps", "norm", "steps", "step_size", "random_start")}
+    cfg.update(attack_settings(**attack))  # eps parsed (8/255 too) and checked, per-attack steps and random start
     if cfg["phi"] is None:
-        cfg["phi"] = DEFAULT_PHI[attack]
-    if not isinstance(cfg["phi"], (int, float)) or not 0 < cfg["phi"] < 1:
+        cfg["phi"] = DEFAULT_PHI[cfg["attack"]]
+    if not is_number(cfg["phi"]) or not 0 < cfg["phi"] < 1:
         raise ValueError(f"phi={cfg['phi']} is outside (0, 1): the mediate sample is x + phi * delta, e.g. phi=0.5")
-    if cfg["random_start"] is None:
-        cfg["random_start"] = attack == "pgd"
     for key in ("beta1", "beta2", "beta3"):
         beta = cfg[key]
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
+        if not is_number(beta) or not beta >= 0:
             raise ValueError(f"{key}={beta} must be a number >= 0 (the paper uses 1.0)")
-    for key in (*SWITCHES, "random_start"):
+    for key in SWITCHES:
         if not isinstance(cfg[key], bool):
             raise ValueError(f"{key}={cfg[key]} must be True or False")
     ab = cfg["abar_batches"]
@@ -118,6 +116,12 @@ def check_advamd_cfg(cfg: dict) -> dict:
         raise ValueError(f"abar_batches={ab} must be a whole number >= 1: A-bar is estimated from that many batches")
     if cfg["method"] == "advtrain":  # the paper's Adv-Train baseline is AdvAmd with every amendment off
         cfg.update(dict.fromkeys(SWITCHES, False))
+    if cfg.get("compile") and cfg["method"] != "vanilla" and (cfg["aux_bn"] or cfg["method"] == "udfa"):
+        raise ValueError(
+            "compile=True cannot route the adversarial view to the auxiliary BN (nor capture UDFA's features): "
+            "Ultralytics' compiled loop calls the model on a bare image tensor, so the view it trains cannot say which "
+            "it is. Use compile=False, or a method without them (aux_bn=False, e.g. method=advtrain)"
+        )
     for key, value in METHOD_DEFAULTS.get(cfg["method"], {}).get("fixed", {}).items():
         if cfg[key] != value:
             raise ValueError(
@@ -217,10 +221,18 @@ def parse_cli(argv: list[str] | None = None) -> dict:
     return out
 
 
-def help_text(program: str, usage: str, keys: dict, ultralytics_keys: bool = True) -> str:
-    """Help for a CLI: usage and its own keys with defaults, and whether Ultralytics' keys are accepted too."""
-    lines = [f"usage: python {program} {usage}", "", "keys (key=value, defaults shown):"]
-    lines += [f"  {k}={'' if v is None else v}" for k, v in keys.items()]
+def help_text(
+    program: str, usage: str, keys: dict, ultralytics_keys: bool = True, notes: dict | None = None, methods: bool = False
+) -> str:
+    """Help for a CLI: usage, its own keys with defaults (and `notes` on them), the training methods when asked, and
+    whether Ultralytics' keys are accepted too."""
+    lines = [f"usage: python {program} {usage}"]
+    if methods:
+        lines += ["", "methods (method=...):", *(f"  {k:10s} {v}" for k, v in METHODS.items())]
+    lines += ["", "keys (key=value, defaults shown):"]
+    for k, v in keys.items():
+        setting = f"{k}={'' if v is None else v}"
+        lines.append(f"  {setting:22s} # {notes[k]}" if notes and k in notes else f"  {setting}")
     if ultralytics_keys:
         lines += ["", "Every Ultralytics setting (ultralytics/cfg/default.yaml) is accepted as well, e.g. imgsz=320."]
     return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Attack settings, parsed and checked in one place: every entry point (training, validation, the attack API, the
+CLIs) resolves its attack through `attack_settings`, which fills the defaults and then builds the attack, whose class
+checks the rest with the functions below (so each rule has one home).
+
+Rules:
+    - `eps`: a number or a fraction string such as "8/255"; in (0, range] for the L-inf norm (range = 1 on images in
+      [0, 1]: a larger budget is no budget), any positive number for L2 (a per-image norm can exceed 1).
+    - `norm`: "inf" (also "linf", "l_inf") or 2 (also "2", "l2").
+    - `steps`: a whole number >= 1; default per attack (`DEFAULT_STEPS`); FGSM is exactly one step.
+    - `step_size`: a number > 0, or None for the attack's default; DeepFool computes its own.
+    - `random_start`: True for PGD, False otherwise, by default; DeepFool starts at the clean images.
+"""
+
+from __future__ import annotations
+
+import math
+
+ATTACK_NAMES = ("fgsm", "pgd", "deepfool")
+DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 5}  # a DeepFool step costs ~(candidates - 1) input backwards
+
+
+def is_number(x) -> bool:
+    """Return True for a real number (int or float), False for bools and anything else."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def parse_eps(value) -> float:
+    """Return a budget given as a number or as a decimal or fraction string ("0.03", "8/255"), as a float.
+
+    Raises:
+        ValueError: If `value` is neither, saying what was given and how to write it.
+    """
+    if is_number(value):
+        return float(value)
+    text = str(value).strip()
+    num, slash, den = text.partition("/")
+    try:
+        number = float(num) / float(den) if slash else float(text)
+    except ValueError:
+        raise ValueError(f"eps={value} is not a number: write a decimal (eps=0.03) or a fraction (eps=8/255)") from None
+    except ZeroDivisionError:
+        raise ValueError(f"eps={value} divides by zero: write a fraction such as eps=8/255") from None
+    if not math.isfinite(number):
+        raise ValueError(f"eps={value} is not finite: give a budget such as eps=0.01")
+    return number
+
+
+def check_norm(norm) -> str | int:
+    """Return "inf" or 2 for the accepted spellings of the L-inf and L2 norms."""
+    key = str(norm).lower()
+    if key in {"inf", "linf", "l_inf"}:
+        return "inf"
+    if key in {"2", "2.0", "l2"}:
+        return 2
+    raise ValueError(f"norm={norm!r} is not valid: choose 'inf' (the paper's L-inf) or 2 (L2)")
+
+
+def check_eps(eps, norm="inf", clip: tuple[float, float] = (0.0, 1.0)) -> float:
+    """Return `eps` as a float if it is a valid budget for `norm` on images in `clip`, else raise naming the range."""
+    value, norm = parse_eps(eps), check_norm(norm)
+    top = clip[1] - clip[0] if norm == "inf" else math.inf
+    if not 0 < value <= top:
+        raise ValueError(
+            f"eps={eps} is outside (0, {top:g}]: eps is an L-{norm} budget on images scaled to [{clip[0]:g}, "
+            f"{clip[1]:g}], e.g. eps=0.01 or eps=8/255"
+        )
+    return value
+
+
+def check_steps(steps) -> int:
+    """Return `steps` if it is a whole number >= 1, else raise."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps={steps} must be a whole number >= 1, e.g. steps=10")
+    return steps
+
+
+def check_step_size(step_size) -> float | None:
+    """Return `step_size` as a float (None stays None) if it is > 0, else raise."""
+    if step_size is None:
+        return None
+    if not is_number(step_size) or step_size <= 0:
+        raise ValueError(f"step_size={step_size} must be > 0, or empty for the attack's default")
+    return float(step_size)
+
+
+def attack_settings(
+    attack: str, eps, norm="inf", steps=None, step_size=None, random_start=None, key: str = "attack"
+) -> dict:
+    """Resolve and check one attack's settings: the one place where defaults and rules live (see the module docstring).
+
+    Args:
+        attack (str): "fgsm", "pgd" or "deepfool" (any case).
+        eps (float | str): Budget, a number or a fraction string such as "8/255".
+        norm (str | int): "inf" or 2.
+        steps (int | None): Iterations; None for the attack's default (`DEFAULT_STEPS`).
+        step_size (float | None): Per-step size; None for the attack's default.
+        random_start (bool | None): Start from a random point of the eps ball; None for the attack's default.
+        key (str): The name the caller gives the attack, for messages (`attack`, `attacks`, `method`).
+
+    Returns:
+        (dict): `attack`, `eps`, `norm`, `steps`, `step_size`, `random_start`, ready for `build_attack`.
+
+    Raises:
+        ValueError: For the first bad setting, naming it, its value and what would be right.
+    """
+    from yolo_advamd.attacks import build_attack
+
+    name = str(attack).lower()
+    if name not in ATTACK_NAMES:
+        raise ValueError(f"{key}={attack} is not an attack: choose one of {', '.join(ATTACK_NAMES)}, e.g. {key}=pgd")
+    if random_start is None:
+        random_start = name == "pgd"
+    if not isinstance(random_start, bool):
+        raise ValueError(f"random_start={random_start} must be True or False")
+    settings = {"eps": parse_eps(eps), "norm": check_norm(norm), "steps": DEFAULT_STEPS[name] if steps is None else steps,
+                "step_size": step_size, "random_start": random_start}  # fmt: skip
+    build_attack(name, **{**settings, "eps": eps})  # each attack class checks its own rules (naming the value given)
+    return {"attack": name, **settings}

@@ -1,0 +1,121 @@
+"""Checkpoints: the one place a model is found on disk, loaded, stripped of AdvAmd, copied for attacks or frozen.
+
+Validation, export, the attack stage, the attack API and the trainer take their models from here, so an amended
+checkpoint (dual BN, `advamd_state`, a `ViewLoss` criterion) is turned into a plain Ultralytics model the same way
+everywhere, and a checkpoint that is not on disk is refused the same way everywhere: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from yolo_advamd.nn.dual_bn import strip_aux_bn
+
+ADVAMD_ATTRIBUTES = ("advamd_state",)  # set on the model (and its EMA) by AdvAmdTrainer.save_advamd_state
+
+
+def check_local_weights(model: str | Path, why: str | None = None, key: str = "model") -> Path | None:
+    """Fail at once, with the fix, when a checkpoint is named that is not on disk (nothing is downloaded).
+
+    Args:
+        model (str | Path): The `model=` argument: a YAML (built from scratch) or a checkpoint path.
+        why (str | None): Why a `.pt` checkpoint is required here (validation, export); None accepts a YAML too.
+        key (str): The argument's name, for the message (`model`, `baseline`, ...).
+
+    Returns:
+        (Path | None): The checkpoint's path, or None for a YAML (when `why` is None).
+
+    Raises:
+        FileNotFoundError: If `model` names a checkpoint that does not exist locally, or is not a `.pt` when one is
+            required.
+    """
+    path = Path(str(model))
+    if path.suffix in {".pt", ".pth"} and path.is_file():
+        return path
+    if why is not None:
+        raise FileNotFoundError(f"{key}={model} is not a .pt checkpoint on disk: {why}")
+    if path.suffix in {".pt", ".pth"}:
+        raise FileNotFoundError(
+            f"{key}={model} is not on disk and yolo-advamd never downloads weights (it runs offline). "
+            f"Copy the checkpoint to this path, pass an existing path (model=path/to/best.pt), "
+            f"or train from scratch with a YAML (model=yolov8n.yaml)."
+        )
+    return None
+
+
+def strip_advamd(model: nn.Module) -> nn.Module:
+    """Remove the auxiliary BN and every AdvAmd attribute from `model`, in place: a plain Ultralytics model remains.
+
+    Args:
+        model (nn.Module): An amended model (dual BN, `advamd_state`, AdvAmd loss criterion) or a stock one, which is
+            returned unchanged.
+
+    Returns:
+        (nn.Module): `model`, with plain BatchNorm layers holding the main BN's values, no AdvAmd attributes and no
+            criterion (it is rebuilt on demand by Ultralytics).
+    """
+    strip_aux_bn(model)
+    for m in model.modules():
+        for name in ADVAMD_ATTRIBUTES:
+            m.__dict__.pop(name, None)
+    if getattr(model, "criterion", None) is not None:
+        model.criterion = None  # a ViewLoss wrapper would pickle a yolo_advamd class
+    return model
+
+
+def load_model(model: str | Path | nn.Module, why: str, key: str = "model") -> tuple[nn.Module, str, dict]:
+    """Load a `.pt` checkpoint (amended or stock) as a plain fp32 eval-mode model: main BN only, no AdvAmd state.
+
+    Args:
+        model (str | Path | nn.Module): A checkpoint path or a model (copied, not changed).
+        why (str): Why a `.pt` is needed, for the message when `model` is not one on disk.
+        key (str): The argument's name, for that message.
+
+    Returns:
+        (tuple): The model, its label for tables, and its training settings (Ultralytics keys only).
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+    from ultralytics.utils import DEFAULT_CFG_KEYS
+
+    if isinstance(model, nn.Module):
+        net, label = copy.deepcopy(model), type(model).__name__
+    else:
+        net, _ = load_checkpoint(check_local_weights(model, why, key))
+        label = str(model)
+    args = getattr(net, "args", None) or {}  # a model built from a YAML has none
+    args = args if isinstance(args, dict) else vars(args)
+    return strip_advamd(net).float().eval(), label, {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS}
+
+
+def attack_copy(model: nn.Module, train_args: dict, device: torch.device) -> nn.Module:
+    """Return the model attacks differentiate: an fp32, eval-mode copy with frozen weights and a cfg namespace."""
+    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
+
+    net = freeze_target(model).to(device)
+    net.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **train_args})  # box, cls, dfl gains of its training
+    net.criterion = None
+    return net
+
+
+def freeze_target(model: nn.Module) -> nn.Module:
+    """Return a frozen copy of `model`: the paper's target model M_T.
+
+    The copy is unwrapped from DDP / torch.compile, deep-copied, cast to float32, put in eval mode and has
+    `requires_grad=False` on every parameter; `model` itself is not changed.
+
+    Args:
+        model (nn.Module): The starting detector (e.g. a `DetectionModel` with `args` set for its criterion).
+
+    Returns:
+        (nn.Module): The frozen copy, on the same device as `model`.
+    """
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    target = copy.deepcopy(unwrap_model(model)).float().eval()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
