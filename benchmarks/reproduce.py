@@ -1,6 +1,7 @@
 """Does AdvAmd work? The paper's comparisons (Tables 1 and 3) on the embedded digits-det data, resumable.
 
-    python benchmarks/reproduce.py --quick          # (a) vanilla, (b) Adv-Train, (c) AdvAmd at FGSM eps=0.01, ~10 min
+    python benchmarks/reproduce.py --quick          # (a) vanilla, (b) Adv-Train, (c) AdvAmd at FGSM eps=0.01, then a
+                                                    # segmentation and a classification row (vanilla vs AdvAmd)
     nohup python benchmarks/reproduce.py &          # the full protocol (hours): runs append to docs/results/results.jsonl,
                                                     # finished runs are skipped, so it resumes where it stopped
     python benchmarks/reproduce.py --report         # only regenerate docs/RESULTS.md and the plot from the results file
@@ -30,6 +31,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections import ChainMap
 from pathlib import Path
 
 import yaml
@@ -58,6 +60,7 @@ SCHEDULE = {  # one schedule for every method (see shared/ULTRALYTICS-FACTS.md: 
 }
 TRAIN_STEPS = {"fgsm": 1, "pgd": 3}  # PGD-3 in training, step size 2.5 * eps / 3: PGD-10 would cost ~15x stock steps
 EVAL_STEPS = 3  # PGD steps on val
+HEADLINE = {"detect": "metrics/mAP50-95(B)", "segment": "metrics/mAP50-95(M)", "classify": "metrics/accuracy_top1"}
 PROFILES = {  # 1,000 scenes and 2 fine-tune epochs: one run takes minutes on 2 CPU cores
     "quick": {"target_epochs": 8, "fraction": 0.5, "ft_epochs": 2, "seeds": (0,), "train": [("fgsm", 0.01)],
               "ablations": False},
@@ -150,13 +153,14 @@ def record(entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def evaluate(weights: Path, data: str, eps: list[float], name: str) -> dict:
-    """Benign and FGSM/PGD mAP50-95 (%) of `weights` at the budgets `eps`, per table column."""
+def evaluate(weights: Path, data: str, eps: list[float], name: str, imgsz: int = 160) -> dict:
+    """Benign and FGSM/PGD scores (%) of `weights` at the budgets `eps`, per table column: mAP50-95 (a segmentation
+    model's mask mAP50-95, a classifier's top-1 accuracy)."""
     from yolo_advamd.validate import validate_advamd
 
-    res = validate_advamd(str(weights), data, attacks="fgsm,pgd", eps=eps, steps=EVAL_STEPS, imgsz=160,
+    res = validate_advamd(str(weights), data, attacks="fgsm,pgd", eps=eps, steps=EVAL_STEPS, imgsz=imgsz,
                           project=str(ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)  # fmt: skip
-    return {col: 100 * s["metrics/mAP50-95(B)"] for col, s in res["rows"][0]["stats"].items()}
+    return {col: 100 * s[HEADLINE[res["task"]]] for col, s in res["rows"][0]["stats"].items()}
 
 
 def stored(weights: Path) -> str:
@@ -348,6 +352,27 @@ STUDY = {
         "methods": {"vanilla": VANILLA, "udfa": {"method": "udfa", "attack": "fgsm", "eps": 2 / 255}},  # UDFA: 2/255 steps
     },
 }
+TASKS = {  # --quick: AdvAmd on the paper's other tasks, against a vanilla run of the same length; one seed, no screen
+    "quick-seg": {
+        "about": "yolov8n-seg from scratch on digits-seg, M_T's quick recipe, FGSM ε = 0.01 on the current model; "
+        "score: mask mAP50-95",
+        "start": "yolov8n-seg.yaml",
+        "data": "data/digits-seg.yaml",
+        "recipe": {**target_recipe(PROFILES["quick"])},
+        "methods": {"vanilla": VANILLA, "advamd": {**AMD, **FGSM, "attack_model": "current"}},
+        "screen": False,
+    },
+    "quick-cls": {
+        "about": "yolov8n-cls from scratch on digits-cls at 32 px, M_T's quick recipe, FGSM ε = 0.01 on the current "
+        "model; score: top-1 accuracy",
+        "start": "yolov8n-cls.yaml",
+        "data": "data/digits-cls.yaml",
+        "recipe": {**target_recipe(PROFILES["quick"]), "imgsz": 32},
+        "methods": {"vanilla": VANILLA, "advamd": {**AMD, **FGSM, "attack_model": "current"}},
+        "screen": False,
+    },
+}
+ARMS = ChainMap(STUDY, TASKS)  # every arm, by name
 SCREEN_BAR = -0.5  # seed 0's Δ benign above this earns seeds 1 and 2
 
 
@@ -356,13 +381,15 @@ def study_key(label: str, seed: int) -> str:
     return f"{label}/seed{seed}"
 
 
-def study_plan(records: list[dict]) -> list[tuple[str, str, int]]:
+def study_plan(records: list[dict], arms: dict = STUDY) -> list[tuple[str, str, int]]:
     """Return every (arm, method, seed) the study runs, given what is recorded: seed 0 of every arm first (the
     screen), then seeds 1 and 2 of the arm's `confirm` methods and of every method whose seed-0 Δ benign is above
-    SCREEN_BAR, with their vanilla runs."""
-    runs = [(arm, label, 0) for arm, a in STUDY.items() for label in a["methods"]]
+    SCREEN_BAR, with their vanilla runs (not for arms with `screen: False`)."""
+    runs = [(arm, label, 0) for arm, a in arms.items() for label in a["methods"]]
     by_key = {(e["profile"], e["key"]): e for e in records}
-    for arm, a in STUDY.items():
+    for arm, a in arms.items():
+        if not a.get("screen", True):
+            continue
         control = by_key.get((arm, study_key("vanilla", 0)))
         chosen = set(a.get("confirm", ()))
         for label in a["methods"]:
@@ -375,14 +402,14 @@ def study_plan(records: list[dict]) -> list[tuple[str, str, int]]:
 
 def study_budgets(arm: str, label: str) -> list[float]:
     """The ε a study run is attacked at on val: its own, or every ε of its arm for the vanilla run."""
-    methods = STUDY[arm]["methods"]
+    methods = ARMS[arm]["methods"]
     own = methods[label].get("eps")
     return [own] if own else sorted({m["eps"] for m in methods.values() if m.get("eps")})
 
 
 def study_settings(arm: str, label: str, seed: int) -> dict:
     """The training settings of one study run (on top of SCHEDULE), without where it is written."""
-    a = STUDY[arm]
+    a = ARMS[arm]
     start = str(TARGETS / f"{a['start']}.pt") if a["start"] in PROFILES else a["start"]
     method = a["methods"][label]
     steps = {"steps": TRAIN_STEPS[method["attack"]]} if "attack" in method else {}
@@ -393,7 +420,7 @@ def check_study() -> None:
     """Check every study run's settings before any work: a bad key or value fails at once, naming it."""
     from yolo_advamd.cfg import resolve_advamd_cfg
 
-    for arm, a in STUDY.items():
+    for arm, a in ARMS.items():
         for label in a["methods"]:
             settings = {k: v for k, v in study_settings(arm, label, 0).items() if k != "model"}
             try:
@@ -402,23 +429,23 @@ def check_study() -> None:
                 raise ValueError(f"study arm {arm!r}, method {label!r}: {e}") from e
 
 
-def run_study(arms: list[str] | None = None) -> None:
-    """Run the study's planned runs not yet recorded, arm by arm, appending each as it finishes."""
+def run_study(arms: list[str] | None = None, table: dict = STUDY) -> None:
+    """Run the planned runs of `table`'s arms (all, or those named) not yet recorded, appending each as it finishes."""
     import yolo_advamd  # noqa: F401
     from yolo_advamd.cli import use_all_cores
     from yolo_advamd.data import resolve_dataset
 
     use_all_cores()
     check_study()
-    data = resolve_dataset(str(ROOT / "data" / "digits-det.yaml"))
     while True:
         records = load()
         done = {(e["profile"], e["key"]) for e in records}
-        todo = [r for r in study_plan(records) if (r[0], study_key(*r[1:])) not in done and (not arms or r[0] in arms)]
+        todo = [r for r in study_plan(records, table) if (r[0], study_key(*r[1:])) not in done and (not arms or r[0] in arms)]  # fmt: skip
         if not todo:
             break
         arm, label, seed = todo[0]
-        start = STUDY[arm]["start"]
+        start = ARMS[arm]["start"]
+        data = resolve_dataset(str(ROOT / ARMS[arm].get("data", "data/digits-det.yaml")))
         if start in PROFILES and (arm, "start") not in done:  # the starting model, at the arm's budgets
             kept = TARGETS / f"{start}.pt"
             record({"key": "start", "profile": arm, "name": "M_T", "weights": stored(kept), "train_seconds": 0,
@@ -429,20 +456,24 @@ def run_study(arms: list[str] | None = None) -> None:
         name = re.sub(r"[^\w.=-]+", "_", f"{label}_seed{seed}".replace("ε", "eps").replace("/", "-"))
         weights, seconds = train({**settings, "data": data, "project": str(ROOT / "runs" / f"study-{arm}"), "name": name})
         curves = epoch_curves(weights.parents[1] / "results.csv")
+        imgsz = settings.get("imgsz", SCHEDULE["imgsz"])
         kept = {**settings, "model": stored(Path(settings["model"])) if settings["model"].endswith(".pt") else start}
         record({"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": kept,
                 "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
                 "train_seconds": seconds, "weights": stored(weights), **curves,
-                "map": evaluate(weights, data, study_budgets(arm, label), f"{arm}-{name}")})  # fmt: skip
+                "map": evaluate(weights, data, study_budgets(arm, label), f"{arm}-{name}", imgsz)})  # fmt: skip
         report()
 
 
 def epoch_curves(results_csv: Path) -> dict:
-    """Val mAP50-95 (%) and the benign training loss (box + cls + dfl) per epoch, from a run's results.csv."""
+    """The val score (%, `HEADLINE`) and the benign training loss (its items, e.g. box + cls + dfl) per epoch, from a
+    run's results.csv."""
     with open(results_csv) as f:
         rows = list(csv.DictReader(f, skipinitialspace=True))
-    loss = [sum(float(row[f"train/{k}_loss"]) for k in ("box", "cls", "dfl")) for row in rows]
-    return {"curve": [100 * float(row["metrics/mAP50-95(B)"]) for row in rows], "train_loss": loss}
+    score = next(k for k in HEADLINE.values() if k in rows[0])
+    views = {"train/med_loss", "train/adv_loss", "train/align_loss"}
+    loss = [sum(float(v) for k, v in row.items() if k.startswith("train/") and k not in views) for row in rows]
+    return {"curve": [100 * float(row[score]) for row in rows], "train_loss": loss}
 
 
 def lift_section(records: list[dict]) -> list[str]:
@@ -488,6 +519,26 @@ def lift_section(records: list[dict]) -> list[str]:
         if arm == "scarce" and (first := next((c for c in controls if c["seed"] == 0 and c.get("curve")), None)):
             notes.append("  " + overfit(first))
     return lines + ["", *notes, ""]
+
+
+def tasks_section(records: list[dict]) -> list[str]:
+    """The report of the other tasks (`TASKS`): each method's scores and its Δ against the vanilla run, one seed."""
+    from yolo_advamd.validate import column_name
+
+    lines = ["## Other tasks: segmentation and classification (quick)", "",
+             "One seed each, from scratch, so a Δ under about a point is within the noise seen on detection. Scores in "
+             "%: mask mAP50-95 for segmentation, top-1 accuracy for classification; FGSM and PGD-3 at ε = 0.01.", "",
+             "| task | method | benign | FGSM | PGD-3 | Δ benign | Δ FGSM | Δ PGD-3 | train min |", "|---" * 9 + "|"]  # fmt: skip
+    for arm, a in TASKS.items():
+        runs = [e for e in records if e["profile"] == arm]
+        for e in sorted(runs, key=lambda e: e["name"] != "vanilla"):
+            c = control(runs, e)
+            cols = ["benign", column_name("fgsm", 0.01), column_name("pgd", 0.01)]
+            cells = [f"{e['map'][k]:.2f}" if k in e["map"] else "" for k in cols]
+            deltas = [f"{e['map'][k] - c['map'][k]:+.2f}" if c and e is not c and k in e["map"] and k in c["map"]
+                      else "" for k in cols]  # fmt: skip
+            lines.append(f"| {arm} | {e['name']} | " + " | ".join(cells + deltas) + f" | {e['train_seconds'] / 60:.1f} |")
+    return lines + ["", *(f"- `{arm}`: {a['about']}." for arm, a in TASKS.items()), ""]
 
 
 def overfit(run: dict) -> str:
@@ -640,6 +691,8 @@ def report() -> str:
              "shared the machine.", ""]  # fmt: skip
     if any(e["profile"] in STUDY for e in records):
         lines += lift_section(records)
+    if any(e["profile"] in TASKS for e in records):
+        lines += tasks_section(records)
     if DISCUSSION.exists():
         lines += [DISCUSSION.read_text().strip(), ""]
     for name in sorted(PROFILES, key=lambda n: n == "quick"):  # the full protocol first
@@ -665,7 +718,7 @@ def plot(records: list[dict]) -> None:
 
     panels = {}  # (profile, attack, eps) -> {label: runs}
     for (prof, name, _), es in sorted(groups(records).items()):
-        if name != "vanilla" and column_name(es[0]["attack"], es[0]["eps"]) in es[0]["map"]:
+        if name != "vanilla" and prof not in TASKS and column_name(es[0]["attack"], es[0]["eps"]) in es[0]["map"]:
             varied = [f"{k}={v}" for k, v in es[0].get("vary", {}).items() if k not in {"attack", "eps"}]
             panels.setdefault((prof, es[0]["attack"], es[0]["eps"]), {})[" ".join([name, *varied])] = es
     if not panels:  # no fine-tune recorded yet
@@ -738,6 +791,8 @@ if __name__ == "__main__":
             if opt.fresh and (dest := archive("quick" if opt.quick else "full")):
                 print(f"reproduce.py: the earlier records are in {dest}")
             run_protocol("quick" if opt.quick else "full", vary, opt.seeds)
+            if opt.quick and not vary:
+                run_study(table=TASKS)  # the segmentation and classification rows
         except (SyntaxError, ValueError, FileNotFoundError) as e:
             parser.exit(2, f"reproduce.py: error: {e}\n")
     if opt.bench:

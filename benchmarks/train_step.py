@@ -202,7 +202,7 @@ def build_trainer(method: str, args: argparse.Namespace):
 
 def instrument(trainer, clock) -> dict:
     """Time the AdvAmd attack stage and the views inside `preprocess_batch`; return the dict they add seconds to."""
-    from yolo_advamd import loss
+    from yolo_advamd import step
     from yolo_advamd.stage import AttackStage
 
     spent = dict.fromkeys(PARTS, 0.0)
@@ -219,7 +219,7 @@ def instrument(trainer, clock) -> dict:
 
     if getattr(trainer, "stage", None) is not None:  # this process measures one method: patch the classes
         AttackStage.__call__ = timed("attack", AttackStage.__call__)
-        loss.train_view = timed("views", loss.train_view)
+        step.train_view = timed("views", step.train_view)
     return spent
 
 

@@ -4,7 +4,7 @@ import yolo_advamd  # noqa: F401  (sets the offline environment before Ultralyti
 import os
 
 import pytest
-from helpers import checkpoints, digits_data
+from helpers import checkpoints, digits_data, task_checkpoints
 
 from yolo_advamd.data import resolve_dataset
 
@@ -31,3 +31,9 @@ def digits(tmp_path_factory) -> dict:
     """The 16-image digits-det build, the detector fitted to it as a stock checkpoint and as an amended one."""
     base = tmp_path_factory.getbasetemp()
     return {"data": digits_data(base), **checkpoints(base)}
+
+
+@pytest.fixture(scope="session")
+def fitted_tasks(tmp_path_factory) -> dict:
+    """A segmentation and a classification model fitted to small digits-seg and digits-cls splits, as checkpoints."""
+    return task_checkpoints(tmp_path_factory.getbasetemp())

@@ -5,13 +5,14 @@ import csv
 from copy import deepcopy
 from pathlib import Path
 
+import cv2
 import torch
 from torch import nn
 from ultralytics.cfg import get_cfg
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SegmentationModel
 from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
 
-from yolo_advamd.data import build_digits_det
+from yolo_advamd.data import build_digits, build_digits_det
 from yolo_advamd.nn.dual_bn import DualBatchNorm2d, convert_dual_bn
 
 IMGSZ = 64
@@ -22,34 +23,33 @@ def digits_data(base: Path) -> Path:
     return build_digits_det(root=base / "digits", seed=1, n_train=2, n_val=16, imgsz=IMGSZ) / "digits-det.yaml"
 
 
-def val_batch(data: Path) -> dict:
-    """The whole val split of `data` as one preprocessed batch (letterboxed to IMGSZ, float in [0, 1])."""
+def val_batch(data: Path, task: str = "detect", imgsz: int = IMGSZ) -> dict:
+    """The whole val split of `data` as one preprocessed batch (letterboxed to `imgsz`, float in [0, 1], masks too)."""
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
 
     info = check_det_dataset(str(data))
-    dataset = build_yolo_dataset(get_cfg(overrides={"imgsz": IMGSZ}), info["val"], 16, info, mode="val", stride=32)
+    cfg = get_cfg(overrides={"imgsz": imgsz, "task": task})
+    dataset = build_yolo_dataset(cfg, info["val"], 16, info, mode="val", stride=32)
     batch = next(iter(build_dataloader(dataset, 16, 0, shuffle=False)))
     return {**batch, "img": batch["img"].float() / 255}
 
 
-def digits_detector(base: Path) -> DetectionModel:
-    """A yolov8n fitted for 80 steps to the digits val images (mAP50 ~0.99 on them), cached for the session.
+def folder_batch(root: Path, split: str = "val") -> dict:
+    """A classification folder's split (`<split>/<class>/*.png`) as one batch: RGB images in [0, 1] and classes."""
+    files = sorted((Path(root) / split).glob("*/*.png"))
+    images = [cv2.imread(str(f))[..., ::-1].copy() for f in files]
+    img = torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images]).float() / 255
+    return {"img": img, "cls": torch.tensor([int(f.parent.name) for f in files])}
 
-    Its BN statistics are recomputed on the batch at the end, so the eval-mode model behaves like a trained one.
-    """
-    file = base / "digits-detector.pt"
-    torch.manual_seed(1)  # the initial weights
-    model = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
-    model.names = {i: str(i) for i in range(10)}
-    if file.is_file():
-        model.load_state_dict(torch.load(file, weights_only=True))
-        return model.eval()
-    batch = val_batch(digits_data(base))
+
+def fit(model: nn.Module, batch: dict, steps: int = 80) -> nn.Module:
+    """Fit `model` to one batch with its own loss (AdamW), then give it that batch's BN statistics; return it in eval
+    mode, so the eval-mode model behaves like a trained one."""
     model.args = get_cfg()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(80):  # 40 fitted some CPUs only to mAP50 0.86 (floating-point order): 80 fit every one seen
+    for _ in range(steps):  # 40 fitted some CPUs only to mAP50 0.86 (floating-point order): 80 fit every one seen
         loss, _ = model.loss(batch)
         optimizer.zero_grad()
         loss.sum().backward()
@@ -64,8 +64,43 @@ def digits_detector(base: Path) -> DetectionModel:
         m.momentum = 0.03
     del model.args
     model.criterion = None
-    torch.save(model.state_dict(), file)
     return model.eval()
+
+
+def digits_detector(base: Path) -> DetectionModel:
+    """A yolov8n fitted for 80 steps to the digits val images (mAP50 ~0.99 on them), cached for the session."""
+    file = base / "digits-detector.pt"
+    torch.manual_seed(1)  # the initial weights
+    model = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
+    model.names = {i: str(i) for i in range(10)}
+    if file.is_file():
+        model.load_state_dict(torch.load(file, weights_only=True))
+        return model.eval()
+    fit(model, val_batch(digits_data(base)))
+    torch.save(model.state_dict(), file)
+    return model
+
+
+def task_checkpoints(base: Path) -> dict:
+    """A yolov8n-seg fitted to a 16-scene digits-seg val split (64 px) and a yolov8n-cls fitted to a 20-image
+    digits-cls val split (32 px), saved as stock checkpoints beside their data, session-cached."""
+    root = base / "digits"
+    out = {"segment": {"data": build_digits("digits-seg", root=root, seed=1, n_train=2, n_val=16, imgsz=IMGSZ)
+                       / "digits-seg.yaml", "imgsz": IMGSZ},
+           "classify": {"data": build_digits("digits-cls", root=root, seed=1, n_train=20, n_val=20, imgsz=32),
+                        "imgsz": 32}}  # fmt: skip
+    for task, d in out.items():
+        d["ckpt"] = base / f"{task}-fitted.pt"
+        if not d["ckpt"].is_file():
+            torch.manual_seed(1)
+            if task == "segment":
+                model = fit(SegmentationModel("yolov8n-seg.yaml", nc=10, verbose=False), val_batch(d["data"], task))
+            else:
+                model = fit(ClassificationModel("yolov8n-cls.yaml", nc=10, verbose=False), folder_batch(d["data"]))
+            model.names = {i: str(i) for i in range(10)}
+            args = {"model": f"yolov8n-{task[:3]}.yaml", "imgsz": d["imgsz"], "task": task}
+            save_ckpt(model, d["ckpt"], train_args=args)
+    return out
 
 
 def amend(model):
@@ -83,9 +118,10 @@ def amend(model):
     return model
 
 
-def save_ckpt(model, file, **extra):
+def save_ckpt(model, file, train_args: dict | None = None, **extra):
     """Save `model` the way Ultralytics' trainer does (EMA in fp16, its args, train_args), plus `extra` keys."""
-    train_args = {"model": "yolov8n.yaml", "imgsz": IMGSZ, "epochs": 3, "attack": "fgsm", "eps": 0.01, "beta1": 1.0}
+    train_args = {"model": "yolov8n.yaml", "imgsz": IMGSZ, "epochs": 3, "attack": "fgsm", "eps": 0.01, "beta1": 1.0,
+                  **(train_args or {})}  # fmt: skip
     ema = deepcopy(model).half()
     ema.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **train_args})  # the trainer's args, AdvAmd keys too
     ckpt = {"epoch": 2, "best_fitness": 0.5, "model": None, "ema": ema, "updates": 10,

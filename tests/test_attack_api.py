@@ -13,7 +13,7 @@ import torch
 from helpers import IMGSZ, digits_detector, save_ckpt
 from ultralytics import YOLO
 from ultralytics.data.augment import LetterBox
-from ultralytics.nn.tasks import ClassificationModel, SegmentationModel
+from ultralytics.nn.tasks import PoseModel
 from ultralytics.utils.metrics import box_iou
 
 from yolo_advamd.attack_api import attack
@@ -149,7 +149,7 @@ def test_image_of_another_size_is_letterboxed_differentiably_and_attacked_at_its
 
 
 def test_bad_inputs_fail_with_one_clear_error_and_keep_written_files(setup, tmp_path):
-    """Unreadable image (earlier files kept), eps out of range, classify/segment checkpoints, empty source."""
+    """Unreadable image (earlier files kept), eps out of range, a pose checkpoint, empty source."""
     folder = tmp_path / "mixed"
     folder.mkdir()
     shutil.copy(sorted(setup["images"].glob("*.png"))[0], folder / "a.png")
@@ -161,10 +161,9 @@ def test_bad_inputs_fail_with_one_clear_error_and_keep_written_files(setup, tmp_
     for eps in (0, 1.5, -0.1, "9/255*2"):
         with pytest.raises(ValueError, match=r"is outside \(0, 1\]" if eps != "9/255*2" else "is not a number"):
             attack(str(setup["stock"]), folder, **{**kwargs, "eps": eps})
-    for name, net in (("classification", ClassificationModel("yolov8n-cls.yaml", nc=10, verbose=False)),
-                      ("segmentation", SegmentationModel("yolov8n-seg.yaml", nc=10, verbose=False))):  # fmt: skip
-        with pytest.raises(ValueError, match=f"is a {name} model: attack supports YOLO detection models only"):
-            attack(str(save_ckpt(net, tmp_path / f"{name}.pt")), folder, **kwargs)
+    pose = save_ckpt(PoseModel("yolov8n-pose.yaml", nc=1, verbose=False), tmp_path / "pose.pt")
+    with pytest.raises(ValueError, match="is a pose model: attack supports YOLO detect, segment, classify models"):
+        attack(str(pose), folder, **kwargs)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="No images or videos found"):
         attack(str(setup["stock"]), tmp_path / "empty", **kwargs)

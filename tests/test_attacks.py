@@ -13,7 +13,7 @@ from yolo_advamd.attacks import DeepFool, build_attack
 from yolo_advamd.attacks.objectives import (
     ClassifierObjective,
     DetectionObjective,
-    attack_detector,
+    attack_batch,
 )
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -235,13 +235,13 @@ def test_box_attack_raises_the_box_loss_cls_the_class_loss_and_max_keeps_the_str
     """attack_terms: each attack raises its own part of the loss more than the other does; max picks per image."""
     model, batch = fitted
     adversary = build_attack(attack, eps=0.03, **({"steps": 5} if attack == "pgd" else {}))
-    adv = {t: attack_detector(adversary, model, batch, t)[0].adv for t in ("cls", "box")}
+    adv = {t: attack_batch(adversary, model, batch, t)[0].adv for t in ("cls", "box")}
     part = {t: DetectionObjective(model, batch, terms=t) for t in ("cls", "box")}  # the same fixed assignment
     with part["cls"].frozen(), torch.no_grad():
         value = {(p, a): part[p].loss(adv[a]).item() for p in part for a in adv}
         losses = torch.stack([part["cls"].image_losses(adv[t]) for t in ("cls", "box")])
     assert value["box", "box"] > value["box", "cls"] and value["cls", "cls"] > value["cls", "box"], value
-    result, _ = attack_detector(adversary, model, batch, "max")
+    result, _ = attack_batch(adversary, model, batch, "max")
     keep_box = losses[1] > losses[0]
     for i, box in enumerate(keep_box.tolist()):
         assert torch.equal(result.adv[i], adv["box" if box else "cls"][i])

@@ -147,6 +147,8 @@ def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(f
                {**record, "key": "detadvprop/seed0", "name": "detadvprop", "map": {"benign": 49.4}}]  # Δ -0.6: not
     confirmed = [r for r in reproduce.study_plan(records) if r[0] == "scratch" and r[2] > 0]
     assert confirmed == [("scratch", m, s) for s in (1, 2) for m in ("vanilla", "advamd")]
+    tasks = reproduce.study_plan([], reproduce.TASKS)  # --quick's other tasks: vanilla and AdvAmd, seed 0 only
+    assert tasks == [(t, m, 0) for t in ("quick-seg", "quick-cls") for m in ("vanilla", "advamd")]
 
 
 def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkeypatch):
@@ -163,7 +165,7 @@ def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkey
 
     monkeypatch.setattr(reproduce, "ROOT", files)
     monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n: {"benign": 50.0, **{f"fgsm eps={e:g}": 20.0 for e in eps}})
+    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n, imgsz=160: {"benign": 50.0, **{f"fgsm eps={e:g}": 20.0 for e in eps}})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     monkeypatch.setitem(reproduce.STUDY, "retrain", {**reproduce.STUDY["retrain"], "methods": {
         k: reproduce.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})  # fmt: skip

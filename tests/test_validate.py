@@ -117,13 +117,13 @@ def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup
     """White-box: attacks differentiate the evaluated weights; transfer: those of attack_model, as the table says."""
     seen = []
 
-    attack_detector = validate.attack_detector
+    attack_batch = validate.attack_batch
 
     def spy(attack, model, batch, terms="all"):
         seen.append(next(model.parameters()).detach().clone())
-        return attack_detector(attack, model, batch, terms)
+        return attack_batch(attack, model, batch, terms)
 
-    monkeypatch.setattr(validate, "attack_detector", spy)
+    monkeypatch.setattr(validate, "attack_batch", spy)
     first_weight = {k: next(load_model(setup[k], 'test')[0].parameters()) for k in ("stock", "untrained")}
     white = run(setup, "white", attacks="fgsm", eps=0.01)
     assert seen and all(torch.equal(w, first_weight["stock"]) for w in seen)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -29,15 +30,21 @@ from torch import nn
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import (
+    ClassifierObjective,
     DetectionObjective,
-    LetterboxObjective,
+    PreprocessedObjective,
     VanishObjective,
 )
 from yolo_advamd.attacks.settings import attack_settings
-from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model
-from yolo_advamd.images import iter_images, letterbox, to_image, to_tensor
+from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
+from yolo_advamd.images import center_crop, iter_images, letterbox, to_image, to_tensor
 
 OBJECTIVES = ("loss", "cls", "vanish")
+PREDICTORS = {  # task -> its Ultralytics predictor
+    "detect": "ultralytics.models.yolo.detect.DetectionPredictor",
+    "segment": "ultralytics.models.yolo.segment.SegmentationPredictor",
+    "classify": "ultralytics.models.yolo.classify.ClassificationPredictor",
+}
 CSV_COLUMNS = ("image", "stage", "class", "name", "confidence", "x1", "y1", "x2", "y2",
                "detections_before", "detections_after", "mean_conf_drop", "linf", "l2")  # fmt: skip
 
@@ -84,7 +91,15 @@ class AdversarialResult:
         return float(np.linalg.norm(self.delta.astype(np.float64) / 255))
 
     def summary(self) -> dict:
-        """Return detections before and after, mean confidences, their drop (before − after, 0 for none), L∞ and L2."""
+        """Return detections before and after, mean confidences, their drop (before − after, 0 for none), L∞ and L2.
+
+        For a classifier: the top-1 class and its confidence before and after, and whether the top-1 changed.
+        """
+        if self.before.probs is not None:
+            (c0, p0), (c1, p1) = ((r.probs.top1, float(r.probs.top1conf)) for r in (self.before, self.after))
+            names = self.before.names
+            return {"image": self.path, "top1_before": names[c0], "conf_before": round(p0, 5), "top1_after": names[c1],
+                    "conf_after": round(p1, 5), "flipped": c0 != c1, "linf": round(self.linf, 6), "l2": round(self.l2, 5)}  # fmt: skip
         conf = [r.boxes.conf.float().mean().item() if len(r.boxes) else 0.0 for r in (self.before, self.after)]
         return {
             "image": self.path,
@@ -98,7 +113,9 @@ class AdversarialResult:
         }
 
     def plot(self, min_height: int = 320) -> np.ndarray:
-        """Return a side-by-side BGR picture: clean detections | adversarial detections | δ amplified around gray.
+        """Return a side-by-side BGR picture: clean predictions | adversarial predictions | δ amplified around gray.
+
+        Predictions are Ultralytics' own drawings: boxes, the masks of a segmentation model, a classifier's top-5.
 
         Small images are enlarged by an integer factor (nearest neighbour, so pixels stay visible) to at least
         `min_height` before boxes and labels are drawn.
@@ -115,8 +132,8 @@ class AdversarialResult:
         delta = np.clip(128 + self.delta.astype(np.float32) * gain, 0, 255).astype(np.uint8)
         eps = f"{self.eps * 255:.3g}/255"
         panels = {
-            f"clean: {len(self.before.boxes)} detections": _enlarged(self.before, s).plot(),
-            f"{self.method} eps={eps}: {len(self.after.boxes)} detections": _enlarged(self.after, s).plot(),
+            f"clean: {_caption(self.before)}": _enlarged(self.before, s).plot(),
+            f"{self.method} eps={eps}: {_caption(self.after)}": _enlarged(self.after, s).plot(),
             f"delta x{gain:.3g} (max {peak}/255)": cv2.resize(delta, None, fx=s, fy=s, interpolation=cv2.INTER_NEAREST),
         }
         tiles = []
@@ -132,7 +149,7 @@ class AdversarialResult:
 
         The CSV's first row (`stage=summary`) holds the image's detections before and after, the mean confidence drop,
         L∞ and L2 of δ (images scaled to [0, 1]); one row per detection follows (`stage` before or after, class,
-        name, confidence, box corners in original-image pixels).
+        name, confidence, box corners in original-image pixels). A classifier's CSV is its one summary row.
 
         Args:
             save_dir (str | Path): An existing directory.
@@ -148,14 +165,17 @@ class AdversarialResult:
             raise OSError(f"could not write {files['adversarial']}: check that the directory is writable")
         cv2.imwrite(str(files["compare"]), self.plot())
         summary = self.summary()
-        rows = [{**{k: summary[k] for k in CSV_COLUMNS if k in summary}, "stage": "summary"}]
-        for stage, r in (("before", self.before), ("after", self.after)):
+        if self.before.probs is not None:
+            columns, rows = list(summary), [summary]
+        else:
+            columns, rows = CSV_COLUMNS, [{**{k: summary[k] for k in CSV_COLUMNS if k in summary}, "stage": "summary"}]
+        for stage, r in (("before", self.before), ("after", self.after)) if self.before.boxes is not None else ():
             for (x1, y1, x2, y2), c, p in zip(r.boxes.xyxy.tolist(), r.boxes.cls.tolist(), r.boxes.conf.tolist()):
                 rows.append({"image": self.path, "stage": stage, "class": int(c), "name": r.names[int(c)],
                              "confidence": round(p, 5), "x1": round(x1, 2), "y1": round(y1, 2),
                              "x2": round(x2, 2), "y2": round(y2, 2)})  # fmt: skip
         with open(files["csv"], "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, CSV_COLUMNS)
+            writer = csv.DictWriter(f, columns)
             writer.writeheader()
             writer.writerows(rows)
         self.files = files
@@ -240,13 +260,15 @@ def attack(
     settings = attack_settings(method, eps, norm, steps, step_size, random_start, key="method")
     method, eps = settings.pop("attack"), settings["eps"]
     adversary = build_attack(method, **settings, seed=seed)
-    net, train_args = detector(model)
+    net, train_args, task = attacked_model(model)
+    if task == "classify" and objective == "vanish":
+        raise ValueError("objective=vanish suppresses detections and a classifier has none: use objective=loss")
     labels = None
     if data is not None:
-        labels, dataset_source = dataset_labels(data, split, net)
+        labels, dataset_source = dataset_labels(data, split, net, task)
         source = dataset_source if source is None else source
     images = iter_images(source)  # checks the source before any work; reads each image when its turn comes
-    victim, predictor, size, stride = setup(net, train_args, imgsz, conf, iou, device)
+    victim, predictor, size, stride = setup(net, train_args, imgsz, conf, iou, device, task)
     save_dir = None
     if save:
         run = {"project": project, "name": name or "exp", "task": "attack", "mode": "attack", "exist_ok": exist_ok}
@@ -258,16 +280,22 @@ def attack(
     results, stems = [], set()
     for path, image in images:
         before = predict(predictor, image, path)
-        params = geometry.get_params({"img": image})
         x = to_tensor(image, next(victim.parameters()).device)
-        if objective == "vanish":
-            targets = {"source": "none", "cls": np.zeros(0, int), "xyxy": np.zeros((0, 4), np.float32)}
-            inner = VanishObjective(victim)
-        else:
-            targets = labels(path, image.shape) if labels else prediction_targets(before)
-            batch = target_batch(letterbox(x, params), targets, params)
-            inner = DetectionObjective(victim, batch, terms="cls" if objective == "cls" else "all")
-        outcome = adversary(x, LetterboxObjective(inner, params))
+        if task == "classify":  # the classifier's resize and center crop; its top-1 (or the folder's class) as label
+            preprocess = partial(center_crop, size=size)
+            targets = labels(path, image.shape) if labels else {"source": "predictions", "cls": [before.probs.top1]}
+            inner = ClassifierObjective(victim, torch.as_tensor(targets["cls"], device=x.device))
+        else:  # detection and segmentation: the letterbox, boxes as targets (the detection terms of a seg loss)
+            params = geometry.get_params({"img": image})
+            preprocess = partial(letterbox, params=params)
+            if objective == "vanish":
+                targets = {"source": "none", "cls": np.zeros(0, int), "xyxy": np.zeros((0, 4), np.float32)}
+                inner = VanishObjective(victim)
+            else:
+                targets = labels(path, image.shape) if labels else prediction_targets(before)
+                batch = target_batch(preprocess(x), targets, params)
+                inner = DetectionObjective(victim, batch, terms="cls" if objective == "cls" else "all")
+        outcome = adversary(x, PreprocessedObjective(inner, preprocess))
         adv = to_image((x + outcome.delta).clamp(0, 1))
         result = AdversarialResult(
             path=path, orig_img=image, adv_img=adv, delta=adv.astype(np.int16) - image.astype(np.int16),
@@ -280,12 +308,8 @@ def attack(
             write_summary(save_dir / "summary.csv", result, first=len(results) == 0)
         results.append(result)
         if verbose:
-            s = result.summary()
-            LOGGER.info(
-                f"{path}: {s['detections_before']} -> {s['detections_after']} detections, mean confidence "
-                f"{s['mean_conf_before']:.3f} -> {s['mean_conf_after']:.3f}, Linf {s['linf'] * 255:.1f}/255, "
-                f"L2 {s['l2']:.3f}"
-            )
+            LOGGER.info(f"{path}: {_caption(before)} -> {_caption(result.after)}, Linf {result.linf * 255:.1f}/255, "
+                        f"L2 {result.l2:.3f}")  # fmt: skip
     if save_dir is not None and verbose:
         LOGGER.info(f"{len(results)} adversarial images saved to {save_dir}")
     return results
@@ -304,45 +328,44 @@ def check_objective(objective: str, method: str) -> str:
     return objective
 
 
-def detector(model) -> tuple[nn.Module, dict]:
-    """Return an fp32 eval-mode copy of a detection model (main BN only) and its training settings.
+def attacked_model(model) -> tuple[nn.Module, dict, str]:
+    """Return an fp32 eval-mode copy of a detection, segmentation or classification model (main BN only), its training
+    settings and its task.
 
     Args:
-        model (YOLO | str | Path | nn.Module): An `ultralytics.YOLO`, a `.pt` checkpoint or a `DetectionModel`.
+        model (YOLO | str | Path | nn.Module): An `ultralytics.YOLO`, a `.pt` checkpoint or a model.
 
     Raises:
-        ValueError: If the model is not a YOLO detector (classification, segmentation, pose, OBB, RT-DETR, ...).
+        ValueError: If the model is of another kind (pose, OBB, RT-DETR, ...).
         FileNotFoundError: If a checkpoint path is not a `.pt` file on disk.
     """
     from ultralytics.engine.model import Model
     from ultralytics.nn.tasks import (
         ClassificationModel,
         DetectionModel,
-        OBBModel,
-        PoseModel,
         RTDETRDetectionModel,
-        SegmentationModel,
     )
 
     label = model if isinstance(model, (str, Path)) else type(model).__name__
-    module = model.model if isinstance(model, Model) else model  # an ultralytics.YOLO holds the DetectionModel
+    module = model.model if isinstance(model, Model) else model  # an ultralytics.YOLO holds the model
     if isinstance(module, (str, Path)):
         check_local_weights(module)  # a missing .pt: the offline message, before the .pt-only one
     net, _, train_args = load_model(module, "attack needs the model's gradients: pass its .pt checkpoint")
-    kinds = ((SegmentationModel, "segmentation"), (PoseModel, "pose"), (OBBModel, "OBB"),
-             (RTDETRDetectionModel, "RT-DETR"), (ClassificationModel, "classification"))  # fmt: skip
-    kind = next((k for cls, k in kinds if isinstance(net, cls)), None)
-    if kind or not isinstance(net, DetectionModel):
+    task = task_of(net)
+    supported = isinstance(net, ClassificationModel) or isinstance(net, DetectionModel) and task in PREDICTORS
+    if not supported or isinstance(net, RTDETRDetectionModel):
+        kind = "RT-DETR" if isinstance(net, RTDETRDetectionModel) else task
         raise ValueError(
-            f"model={label} is a {kind or type(net).__name__} model: attack supports YOLO detection models only "
-            "(yet), e.g. a yolov8n or yolo11n detector checkpoint"
+            f"model={label} is a {kind} model: attack supports YOLO {', '.join(PREDICTORS)} models, e.g. a yolov8n, "
+            "yolov8n-seg or yolov8n-cls checkpoint"
         )
-    return net, train_args
+    return net, train_args, task
 
 
-def setup(net: nn.Module, train_args: dict, imgsz, conf: float, iou: float, device):
-    """Return the attacked copy, an Ultralytics predictor on another copy, the inference size and the stride."""
-    from ultralytics.models.yolo.detect import DetectionPredictor
+def setup(net: nn.Module, train_args: dict, imgsz, conf: float, iou: float, device, task: str):
+    """Return the attacked copy, the task's Ultralytics predictor on another copy, the inference size and the stride."""
+    import importlib
+
     from ultralytics.utils.checks import check_imgsz
     from ultralytics.utils.torch_utils import select_device
 
@@ -350,9 +373,11 @@ def setup(net: nn.Module, train_args: dict, imgsz, conf: float, iou: float, devi
     victim = attack_copy(net, train_args, dev)
     stride = max(int(net.stride.max()), 32)  # as AutoBackend reports it to the predictor
     size = check_imgsz(imgsz or train_args.get("imgsz", 640), stride=stride, min_dim=2)
+    size = size[0] if task == "classify" else size  # a classifier crops a square
     overrides = {"conf": conf, "iou": iou, "imgsz": size, "device": device, "batch": 1, "rect": True,
                  "mode": "predict", "save": False, "verbose": False}  # fmt: skip  (Model.predict's settings)
-    predictor = DetectionPredictor(overrides=overrides)
+    module, name = PREDICTORS[task].rsplit(".", 1)
+    predictor = getattr(importlib.import_module(module), name)(overrides=overrides)
     predictor.setup_model(net, verbose=False)  # a deepcopy, fused for inference
     return victim, predictor, size, stride
 
@@ -388,21 +413,39 @@ def target_batch(img: torch.Tensor, targets: dict, params: dict) -> dict:
     }
 
 
-def dataset_labels(data: str, split: str, net: nn.Module):
-    """Return a `labels(path, shape) -> targets` reader of a dataset's YOLO label files, and the split's images.
+def dataset_labels(data: str, split: str, net: nn.Module, task: str = "detect"):
+    """Return a `labels(path, shape) -> targets` reader of a dataset's labels, and the split's images.
+
+    Detection and segmentation read YOLO label files (a polygon's bounding box for segments); classification reads
+    each image's class from its folder (`<split>/<class name>/image.png`).
 
     Raises:
         ValueError: If the split is missing, or a label's class is outside the model's classes.
     """
-    from ultralytics.data.utils import check_det_dataset, img2label_paths
+    from ultralytics.data.utils import (
+        check_cls_dataset,
+        check_det_dataset,
+        img2label_paths,
+    )
 
     from yolo_advamd.data import resolve_dataset
 
-    info = check_det_dataset(resolve_dataset(data))
+    info = (check_cls_dataset if task == "classify" else check_det_dataset)(resolve_dataset(data))
     if not info.get(split):
         splits = [s for s in ("train", "val", "test") if info.get(s)]
         raise ValueError(f"split={split} is not in data={data}: choose one of {', '.join(splits)}, e.g. split=val")
     nc = int(net.nc) if hasattr(net, "nc") else len(net.names)
+    if task == "classify":
+        index = {str(name): i for i, name in net.names.items()}
+
+        def folder_class(path: str, shape: tuple) -> dict:
+            """Return the class of the image at `path`: the name of its folder."""
+            name = Path(path).parent.name
+            if name not in index:
+                raise ValueError(f"{path}: folder {name!r} is not one of the model's classes: is data={data} its dataset?")
+            return {"source": "labels", "cls": [index[name]]}
+
+        return folder_class, str(Path(info[split]) / "*" / "*.*")
 
     def labels(path: str, shape: tuple) -> dict:
         """Return the ground truth of the image at `path` (shape (H, W, 3)) in pixels; no label file: no objects."""
@@ -429,15 +472,26 @@ def dataset_labels(data: str, split: str, net: nn.Module):
 
 
 def _enlarged(results, s: int):
-    """Return a copy of `results` on its image enlarged `s` times (nearest neighbour), boxes scaled alike."""
+    """Return a copy of `results` on its image enlarged `s` times (nearest neighbour), boxes scaled alike (masks stay
+    at their resolution: Ultralytics' plot scales them to the image)."""
     if s == 1:
         return results
     from ultralytics.engine.results import Results
 
     image = cv2.resize(results.orig_img, None, fx=s, fy=s, interpolation=cv2.INTER_NEAREST)
+    if results.probs is not None:
+        return Results(image, path=results.path, names=results.names, probs=results.probs.data)
     data = results.boxes.data.clone()
     data[:, :4] *= s
-    return Results(image, path=results.path, names=results.names, boxes=data)
+    masks = None if results.masks is None else results.masks.data
+    return Results(image, path=results.path, names=results.names, boxes=data, masks=masks)
+
+
+def _caption(results) -> str:
+    """Describe a prediction in a few words: its detections, or a classifier's top-1 and confidence."""
+    if results.probs is not None:
+        return f"{results.names[results.probs.top1]} ({float(results.probs.top1conf):.2f})"
+    return f"{len(results.boxes)} detections"
 
 
 def unique_stem(stem: str, used: set) -> str:

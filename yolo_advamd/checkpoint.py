@@ -119,3 +119,42 @@ def freeze_target(model: nn.Module) -> nn.Module:
     for p in target.parameters():
         p.requires_grad_(False)
     return target
+
+
+def task_of(model: nn.Module) -> str:
+    """Return the task of a model from its class ("segment", "classify", "pose", "obb", "detect", ...).
+
+    The class decides, not `model.args["task"]`, which a checkpoint made outside a trainer may leave at "detect".
+    """
+    from ultralytics.nn.tasks import (
+        ClassificationModel,
+        OBBModel,
+        PoseModel,
+        SegmentationModel,
+        guess_model_task,
+    )
+
+    kinds = ((SegmentationModel, "segment"), (ClassificationModel, "classify"), (PoseModel, "pose"), (OBBModel, "obb"))
+    return next((task for cls, task in kinds if isinstance(model, cls)), None) or guess_model_task(model)
+
+
+def model_task(overrides: dict) -> str:
+    """Return the task of a run as Ultralytics infers it: `task=`, else the model's (a `.pt`'s settings, a YAML's head).
+
+    Args:
+        overrides (dict): The run's settings: `task`, `model` or `resume`.
+
+    Returns:
+        (str): "detect", "segment", "classify", ...
+    """
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+    from ultralytics.utils.patches import torch_load
+
+    if overrides.get("task"):
+        return str(overrides["task"])
+    resume = overrides.get("resume")
+    model = str(resume if isinstance(resume, (str, Path)) and resume else overrides.get("model") or "yolov8n.yaml")
+    if model.endswith((".pt", ".pth")) and Path(model).is_file():
+        ckpt = torch_load(model, map_location="cpu")
+        return task_of(ckpt.get("ema") or ckpt["model"])
+    return guess_model_task(yaml_model_load(model)) if model.endswith((".yaml", ".yml")) else guess_model_task(model)

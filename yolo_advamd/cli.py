@@ -33,9 +33,14 @@ DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tun
 }
 
 
+DEFAULT_DATA = {  # the embedded dataset of each task, when data= is not given
+    "detect": "data/digits-det.yaml",
+    "segment": "data/digits-seg.yaml",
+    "classify": "data/digits-cls.yaml",
+}
 VAL_KEYS = {
     "model": None,
-    "data": "data/digits-det.yaml",
+    "data": "the task's embedded set (data/digits-det.yaml, -seg, -cls)",
     "attacks": "fgsm,pgd",
     "eps": "0.01,0.1",
     "baseline": None,
@@ -86,10 +91,12 @@ def use_all_cores() -> None:
 
 
 def train(overrides: dict):
-    """Train with `AdvAmdTrainer` and return the trainer."""
-    from yolo_advamd.trainer import AdvAmdTrainer
+    """Train with the AdvAmd trainer of the model's task (`trainer.advamd_trainer`) and return the trainer."""
+    from yolo_advamd.checkpoint import model_task
+    from yolo_advamd.trainer import advamd_trainer
 
-    trainer = AdvAmdTrainer(overrides={"model": "yolov8n.yaml", "data": "data/digits-det.yaml", **overrides})
+    overrides = {"model": "yolov8n.yaml", **overrides}
+    trainer = advamd_trainer({"data": DEFAULT_DATA.get(model_task(overrides), DEFAULT_DATA["detect"]), **overrides})
     trainer.train()
     return trainer
 
@@ -134,7 +141,10 @@ def main_val(argv: list[str] | None = None) -> int:
         for key in ("model", "baseline", "attack_model"):
             if args.get(key):
                 check_local_weights(args[key])
-        print(validate_advamd(**{"data": VAL_KEYS["data"], **args})["markdown"])
+        from yolo_advamd.checkpoint import model_task
+
+        data = DEFAULT_DATA.get(model_task({"model": args["model"]}), DEFAULT_DATA["detect"])
+        print(validate_advamd(**{"data": data, **args})["markdown"])
 
     return run(argv, "val_advamd.py", "model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] [save_json=True] [save_adv=True]", VAL_KEYS, job)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yolo_advamd.checkpoint import check_local_weights, strip_advamd
+from yolo_advamd.checkpoint import check_local_weights, strip_advamd, task_of
 
 STOCK_KEYS = (  # top-level keys of an Ultralytics checkpoint (BaseTrainer.save_model, strip_optimizer)
     "date",
@@ -164,7 +164,7 @@ def weights_only_checkpoint(model: nn.Module, imgsz=None) -> dict:
         "yaml": dict(model.yaml),
         "names": {int(k): str(v) for k, v in model.names.items()},
         "nc": len(model.names),
-        "task": str(getattr(model, "task", "detect")),
+        "task": task_of(model),
         "stride": [float(s) for s in model.stride],
         "imgsz": imgsz,
         "version": __version__,
@@ -173,24 +173,29 @@ def weights_only_checkpoint(model: nn.Module, imgsz=None) -> dict:
 
 
 def load_state_dict_file(path: str | Path) -> nn.Module:
-    """Rebuild a detection model from a weights-only file written by `export_model(..., format="state_dict")`.
+    """Rebuild a model (detect, segment, classify) from a weights-only file written by `export_model(format="state_dict")`.
 
     Without yolo-advamd, the same takes three lines of Ultralytics:
-    `ckpt = torch.load(path, weights_only=True)`, `model = DetectionModel(ckpt["yaml"], nc=ckpt["nc"])`,
-    `model.load_state_dict(ckpt["state_dict"])`.
+    `ckpt = torch.load(path, weights_only=True)`, `model = DetectionModel(ckpt["yaml"], nc=ckpt["nc"])` (or
+    `SegmentationModel`, `ClassificationModel` for its `task`), `model.load_state_dict(ckpt["state_dict"])`.
 
     Args:
         path (str | Path): The weights-only file.
 
     Returns:
-        (DetectionModel): The model in fp32 and eval mode, with `names` and `stride` restored.
+        (nn.Module): The model in fp32 and eval mode, with `names` and `stride` restored.
     """
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import (
+        ClassificationModel,
+        DetectionModel,
+        SegmentationModel,
+    )
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("task", "detect") != "detect":
-        raise ValueError(f"{path} holds a task={ckpt['task']} model: load_state_dict_file rebuilds detection models")
-    model = DetectionModel(ckpt["yaml"], nc=ckpt["nc"], verbose=False)
+    models = {"detect": DetectionModel, "segment": SegmentationModel, "classify": ClassificationModel}
+    if ckpt.get("task", "detect") not in models:
+        raise ValueError(f"{path} holds a task={ckpt['task']} model: load_state_dict_file rebuilds {', '.join(models)}")
+    model = models[ckpt.get("task", "detect")](ckpt["yaml"], nc=ckpt["nc"], verbose=False)
     model.load_state_dict(ckpt["state_dict"])
     model.names = ckpt["names"]
     model.stride = torch.tensor(ckpt["stride"])

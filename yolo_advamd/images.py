@@ -1,5 +1,6 @@
 """Images for attacks at the original size: reading any `predict()`-like source, tensors to and from uint8 images, and
-Ultralytics' letterbox written with differentiable torch ops (so an attack's gradient reaches every original pixel)."""
+Ultralytics' letterbox and classification crop written with differentiable torch ops (so an attack's gradient reaches
+every original pixel)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,28 @@ def letterbox(images: torch.Tensor, params: dict) -> torch.Tensor:
     if tuple(images.shape[-2:]) != (h, w):
         images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
     return F.pad(images, (params["left"], params["right"], params["top"], params["bottom"]), value=PAD)
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to `size` and crop the center square, as Ultralytics' `classify_transforms`, in torch.
+
+    The resize is bilinear with antialiasing, as torchvision's `Resize` on the PIL images the classification
+    predictor feeds it (to within its uint8 rounding); the long side is `int(size * long / short)` and the crop offset
+    `round((side - size) / 2)`, as torchvision computes them.
+
+    Args:
+        images (torch.Tensor): (B, 3, H, W) float images in [0, 1].
+        size (int): The classifier's input size.
+
+    Returns:
+        (torch.Tensor): (B, 3, size, size) images.
+    """
+    h, w = images.shape[-2:]
+    new = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    if new != (h, w):
+        images = F.interpolate(images, size=new, mode="bilinear", align_corners=False, antialias=True)
+    top, left = round((new[0] - size) / 2), round((new[1] - size) / 2)
+    return images[..., top : top + size, left : left + size]
 
 
 def to_tensor(image: np.ndarray, device) -> torch.Tensor:

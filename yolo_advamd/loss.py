@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from yolo_advamd.align import alignment_loss
 
@@ -22,6 +23,8 @@ class ViewLoss:
           The assignment is the criterion's own, made on this view's predictions.
         - "all": class k's weight multiplies its BCE on every anchor, positive and negative alike (Ultralytics'
           per-class weighting; not the paper's y = 1 term only).
+    A classifier's cross-entropy holds only the true-class term, so both scopes weight each image's cross-entropy by
+    its class's Ā (the mean over the batch, as `v8ClassificationLoss` takes it).
     `view_items` (the detached losses of the
     other views, in log order) completes the returned loss items, so Ultralytics logs every view: the benign view's
     own items come first, any other view's total goes in as `{view}_loss`.
@@ -59,6 +62,11 @@ class ViewLoss:
             loss, items = value * batch["img"].shape[0], {"align": value.detach()}
         elif weights is None:
             loss, items = self.criterion(preds, batch)
+        elif not self.heads():  # a classifier's cross-entropy has no per-class hook: weight each image by its class
+            logits = preds[1] if isinstance(preds, (list, tuple)) else preds
+            cls = batch["cls"].long()
+            loss = (F.cross_entropy(logits, cls, reduction="none") * weights.to(logits.device)[cls]).mean()
+            items = {"loss": loss.detach()}
         else:
             heads = self.heads()
             saved = [(h.class_weights, h.assigner) for h in heads]

@@ -20,7 +20,8 @@ def plot_views(batch: dict, fname, on_plot=None, max_images: int = 4):
     The perturbation δ = adversarial - benign is amplified to the full grey range per image (mid-grey is 0).
 
     Args:
-        batch (dict): A preprocessed batch with `img`, `img_med`, `img_adv` (B, 3, H, W) in [0, 1] and its labels.
+        batch (dict): A preprocessed batch with `img`, `img_med`, `img_adv` (B, 3, H, W) in [0, 1] and its labels
+            (boxes, or one class per image for a classifier).
         fname (str | Path): Output JPG path.
         on_plot (callable, optional): Ultralytics' plot callback.
         max_images (int): Number of images (columns) to show.
@@ -33,15 +34,18 @@ def plot_views(batch: dict, fname, on_plot=None, max_images: int = 4):
     delta = adv - img
     scale = delta.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12)
     images = torch.stack([img, med, adv, 0.5 + delta / (2 * scale)], 1).flatten(0, 1)  # (n*4, 3, H, W)
-    idx = batch["batch_idx"].cpu()
-    keep = idx < n
-    cls, boxes, idx = batch["cls"].cpu()[keep], batch["bboxes"].cpu()[keep], idx[keep].long()
-    labels = {
-        "img": images,
-        "cls": cls.repeat(3, 1),
-        "bboxes": boxes.repeat(3, 1),
-        "batch_idx": torch.cat([idx * 4 + v for v in range(3)]).float(),  # boxes on the three image views only
-    }
+    if "bboxes" in batch:  # detection and segmentation: the boxes
+        idx = batch["batch_idx"].cpu()
+        keep = idx < n
+        cls, idx = batch["cls"].cpu()[keep].view(-1), idx[keep].long()
+        labels = {"bboxes": batch["bboxes"].cpu()[keep].repeat(3, 1)}
+    else:  # classification: each image's class
+        cls, idx, labels = batch["cls"][:n].cpu().view(-1), torch.arange(n), {}
+    labels.update(
+        img=images,
+        cls=cls.repeat(3),
+        batch_idx=torch.cat([idx * 4 + v for v in range(3)]).float(),  # labels on the three image views only
+    )
     grid = plot_images(labels=labels, max_subplots=4 * n, save=False, threaded=False)
     cv2.imwrite(str(fname), grid[..., ::-1])  # plot_images returns RGB
     if on_plot:

@@ -13,8 +13,9 @@ from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.fgsm import FGSM
 from yolo_advamd.attacks.objectives import (
     ATTACK_TERMS,
-    DetectionObjective,
-    attack_detector,
+    Objective,
+    attack_batch,
+    objective_for,
 )
 from yolo_advamd.cfg import DEFAULT_PHI
 from yolo_advamd.checkpoint import freeze_target
@@ -49,7 +50,7 @@ class AttackStage:
         target (nn.Module | None): The frozen target model in "target" mode.
         vulnerability (Vulnerability | None): Where flip statistics go.
         terms (str): The part of the detection loss attacked: "all" (box + cls + dfl), "cls", "box" (box + dfl) or
-            "max" (a cls and a box attack, per image the stronger one; see `attack_detector`).
+            "max" (a cls and a box attack, per image the stronger one; see `attack_batch`).
         collect_stats (bool): Whether calls feed `vulnerability` (switch on for calibration and Ā refresh only).
 
     Examples:
@@ -149,9 +150,9 @@ class AttackStage:
         if self.attack_model == "target" and next(attacked.parameters()).device != img.device:
             attacked.to(img.device)  # the frozen copy follows the data (e.g. wrap_collate to another device)
         if grad is None:
-            result, objective = attack_detector(self.attack, attacked, batch, self.terms)
+            result, objective = attack_batch(self.attack, attacked, batch, self.terms)
         elif self.reuses_gradient:
-            objective = DetectionObjective(attacked, batch, terms=self.terms)
+            objective = objective_for(attacked, batch, self.terms)
             result = self.attack.step(img, grad.float())
         else:
             raise ValueError(f"{self.attack} with attack_model={self.attack_model!r} cannot reuse a training gradient")
@@ -164,7 +165,7 @@ class AttackStage:
 
     @torch.no_grad()
     def update_stats(
-        self, objective: DetectionObjective, img: torch.Tensor, adv: torch.Tensor, result: AttackResult
+        self, objective: Objective, img: torch.Tensor, adv: torch.Tensor, result: AttackResult
     ) -> None:
         """Add the batch's flips to `vulnerability`, reusing the attack's logits and computing only missing ones."""
         if self.vulnerability is None:

@@ -1,4 +1,5 @@
-"""AdvAmdTrainer: Ultralytics' DetectionTrainer with the AdvAmd attack stage, auxiliary BN and three-view loss."""
+"""AdvAmd trainers: Ultralytics' detection, segmentation and classification trainers with the AdvAmd attack stage,
+auxiliary BN and three-view loss (`AdvAmdMixin`), one per task; `advamd_trainer` picks the one a model needs."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from copy import deepcopy
 import torch
 from torch import distributed as dist
 from ultralytics.cfg import cfg2dict
-from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
+from ultralytics.models.yolo.classify import ClassificationTrainer
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, TQDM
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.cfg import ADVAMD_KEYS, advamd_defaults, check_advamd_cfg, merge_cfg
-from yolo_advamd.checkpoint import check_local_weights, freeze_target
-from yolo_advamd.data import resolve_dataset
+from yolo_advamd.checkpoint import check_local_weights, freeze_target, model_task
+from yolo_advamd.data import check_task_data, resolve_dataset
 from yolo_advamd.loss import wrap_criterion
 from yolo_advamd.nn.dual_bn import (
     convert_dual_bn,
@@ -28,21 +31,18 @@ from yolo_advamd.step import ViewGuard, advamd_step
 from yolo_advamd.vulnerability import Vulnerability
 
 
-class AdvAmdTrainer(DetectionTrainer):
-    """Train a detector with Adversarial Amendment (paper Algorithm 1) through Ultralytics' own training loop.
+class AdvAmdMixin:
+    """Adversarial Amendment (paper Algorithm 1) for any Ultralytics task trainer, through its own training loop.
 
     Each step, `preprocess_batch` attacks the batch (`AttackStage`: the frozen target model M_T or the current model)
     and trains the mediate view (main BN) and the adversarial view (auxiliary BN, classification loss weighted by Ā),
     each forward and backward in turn; Ultralytics' loop then trains the benign view and steps the optimizer, so its
     optimizer, scheduler, EMA, AMP, warmup, early stopping and checkpoints stay as they are. With FGSM on the current
     model, the benign view runs first and hands FGSM its input gradient, and the loop trains the last view instead
-    (`step.advamd_step`). `method=vanilla` is exactly `DetectionTrainer`. Ā is calibrated before the first epoch and
-    refreshed by callbacks; Ā, the flip counts and the frozen target's weights ride in the checkpoint as the model
-    attribute `advamd_state`.
-
-    Examples:
-        >>> trainer = AdvAmdTrainer(overrides={"model": "best.pt", "data": "data/digits-det.yaml", "attack": "pgd"})
-        >>> trainer.train()
+    (`step.advamd_step`). `method=vanilla` is exactly the task's Ultralytics trainer. Ā is calibrated before the first
+    epoch and refreshed by callbacks; Ā, the flip counts and the frozen target's weights ride in the checkpoint as the
+    model attribute `advamd_state`. The task's trainer supplies the model, data, loss, validator and plots; the attack
+    objective follows the model (`attacks.objectives.objective_for`).
     """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
@@ -61,6 +61,7 @@ class AdvAmdTrainer(DetectionTrainer):
         check_advamd_cfg({**defaults, **overrides})  # fail before any directory is made
         if overrides.get("model"):
             check_local_weights(overrides["model"])
+        check_task(defaults["method"], {**defaults, **overrides}, self.task_name)
         if defaults["method"] == "udfa" and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
             raise ValueError(
                 f"method=udfa aligns the model with a teacher, the starting checkpoint, and model={overrides.get('model')} "
@@ -68,6 +69,7 @@ class AdvAmdTrainer(DetectionTrainer):
             )
         if overrides.get("data"):
             overrides["data"] = resolve_dataset(overrides["data"])
+            check_task_data(self.task_name, overrides["data"])
         super().__init__({**defaults, **cfg2dict(cfg)}, overrides, _callbacks)
         check_advamd_cfg(vars(self.args))  # resolves per-attack defaults in place, saved with train_args
         if self.args.attack_model == "auto":
@@ -75,11 +77,11 @@ class AdvAmdTrainer(DetectionTrainer):
         self.amend = self.args.method != "vanilla"
         self.stage = self.vulnerability = self.abar = self.resume_state = self.guard = self.target = None
         if self.amend:
-            self.add_callback("on_train_start", AdvAmdTrainer.setup_advamd)
-            self.add_callback("on_train_epoch_end", AdvAmdTrainer.refresh_abar)
+            self.add_callback("on_train_start", type(self).setup_advamd)
+            self.add_callback("on_train_epoch_end", type(self).refresh_abar)
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
-        """Return a detection model, converted to dual BN when the auxiliary BN is on (before EMA is built)."""
+        """Return the task's model, converted to dual BN when the auxiliary BN is on (before EMA is built)."""
         if not (self.amend and self.args.aux_bn):  # a plain model, also from an AdvAmd checkpoint
             weights = strip_aux_bn(deepcopy(weights)) if weights is not None and has_dual_bn(weights) else weights
             return super().get_model(cfg, weights, verbose)
@@ -101,11 +103,15 @@ class AdvAmdTrainer(DetectionTrainer):
         return model
 
     def get_validator(self):
-        """Return Ultralytics' DetectionValidator (main BN only, stock losses) with the Ultralytics settings."""
-        args = deepcopy(self.args)
+        """Return the task's Ultralytics validator (main BN only, stock losses), given the Ultralytics settings only."""
+        args = self.args
+        self.args = deepcopy(args)
         for k in ADVAMD_KEYS:
-            delattr(args, k)
-        return DetectionValidator(self.test_loader, save_dir=self.save_dir, args=args, _callbacks=self.callbacks)
+            delattr(self.args, k)
+        try:
+            return super().get_validator()
+        finally:
+            self.args = args
 
     def setup_advamd(self):
         """Build the attack stage and the frozen target M_T, then calibrate Ā (paper Algorithm 1, stage 1)."""
@@ -236,3 +242,64 @@ class AdvAmdTrainer(DetectionTrainer):
             if writer := tensorboard_writer():
                 writer.add_image("advamd/views", grid, ni, dataformats="HWC")
         super().plot_training_samples(batch, ni)
+
+
+class AdvAmdTrainer(AdvAmdMixin, DetectionTrainer):
+    """Train a detector with Adversarial Amendment: `DetectionTrainer` with `AdvAmdMixin`.
+
+    Examples:
+        >>> trainer = AdvAmdTrainer(overrides={"model": "best.pt", "data": "data/digits-det.yaml", "attack": "pgd"})
+        >>> trainer.train()
+    """
+
+    task_name = "detect"
+
+
+class AdvAmdSegmentationTrainer(AdvAmdMixin, SegmentationTrainer):
+    """Train an instance-segmentation model with Adversarial Amendment: `SegmentationTrainer` with `AdvAmdMixin`.
+
+    The attack maximizes the full segmentation loss (box, mask, cls, dfl) with `attack_terms=all`.
+
+    Examples:
+        >>> AdvAmdSegmentationTrainer(overrides={"model": "yolov8n-seg.yaml", "data": "data/digits-seg.yaml"}).train()
+    """
+
+    task_name = "segment"
+
+
+class AdvAmdClassificationTrainer(AdvAmdMixin, ClassificationTrainer):
+    """Train an image classifier with Adversarial Amendment: `ClassificationTrainer` with `AdvAmdMixin`.
+
+    The attack maximizes the cross-entropy; Ā weights each adversarial image's cross-entropy by its class.
+
+    Examples:
+        >>> AdvAmdClassificationTrainer(overrides={"model": "yolov8n-cls.yaml", "data": "data/digits-cls.yaml"}).train()
+    """
+
+    task_name = "classify"
+
+
+TRAINERS = {t.task_name: t for t in (AdvAmdTrainer, AdvAmdSegmentationTrainer, AdvAmdClassificationTrainer)}
+
+
+def advamd_trainer(overrides: dict, _callbacks: dict | None = None) -> AdvAmdMixin:
+    """Return the AdvAmd trainer of the run's task (see `model_task`), like `yolo train` picks the task's trainer.
+
+    Raises:
+        ValueError: For a task AdvAmd does not train, naming the supported ones.
+    """
+    task = model_task(overrides)
+    if task not in TRAINERS:
+        raise ValueError(f"task={task} is not supported: AdvAmd trains {', '.join(TRAINERS)} models")
+    return TRAINERS[task](overrides=overrides, _callbacks=_callbacks)
+
+
+def check_task(method: str, cfg: dict, task: str) -> None:
+    """Refuse settings that do not exist for the task, before any work (e.g. localization attacks on a classifier)."""
+    if task != "classify":
+        return
+    if method in {"detadvprop", "udfa"}:
+        raise ValueError(f"method={method} is a detection method (box attacks, neck features): for task=classify use "
+                         "method=advamd, advtrain or vanilla")  # fmt: skip
+    if cfg.get("attack_terms", "all") not in {"all", "cls"}:
+        raise ValueError(f"attack_terms={cfg['attack_terms']} has no meaning for a classifier (no boxes): use attack_terms=all")

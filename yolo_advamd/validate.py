@@ -1,12 +1,12 @@
-"""Benign and adversarial validation: mAP per attack × ε laid out like the paper's Table 1, COCO JSON by pycocotools.
+"""Benign and adversarial validation: mAP (or accuracy) per attack × ε laid out like the paper's Table 1.
 
-Every evaluation runs Ultralytics' own `DetectionValidator` (dataloader, letterbox, NMS, matching, mAP), through
-`AdvDetectionValidator`, a subclass with two changes:
-    - `preprocess` replaces each batch's images by their adversarial version, attacked white-box on the device
-      against an fp32, eval-mode copy of the model under test (or, in the transfer setting, of `attack_model`), with
-      the detector's own loss on the ground truth as the objective;
-    - `eval_json` scores `save_json` predictions with pycocotools (Ultralytics 8.4 uses faster-coco-eval, which it
-      would try to pip-install), so nothing is ever installed.
+Every evaluation runs the task's own Ultralytics validator (dataloader, letterbox or crop, NMS, matching, metrics)
+through a subclass (`VALIDATORS`: detection, segmentation, classification) whose `preprocess` replaces each batch's
+images by their adversarial version (`AdversarialValidation`), attacked white-box on the device against an fp32,
+eval-mode copy of the model under test (or, in the transfer setting, of `attack_model`), with the model's own loss
+on the ground truth as the objective (for segmentation the full seg loss, for classification the cross-entropy).
+Detection adds COCO scoring: `eval_json` scores `save_json` predictions with pycocotools (Ultralytics 8.4 uses
+faster-coco-eval, which it would try to pip-install), so nothing is ever installed.
 
 Models are always evaluated, and attacked, through the main BN (the paper's footnote 8): the auxiliary BN and all
 AdvAmd state are stripped from every model before use.
@@ -31,7 +31,9 @@ import torch
 import yaml
 from torch import nn
 from ultralytics.cfg import check_dict_alignment, get_save_dir
+from ultralytics.models.yolo.classify import ClassificationValidator
 from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import (
     DEFAULT_CFG_DICT,
     LOGGER,
@@ -41,9 +43,9 @@ from ultralytics.utils import (
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_advamd.attacks import build_attack
-from yolo_advamd.attacks.objectives import attack_detector
+from yolo_advamd.attacks.objectives import attack_batch
 from yolo_advamd.attacks.settings import attack_settings, parse_eps
-from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model
+from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
 from yolo_advamd.data import resolve_dataset
 
 BENIGN = "benign"
@@ -52,27 +54,26 @@ COCO_STATS = (  # the 12 numbers of pycocotools' COCOeval.summarize(), in order
     "AP50-95", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
     "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
 )  # fmt: skip
-TABLE_METRICS = {  # table name -> key in a run's stats
-    "mAP50-95": "metrics/mAP50-95(B)",
-    "mAP50": "metrics/mAP50(B)",
-    "COCO AP50-95": "coco/AP50-95",
-    "COCO AP50": "coco/AP50",
-}
+TABLE_METRICS = {  # per task: table name -> key in a run's stats
+    "detect": {"mAP50-95": "metrics/mAP50-95(B)", "mAP50": "metrics/mAP50(B)", "COCO AP50-95": "coco/AP50-95",
+               "COCO AP50": "coco/AP50"},
+    "segment": {"mask mAP50-95": "metrics/mAP50-95(M)", "mask mAP50": "metrics/mAP50(M)",
+                "box mAP50-95": "metrics/mAP50-95(B)", "box mAP50": "metrics/mAP50(B)"},
+    "classify": {"top1": "metrics/accuracy_top1", "top5": "metrics/accuracy_top5"},
+}  # fmt: skip
 
 
-class AdvDetectionValidator(DetectionValidator):
-    """Ultralytics' DetectionValidator on adversarial images, with COCO JSON scored by pycocotools.
+class AdversarialValidation:
+    """An Ultralytics validator on adversarial images: each batch is attacked white-box before inference.
 
-    With `attack=None` it is the stock validator (benign images), apart from the COCO scoring.
+    With `attack=None` it is the task's stock validator (benign images). Mixed in before the task's validator class.
 
     Attributes:
         attack (Attack | None): The attack applied to every batch before inference.
         attack_model (nn.Module | None): The fp32, eval-mode model the attack differentiates (white-box: a copy of
             the model under test; transfer: another model), on the validation device.
-        terms (str): The attacked part of the detection loss: "all" (box + cls + dfl), "cls", "box" (box + dfl) or "max"
-            (the stronger of a cls and a box attack, per image).
-        adv_dir (Path | None): Where adversarial images and labels are written in YOLO layout (`images/`, `labels/`).
-        coco (dict): pycocotools stats of the last run with `save_json=True` (`coco/AP50-95`, ...).
+        terms (str): The attacked part of the loss: "all", "cls", "box" (box + dfl) or "max" (the stronger of a cls and
+            a box attack, per image); a classifier's is its cross-entropy.
 
     Examples:
         >>> v = AdvDetectionValidator(args=dict(data="coco.yaml"), attack=build_attack("fgsm", eps=0.01),
@@ -80,22 +81,55 @@ class AdvDetectionValidator(DetectionValidator):
         >>> stats = v(model=model)
     """
 
-    def __init__(
-        self,
-        dataloader=None,
-        save_dir=None,
-        args=None,
-        _callbacks=None,
-        attack=None,
-        attack_model: nn.Module | None = None,
-        terms: str = "all",
-        adv_dir: str | Path | None = None,
-    ):
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, attack=None,
+                 attack_model: nn.Module | None = None, terms: str = "all"):  # fmt: skip
         """Initialize the validator; see the class attributes for the AdvAmd arguments."""
         super().__init__(dataloader, save_dir, args, _callbacks)
         if attack is not None and attack_model is None:
             raise ValueError("an attack needs attack_model=: the fp32 eval-mode model whose gradients it follows")
         self.attack, self.attack_model, self.terms = attack, attack_model, terms
+
+    def preprocess(self, batch: dict) -> dict:
+        """Preprocess like Ultralytics, then replace `img` by its adversarial version."""
+        batch = super().preprocess(batch)
+        if self.attack is not None:
+            batch["img"] = self.adversarial(batch).to(batch["img"].dtype)
+        return batch
+
+    def adversarial(self, batch: dict) -> torch.Tensor:
+        """Return the batch's images attacked against `attack_model` (float32, in the attack's clip range).
+
+        The validator runs under `torch.inference_mode`, whose tensors cannot enter autograd: the batch is cloned
+        into normal tensors with inference mode off and gradients on, and the attack runs in fp32 even when the
+        validated model runs in fp16.
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            clean = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            clean["img"] = clean["img"].float()
+            result, _ = attack_batch(self.attack, self.attack_model, clean, self.terms)
+            return (clean["img"] + result.delta.detach()).clamp_(*self.attack.clip)
+
+
+class AdvSegmentationValidator(AdversarialValidation, SegmentationValidator):
+    """Ultralytics' SegmentationValidator (mask and box mAP) on adversarial images, attacked on the full seg loss."""
+
+
+class AdvClassificationValidator(AdversarialValidation, ClassificationValidator):
+    """Ultralytics' ClassificationValidator (top-1, top-5) on adversarial images, attacked on the cross-entropy."""
+
+
+class AdvDetectionValidator(AdversarialValidation, DetectionValidator):
+    """Ultralytics' DetectionValidator on adversarial images, with COCO JSON scored by pycocotools and an optional
+    adversarial copy of the val set.
+
+    Attributes:
+        adv_dir (Path | None): Where adversarial images and labels are written in YOLO layout (`images/`, `labels/`).
+        coco (dict): pycocotools stats of the last run with `save_json=True` (`coco/AP50-95`, ...).
+    """
+
+    def __init__(self, *args, adv_dir: str | Path | None = None, **kwargs):
+        """Initialize the validator; `adv_dir` as the class attribute, the rest as `AdversarialValidation`."""
+        super().__init__(*args, **kwargs)
         self.adv_dir = None if adv_dir is None else Path(adv_dir)
         self.adv_root = None  # common folder of the val images, for flat names of the saved copies
         self.score_json = self.args.save_json  # asked for; Ultralytics also forces save_json on COCO and LVIS
@@ -110,26 +144,11 @@ class AdvDetectionValidator(DetectionValidator):
         return stats
 
     def preprocess(self, batch: dict) -> dict:
-        """Preprocess like Ultralytics, then replace `img` by its adversarial version (and save it if asked)."""
+        """Preprocess and attack (`AdversarialValidation`), then save the images if asked."""
         batch = super().preprocess(batch)
-        if self.attack is not None:
-            batch["img"] = self.adversarial(batch).to(batch["img"].dtype)
         if self.adv_dir is not None:
             self.save_images(batch)
         return batch
-
-    def adversarial(self, batch: dict) -> torch.Tensor:
-        """Return the batch's images attacked against `attack_model` (float32, in the attack's clip range).
-
-        The validator runs under `torch.inference_mode`, whose tensors cannot enter autograd: the batch is cloned
-        into normal tensors with inference mode off and gradients on, and the attack runs in fp32 even when the
-        validated model runs in fp16.
-        """
-        with torch.inference_mode(False), torch.enable_grad():
-            clean = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            clean["img"] = clean["img"].float()
-            result, _ = attack_detector(self.attack, self.attack_model, clean, self.terms)
-            return (clean["img"] + result.delta.detach()).clamp_(*self.attack.clip)
 
     def save_images(self, batch: dict) -> None:
         """Write the batch's (adversarial) images as PNG and their labels as YOLO txt into `adv_dir`.
@@ -205,6 +224,9 @@ class AdvDetectionValidator(DetectionValidator):
     def coco_evaluate(self, stats: dict, *args, **kwargs) -> dict:
         """Route Ultralytics' faster-coco-eval scoring (which may pip-install) to `eval_json` (pycocotools)."""
         return self.eval_json(stats)
+
+
+VALIDATORS = {"detect": AdvDetectionValidator, "segment": AdvSegmentationValidator, "classify": AdvClassificationValidator}
 
 
 def coco_json_file(validator: DetectionValidator) -> Path | None:
@@ -307,15 +329,16 @@ def validate_advamd(
     seed: int = 0,
     **overrides,
 ) -> dict:
-    """Validate a detector on the benign val set and on its adversarial versions, and write the table.
+    """Validate a model (detect, segment, classify) on the benign val set and on its adversarial versions; write the table.
 
     Each model (and `baseline`) is evaluated on the benign images, then once per attack × ε on images attacked
     batch-wise on the device, white-box against that same model, or against `attack_model` when one is named (the
     transfer setting: the same attacked model then serves every row). Models are stripped to their main BN first.
 
     Args:
-        model (str | Path | nn.Module): The detector under test: an amended or stock `.pt` checkpoint.
-        data (str): Data YAML, e.g. `data/coco.yaml`, or `data/digits-det.yaml` (built on first use).
+        model (str | Path | nn.Module): The model under test: an amended or stock `.pt` checkpoint.
+        data (str): Data YAML (or a classification folder), e.g. `data/coco.yaml`, or an embedded set
+            (`data/digits-det.yaml`, `data/digits-seg.yaml`, `data/digits-cls.yaml`, built on first use).
         attacks (str | list[str]): Attack names (`fgsm`, `pgd`, `deepfool`), comma-separated or a list; empty for
             benign validation only.
         eps (str | float | list[float]): L-inf (or L2) budgets on images scaled to [0, 1], comma-separated or a list,
@@ -357,6 +380,8 @@ def validate_advamd(
     for key, m in (("model", model), ("baseline", baseline), ("attack_model", attack_model)):
         if m is not None and not isinstance(m, nn.Module):
             check_local_weights(m, WHITE_BOX, key)
+    models = {role: load_model(m, WHITE_BOX, role) for role, m in (("model", model), ("baseline", baseline)) if m is not None}
+    task = check_tasks({role: task_of(net) for role, (net, *_) in models.items()}, save_json, save_adv)
     data = resolve_dataset(data)
     save_dir = get_save_dir(
         IterableSimpleNamespace(project=project, name=name or "exp", task="advamd_val", mode="val", exist_ok=exist_ok)
@@ -372,10 +397,7 @@ def validate_advamd(
     val_args = {**overrides, "data": data, "imgsz": imgsz, "batch": batch, "device": device, "save_json": save_json,
                 "plots": overrides.get("plots", False), "mode": "val"}  # fmt: skip
     rows = []
-    for role, target in (("model", model), ("baseline", baseline)):
-        if target is None:
-            continue
-        net, label, train_args = load_model(target, WHITE_BOX, role)
+    for role, (net, label, train_args) in models.items():
         victim, attacked_by = transfer or (attack_copy(net, train_args, dev), f"{label} (white-box)")
         row = {"name": label, "role": role, "attacked_by": attacked_by, "stats": {}}
         runs = {BENIGN: None, **build_attacks(attacks, eps, **attack_kwargs)}  # fresh attacks: same seeds per row
@@ -383,19 +405,20 @@ def validate_advamd(
         for i, (column, attack) in enumerate(runs.items(), 1):
             LOGGER.info(f"\n{colorstr('bold', f'{role} {label}')}: {column} ({i}/{len(runs)})")
             run_dir = save_dir / role / column.replace(" ", "_")
-            validator = AdvDetectionValidator(
+            validator = VALIDATORS[task](
                 dataloader=loader,
                 save_dir=run_dir,
                 args={**val_args, "imgsz": imgsz or train_args.get("imgsz", 640)},
                 attack=attack,
                 attack_model=victim,
                 terms=attack_terms,
-                adv_dir=run_dir / "adversarial" if save_adv and attack is not None else None,
+                **({"adv_dir": run_dir / "adversarial"} if save_adv and attack is not None else {}),
             )
             row["stats"][column] = {k: float(v) for k, v in validator(model=net).items()}
             loader = validator.dataloader
         rows.append(row)
     results = {
+        "task": task,
         "columns": [BENIGN] + [column_name(a, e) for a in attacks for e in eps],
         "rows": rows,
         "delta": delta(rows),
@@ -405,6 +428,20 @@ def validate_advamd(
     results["markdown"] = write_table(results, save_dir)
     LOGGER.info(f"\n{results['markdown']}\nResults saved to {colorstr('bold', save_dir)}")
     return results
+
+
+def check_tasks(tasks: dict, save_json: bool, save_adv: bool) -> str:
+    """Return the task of the models to validate (`{role: task}`), refusing mixed or unsupported tasks and detection-only
+    outputs for other tasks, before any work."""
+    task = tasks["model"]
+    if task not in VALIDATORS:
+        raise ValueError(f"model is a {task} model: val_advamd validates {', '.join(VALIDATORS)} models")
+    if tasks.get("baseline", task) != task:
+        raise ValueError(f"baseline is a {tasks['baseline']} model and model a {task} one: compare models of one task")
+    if task != "detect" and (save_json or save_adv):
+        raise ValueError(f"save_json and save_adv write detection formats (COCO boxes, YOLO box labels): leave them "
+                         f"off for a {task} model")  # fmt: skip
+    return task
 
 
 def build_attacks(attacks: list[str], eps: list[float], norm, steps, step_size, random_start, seed) -> dict:
@@ -434,7 +471,7 @@ def delta(rows: list[dict]) -> dict | None:
 
 def table_rows(results: dict, metric: str) -> list[list[str]]:
     """Return one metric's table (header first): rows for the model, the baseline and Δ, values in percent."""
-    key, columns, nan = TABLE_METRICS[metric], results["columns"], float("nan")
+    key, columns, nan = TABLE_METRICS[results.get("task", "detect")][metric], results["columns"], float("nan")
     header = ["model", "attacked model", *columns]
     lines = [header]
     for row in results["rows"]:
@@ -451,8 +488,9 @@ def write_table(results: dict, save_dir: str | Path) -> str:
     """Write the results as `results.csv`, `results.json` and `results.md` in `save_dir`; return the Markdown.
 
     The tables follow the paper's Table 1: one column per attack × ε after the benign one, one row per model (and
-    baseline) naming the model the attacks were computed on, and the Δ row (model − baseline). Values are AP in %:
-    Ultralytics' mAP50-95 and mAP50, and with `save_json` the pycocotools AP50-95 and AP50. The CSV holds the same
+    baseline) naming the model the attacks were computed on, and the Δ row (model − baseline). Values in % for the
+    task (`TABLE_METRICS`): detection mAP50-95 and mAP50 (and with `save_json` the pycocotools AP50-95 and AP50),
+    segmentation mask and box mAP, classification top-1 and top-5 accuracy. The CSV holds the same
     tables with a `metric` column; the JSON holds every statistic of every run as fractions.
 
     Args:
@@ -464,7 +502,7 @@ def write_table(results: dict, save_dir: str | Path) -> str:
     """
     save_dir = Path(save_dir)
     first = results["rows"][0]["stats"][BENIGN]
-    metrics = [m for m, key in TABLE_METRICS.items() if key in first]
+    metrics = [m for m, key in TABLE_METRICS[results.get("task", "detect")].items() if key in first]
     blocks, records = [], []
     for metric in metrics:
         lines = table_rows(results, metric)

@@ -13,13 +13,17 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
+from ultralytics.utils.loss import E2ELoss, v8DetectionLoss, v8SegmentationLoss
 
 from yolo_advamd.attacks.base import AttackResult
-from yolo_advamd.images import letterbox
 
 TERMS = {"all": "box + cls + dfl", "cls": "the classification term", "box": "the localization terms, box + dfl"}
 ATTACK_TERMS = (*TERMS, "max")  # max: the cls and the box attack, per image the one with the larger detection loss
+SEGMENT_TERMS = {  # the segmentation loss's items in each part (`v8SegmentationLoss.loss_names`)
+    "all": {"box_loss", "seg_loss", "cls_loss", "dfl_loss", "sem_loss"},
+    "cls": {"cls_loss"},
+    "box": {"box_loss", "dfl_loss"},
+}
 
 
 @contextlib.contextmanager
@@ -155,6 +159,7 @@ class DetectionObjective(Objective):
                 f"{type(criterion).__name__} is not a detection criterion: expected v8DetectionLoss or E2ELoss"
             )
         self.assigners = [_AssignOnce(criterion.assigner) for _, criterion, _ in self.branches]
+        self.segment = isinstance(criterion, v8SegmentationLoss) and "masks" in batch  # the mask term needs masks
         self.model = model
         self.batch = batch
         self.terms = terms
@@ -193,11 +198,16 @@ class DetectionObjective(Objective):
             p = preds[key] if key else preds
             stock, criterion.assigner = criterion.assigner, assigner
             try:
-                (fg_mask, gt_idx, *_), terms, _ = criterion.get_assigned_targets_and_loss(p, self.batch)
+                if self.segment:  # the full segmentation loss, box, seg, cls, dfl, sem, times the batch size
+                    vector, _ = criterion.loss(p, self.batch)
+                    fg_mask, gt_idx = assigner.result[3], assigner.result[4]
+                    term = sum(v for name, v in zip(criterion.loss_names, vector) if name in SEGMENT_TERMS[self.terms])
+                else:
+                    (fg_mask, gt_idx, *_), terms, _ = criterion.get_assigned_targets_and_loss(p, self.batch)
+                    term = {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}[self.terms] * images.shape[0]
             finally:
                 criterion.assigner = stock
-            term = {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}[self.terms]
-            loss = loss + weight * term * images.shape[0]
+            loss = loss + weight * term
             if logits is None:
                 logits = self._mean_assigned(p, fg_mask, gt_idx)
         return loss, logits
@@ -223,10 +233,11 @@ class DetectionObjective(Objective):
             p = preds[key] if key else preds
             for i in range(images.shape[0]):
                 objects = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
-                one = {"boxes": p["boxes"][i : i + 1], "scores": p["scores"][i : i + 1],
-                       "feats": [f[i : i + 1] for f in p["feats"]]}  # fmt: skip
+                one = {k: _image(v, i) for k, v in p.items()}
                 target = {"batch_idx": self.batch["cls"].new_zeros(objects.stop - objects.start),
                           "cls": self.batch["cls"][objects], "bboxes": self.batch["bboxes"][objects]}  # fmt: skip
+                if self.segment:  # overlapping masks are one map per image, else one per object
+                    target["masks"] = self.batch["masks"][i : i + 1] if criterion.overlap else self.batch["masks"][objects]
                 losses[i] += weight * criterion.loss(one, target)[0].sum().float()
         return losses
 
@@ -245,6 +256,11 @@ class DetectionObjective(Objective):
         return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], center)
 
 
+def _image(value, i: int):
+    """Return image `i` of batched predictions as a batch of one (tensors, and lists or tuples of them)."""
+    return value[i : i + 1] if torch.is_tensor(value) else type(value)(_image(v, i) for v in value)
+
+
 class _AssignOnce:
     """Stand in for a criterion's assigner: call it once, then return that first assignment on every call."""
 
@@ -260,20 +276,21 @@ class _AssignOnce:
         return self.result
 
 
-class LetterboxObjective(Objective):
-    """An objective on the model's letterboxed input, seen as a function of the original image's pixels.
+class PreprocessedObjective(Objective):
+    """An objective on the model's preprocessed input, seen as a function of the original image's pixels.
 
-    `loss(x) = objective.loss(letterbox(x))` with the differentiable `letterbox`, so an attack on x perturbs the
-    original pixels and its gradient flows through the resize and the padding.
+    `loss(x) = objective.loss(preprocess(x))` with a differentiable `preprocess` (`images.letterbox` for detectors,
+    `images.center_crop` for classifiers), so an attack on x perturbs the original pixels and its gradient flows
+    through the resize, the padding or the crop.
 
     Attributes:
-        objective (DetectionObjective | VanishObjective): The objective at the model's input.
-        params (dict): `LetterBox.get_params` geometry of the image (`new_unpad`, `top`, `bottom`, `left`, `right`).
+        objective (Objective): The objective at the model's input.
+        preprocess (Callable): Original images (B, 3, H, W) -> the model's input.
     """
 
-    def __init__(self, objective, params: dict):
-        """Wrap `objective` (built on the letterboxed clean image) for images of the original size."""
-        self.objective, self.params = objective, params
+    def __init__(self, objective: Objective, preprocess):
+        """Wrap `objective` (built on the preprocessed clean image) for images of the original size."""
+        self.objective, self.preprocess = objective, preprocess
         self.labels, self.batch_idx = objective.labels, objective.batch_idx
 
     def frozen(self):
@@ -281,8 +298,8 @@ class LetterboxObjective(Objective):
         return self.objective.frozen()
 
     def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the objective's loss and per-object logits at the letterboxed `images`."""
-        return self.objective.loss_and_logits(letterbox(images, self.params))
+        """Return the objective's loss and per-object logits at the preprocessed `images`."""
+        return self.objective.loss_and_logits(self.preprocess(images))
 
 
 class VanishObjective(Objective):
@@ -317,7 +334,9 @@ class VanishObjective(Objective):
 class ClassifierObjective(Objective):
     """The cross-entropy of an image classifier on true labels: the same interface as `DetectionObjective`.
 
-    Each image is one object: `object_logits(x)` are the model's logits, `batch_idx` is `arange(B)`.
+    Each image is one object: `object_logits(x)` are the model's logits, `batch_idx` is `arange(B)`. The loss is the
+    one Ultralytics' `v8ClassificationLoss` trains with (mean cross-entropy), so a training pass's input gradient is
+    this objective's.
 
     Attributes:
         model (nn.Module): The attacked classifier, returning logits (B, nc).
@@ -332,42 +351,57 @@ class ClassifierObjective(Objective):
             self.labels = labels.view(-1).long().clone()
             self.batch_idx = torch.arange(self.labels.numel(), device=self.labels.device)
 
-    def object_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the logits (B, nc) at `images`."""
-        return self.model(images)
-
     def loss_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the mean cross-entropy and the logits at `images` from a single forward pass."""
+        """Return the mean cross-entropy and the logits at `images` from a single forward pass.
+
+        An Ultralytics classifier in eval mode returns (probabilities, logits): the logits are used.
+        """
         logits = self.model(images)
-        return F.cross_entropy(logits, self.labels), logits
+        logits = logits[1] if isinstance(logits, tuple) else logits
+        return F.cross_entropy(logits.float(), self.labels), logits.float()
 
 
-def attack_detector(attack, model: nn.Module, batch: dict, terms: str = "all"):
-    """Attack a detection batch on `terms` of the model's loss; return the attack's result and its objective.
+def objective_for(model: nn.Module, batch: dict, terms: str = "all") -> Objective:
+    """Return what an attack on `batch` maximizes for the model's task: its training loss, or `terms` of it.
 
-    `terms="max"` is Det-AdvProp's selection (Chen et al., CVPR 2021): one attack on the classification term and one
-    on the localization terms (box + dfl), then, per image, the adversarial image whose detection loss
+    A classifier (`ClassificationModel`) gives its cross-entropy on `batch["cls"]` (`terms` "all" or "cls"); a detector
+    or segmentation model its detection loss (`DetectionObjective`; with the batch's masks, the segmentation loss).
+    """
+    from ultralytics.nn.tasks import ClassificationModel
+
+    if isinstance(model, ClassificationModel):
+        if terms not in {"all", "cls"}:
+            raise ValueError(f"attack_terms={terms} has no meaning for a classifier (no boxes): use attack_terms=all")
+        return ClassifierObjective(model, batch["cls"])
+    return DetectionObjective(model, batch, terms=terms)
+
+
+def attack_batch(attack, model: nn.Module, batch: dict, terms: str = "all"):
+    """Attack a batch on `terms` of the model's loss (see `objective_for`); return the attack's result and objective.
+
+    `terms="max"` is Det-AdvProp's selection (Chen et al., CVPR 2021, eq. 5): one attack on the classification term and
+    one on the localization terms (box + dfl), then, per image, the adversarial image whose detection loss
     (`DetectionObjective.image_losses`) is the larger; that costs the two attacks and one forward pass of each result.
     The returned result then has no iterates and no adversarial logits, and its objective is the cls attack's (per-object
     logits do not depend on the terms).
 
     Args:
         attack (Attack): The attack (FGSM, PGD, DeepFool).
-        model (nn.Module): The attacked detector (see `DetectionObjective`).
+        model (nn.Module): The attacked model (see `objective_for`).
         batch (dict): A preprocessed batch: `img` in [0, 1] and its targets.
         terms (str): One of `ATTACK_TERMS`: "all", "cls", "box" or "max".
 
     Returns:
         result (AttackResult): The perturbation and adversarial images.
-        objective (DetectionObjective): The objective attacked (for flip statistics).
+        objective (Objective): The objective attacked (for flip statistics).
     """
     if terms not in ATTACK_TERMS:
         raise ValueError(f"attack_terms={terms!r} is not valid: choose one of {', '.join(ATTACK_TERMS)}")
     img = batch["img"].detach()
     if terms != "max":
-        objective = DetectionObjective(model, batch, terms=terms)
+        objective = objective_for(model, batch, terms)
         return attack(img, objective), objective
-    objectives = [DetectionObjective(model, batch, terms=t) for t in ("cls", "box")]
+    objectives = [objective_for(model, batch, t) for t in ("cls", "box")]
     results = [attack(img, o) for o in objectives]
     with objectives[0].frozen():
         losses = torch.stack([objectives[0].image_losses(r.adv) for r in results])

@@ -1,38 +1,57 @@
-"""Datasets: the embedded digits-det builder and `resolve_dataset`, which turns a `data=` argument into a ready YAML.
+"""Datasets: the embedded digits builders and `resolve_dataset`, which turns a `data=` argument into what Ultralytics takes.
 
-`resolve_dataset` is the one gate between a user's `data=` and Ultralytics: it builds digits-det when asked for it and
-refuses, with the expected location and how to get the images, any dataset whose images are not on disk, before
-Ultralytics' `check_det_dataset` could try to download it.
+`resolve_dataset` is the one gate between a user's `data=` and Ultralytics: it builds an embedded digits dataset
+(digits-det, digits-seg, digits-cls) when asked for it and refuses, with the expected location and how to get the
+images, any dataset whose images are not on disk, before Ultralytics' `check_det_dataset` or `check_cls_dataset` could
+try to download it.
 """
 
 from pathlib import Path
 
 import yaml
 
-from yolo_advamd.data.digits import NAME as DIGITS_NAME
-from yolo_advamd.data.digits import build_digits_det, cache_dir, dataset_dir
+from yolo_advamd.data.digits import (
+    BUILDER_KEYS,
+    DATASETS,
+    build_digits,
+    build_digits_det,
+    cache_dir,
+    dataset_dir,
+    dataset_spec,
+)
 
-__all__ = ("DIGITS_BUILDER_KEYS", "build_digits_det", "cache_dir", "dataset_dir", "resolve_dataset")
-
-DIGITS_BUILDER_KEYS = {"seed": 0, "n_train": 2000, "n_val": 500, "imgsz": 160}  # `builder: digits-det` YAML keys
+__all__ = (
+    "BUILDER_KEYS",
+    "DATASETS",
+    "build_digits",
+    "build_digits_det",
+    "cache_dir",
+    "dataset_dir",
+    "check_task_data",
+    "resolve_dataset",
+)
 
 
 def resolve_dataset(data):
-    """Return the path of an Ultralytics-ready data YAML for `data`, building digits-det when it names it.
+    """Return what Ultralytics' `data=` needs for `data`, building an embedded digits dataset when it names one.
 
     Args:
-        data (str | Path): A data YAML path. A YAML with `builder: digits-det` (like `data/digits-det.yaml`), or
-            the bare name `digits-det` / `digits-det.yaml`, is built on first use into the cache
-            (`$YOLO_ADVAMD_DATA`) and the build's own YAML (absolute `path`) is returned. Any other YAML is returned
-            as given once its `train` and `val` images are found on disk; nothing is ever downloaded.
+        data (str | Path): A data YAML path, or a classification dataset directory. A YAML with `builder: digits-det`,
+            `digits-seg` or `digits-cls` (like `data/digits-det.yaml`), or a bare name such as `digits-seg` /
+            `digits-seg.yaml`, is built on first use into the cache (`$YOLO_ADVAMD_DATA`). Any other YAML is returned
+            as given once its `train` and `val` images are found on disk, and an existing directory (Ultralytics'
+            classification layout, `train/<class>/*.png`) as given; nothing is ever downloaded.
 
     Returns:
-        (str): Path of a data YAML that `ultralytics.data.utils.check_det_dataset` accepts offline.
+        (str): For detection and segmentation, the path of a data YAML that `ultralytics.data.utils.check_det_dataset`
+            accepts offline (for digits-det and digits-seg the build's own YAML, with an absolute `path`); for
+            classification, the dataset directory that `check_cls_dataset` accepts offline (for digits-cls the build
+            directory itself).
 
     Raises:
-        FileNotFoundError: If the YAML does not exist or its images are not on disk; the message says where they are
-            expected and how to get them.
-        ValueError: If a digits-det YAML has an unknown builder key.
+        FileNotFoundError: If the YAML or directory does not exist or its images are not on disk; the message says
+            where they are expected and how to get them.
+        ValueError: If a builder YAML names an unknown builder or has an unknown key.
     """
     data = str(data)
     if "://" in data:
@@ -41,34 +60,96 @@ def resolve_dataset(data):
             f"pass its local data YAML, or use the embedded default data=data/digits-det.yaml."
         )
     path = Path(data)
+    if path.is_dir():
+        return _check_cls_dir(path)
     if not path.is_file():
-        if path.stem == DIGITS_NAME and path.suffix in {"", ".yaml", ".yml"}:
-            return str(build_digits_det(**DIGITS_BUILDER_KEYS) / f"{DIGITS_NAME}.yaml")
+        if path.stem in DATASETS and path.suffix in {"", ".yaml", ".yml"}:
+            return _build(path.stem, BUILDER_KEYS[path.stem])
         from ultralytics.utils.checks import check_file
 
         found = check_file(data, hard=False) if path.suffix in {".yaml", ".yml"} else ""  # Ultralytics' bundled YAMLs
         if not found:
             raise FileNotFoundError(
-                f"data={data} does not exist. Pass the path of a data YAML (e.g. data=data/coco.yaml), or use the "
-                f"embedded default data=data/digits-det.yaml, which is built offline on first use."
+                f"data={data} does not exist. Pass the path of a data YAML (e.g. data=data/coco.yaml) or of a "
+                f"classification directory, or use an embedded dataset built offline on first use: "
+                f"data=data/digits-det.yaml, data/digits-seg.yaml or data/digits-cls.yaml."
             )
         path = Path(found)
     cfg = yaml.safe_load(path.read_text()) or {}
-    if cfg.get("builder") == DIGITS_NAME:
-        return str(_build_from_yaml(path, cfg) / f"{DIGITS_NAME}.yaml")
+    if "builder" in cfg:
+        return _build_from_yaml(path, cfg)
     _check_images(path, cfg)
     return str(path)
 
 
+def check_task_data(task: str, data: str) -> None:
+    """Refuse, before any work, a resolved dataset (`resolve_dataset`) that does not fit the model's task.
+
+    A classifier needs a folder of class folders, each with images in `train/` and `val/`; a detector or segmentation
+    model a data YAML; a segmentation model polygon labels (`class x1 y1 x2 y2 ...`), not boxes (checked on the first
+    50 label files of a `train` images folder).
+
+    Raises:
+        ValueError: Naming the mismatch and the fix.
+    """
+    from ultralytics.data.utils import IMG_FORMATS
+
+    path = Path(data)
+    if task == "classify":
+        if not path.is_dir():
+            raise ValueError(f"data={data} is a data YAML, and a classifier trains on a folder of class folders "
+                             "(train/<class>/*.png, val/<class>/*.png): e.g. data=data/digits-cls.yaml")  # fmt: skip
+        for split in ("train", "val"):
+            folders = sorted(d for d in (path / split).glob("*") if d.is_dir())
+            empty = [d.name for d in folders if not any(f.suffix[1:].lower() in IMG_FORMATS for f in d.iterdir())]
+            if empty:
+                raise ValueError(f"data={data}: class folder(s) {empty} in {split}/ hold no image; every class needs "
+                                 f"images in train/ and val/: add some or remove the folder")  # fmt: skip
+        return
+    if path.is_dir():
+        raise ValueError(f"data={data} is a classification folder, and a {task} model needs a data YAML with YOLO "
+                         "labels: e.g. data=data/digits-det.yaml")  # fmt: skip
+    if task == "segment":
+        cfg = yaml.safe_load(path.read_text()) or {}
+        train = cfg.get("train")
+        images = _dataset_root(path, cfg) / train if isinstance(train, str) else None
+        labels = sorted(Path(str(images).replace("images", "labels")).glob("*.txt"))[:50] if images else []
+        rows = [line.split() for f in labels for line in f.read_text().splitlines() if line.strip()]
+        if rows and not any(len(r) > 5 for r in rows):
+            raise ValueError(f"data={data} has box labels (class x y w h) and a segmentation model needs polygons "
+                             "(class x1 y1 x2 y2 ...): e.g. data=data/digits-seg.yaml")  # fmt: skip
+
+
+def _build(name, keys):
+    """Build embedded dataset `name` with builder `keys` and return its data YAML, or for classification its directory."""
+    built = build_digits(name, **keys)
+    return str(built) if dataset_spec(name).task == "classify" else str(built / f"{name}.yaml")
+
+
 def _build_from_yaml(path, cfg):
-    """Build the digits-det dataset described by a `builder: digits-det` YAML and return its directory."""
-    unknown = set(cfg) - set(DIGITS_BUILDER_KEYS) - {"builder"}
+    """Build the dataset described by a builder YAML (`builder: digits-det`, ...) and return `_build`'s result."""
+    name = cfg["builder"]
+    try:
+        dataset_spec(name)
+    except ValueError as error:
+        raise ValueError(f"{path} has builder: {name}, but {error}") from None
+    unknown = set(cfg) - set(BUILDER_KEYS[name]) - {"builder"}
     if unknown:
         raise ValueError(
-            f"{path} has unknown digits-det key(s) {sorted(unknown)}: valid keys are builder and "
-            f"{', '.join(DIGITS_BUILDER_KEYS)}, e.g. n_train: 2000"
+            f"{path} has unknown {name} key(s) {sorted(unknown)}: valid keys are builder and "
+            f"{', '.join(BUILDER_KEYS[name])}, e.g. n_train: 2000"
         )
-    return build_digits_det(**{k: cfg.get(k, v) for k, v in DIGITS_BUILDER_KEYS.items()})
+    return _build(name, {k: cfg.get(k, v) for k, v in BUILDER_KEYS[name].items()})
+
+
+def _check_cls_dir(path):
+    """Return a classification dataset directory as given, or raise if Ultralytics would find no `train` images in it."""
+    if not (path / "train").is_dir():
+        raise FileNotFoundError(
+            f"data={path} is a directory without a 'train' folder: a classification dataset needs "
+            f"train/<class>/*.png and val/<class>/*.png, or use the embedded data=data/digits-cls.yaml."
+        )
+    return str(path)
 
 
 def _dataset_root(path, cfg):

@@ -1,21 +1,33 @@
-"""digits-det: a small detection dataset composed from scikit-learn's real handwritten digit scans, built offline.
+"""digits-det, digits-seg and digits-cls: small datasets composed from scikit-learn's real handwritten digit scans, offline.
 
-Each scene is an `imgsz` x `imgsz` 3-channel PNG holding 1 to 6 non-overlapping digits, each an 8x8 scan from
-`sklearn.datasets.load_digits` (1,797 scans, 10 classes) scaled to a square of 16 to 64 px, drawn either as dark ink on
-paper or as bright strokes on a dark textured background. A box covers the scan's inked cells (8x8 cells with value
->= 4 of 16) scaled with the square: its height is the full square (every scan has ink in all 8 rows), its width the
-inked columns. Class `k` is the digit `k`.
+Every digit is an 8x8 scan from `sklearn.datasets.load_digits` (1,797 scans, 10 classes; class `k` is the digit `k`)
+scaled to a square and drawn either as dark ink on paper or as bright strokes on a dark textured background, under fine
+grain. A scan's ink is its cells with value >= 4 of 16 (`INK_THRESHOLD`).
 
-Layout of a built dataset (Ultralytics layout plus COCO JSON for the val split):
+- digits-det (detection): each scene is an `imgsz` x `imgsz` 3-channel PNG holding 1 to 6 non-overlapping digits, each
+  in a square of 16 to 64 px. A box covers the ink scaled with the square: its height is the full square (every scan has
+  ink in all 8 rows), its width the inked columns.
+- digits-seg (instance segmentation): the very scenes of digits-det (the same arguments give the same images), each digit
+  labelled with the outline of its ink scaled with the square, holes kept (see `ink_polygon`). The outline's box is the
+  digits-det box within 1 px: the box rounds the ink's edges outward to whole pixels, the outline does not.
+- digits-cls (classification): each image is an `imgsz` x `imgsz` 3-channel PNG of one digit, in a square of 3/4 to all
+  of the side at a random spot. Classes are balanced: image `i` shows class `(i - 1) % 10`. 32 px by default: a scan has
+  8x8 cells, so 4 px per cell keep all of its detail, and yolov8n-cls at imgsz=32 trains on 2,000 images in seconds per
+  epoch on 2 CPU cores (64 px would cost 4x for no more detail).
+
+Layout of a built digits-det or digits-seg dataset (Ultralytics detection / segmentation layout):
     <root>/images/{train,val}/000001.png ...   scenes, numeric stems counted from 1 per split
-    <root>/labels/{train,val}/000001.txt ...   YOLO labels: `class cx cy w h`, normalized
-    <root>/annotations/instances_val.json      val split in COCO format (see `coco_json`)
-    <root>/sources.json                        per object: source scan index and the square it was drawn in
-    <root>/digits-det.yaml                     Ultralytics data YAML with an absolute `path`
+    <root>/labels/{train,val}/000001.txt ...   YOLO labels, normalized: det `class cx cy w h`, seg `class x1 y1 x2 y2 ...`
+    <root>/annotations/instances_val.json      digits-det only: the val split in COCO format (see `coco_json`)
+    <root>/<name>.yaml                         Ultralytics data YAML with an absolute `path`
+Layout of a built digits-cls dataset (Ultralytics classification layout: `data=` is the directory itself):
+    <root>/{train,val}/<class>/000001.png ...  class folders 0..9, numeric stems counted from 1 per split
+Both layouts also hold:
+    <root>/sources.json                        per image: each digit's source scan index and the square it was drawn in
     <root>/.complete                           written last: a root without it is never used
 
-The same arguments give byte-identical files: every scene draws from its own `numpy` Generator seeded with
-`(seed, split, index)` (so scene `i` does not depend on how many scenes are built), and OpenCV's PNG encoder is
+The same arguments give byte-identical files: every image draws from its own `numpy` Generator seeded with
+`(seed, split, index)` (so image `i` does not depend on how many images are built), and OpenCV's PNG encoder is
 deterministic. Train and val draw from disjoint sets of source scans, split ~80/20 once with the seed.
 """
 
@@ -25,22 +37,42 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import yaml
 
 NAME = "digits-det"
-VERSION = 1  # bump when the generated data changes: cached builds of other versions are not reused
+SEG_NAME, CLS_NAME = "digits-seg", "digits-cls"
 NAMES = {i: str(i) for i in range(10)}
 SPLITS = ("train", "val")
 VAL_FRACTION = 0.2  # share of source scans reserved for the val split
-MIN_SIZE, MAX_SIZE = 16, 64  # side of a digit's square, px
+MIN_SIZE, MAX_SIZE = 16, 64  # side of a digit's square in a scene, px
 MAX_OBJECTS = 6
-INK_THRESHOLD = 4.0  # a scan cell (0..16) with at least this value counts as ink for the box
+INK_THRESHOLD = 4.0  # a scan cell (0..16) with at least this value counts as ink, for boxes and outlines alike
 PLACEMENT_TRIES = 50  # random positions tried per digit before it is dropped from a crowded scene
 COMPLETE_MARKER = ".complete"
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fastest; level 9 saves ~10% for 5x the time (grain dominates)
+
+
+class DatasetSpec(NamedTuple):
+    """What differs between the embedded datasets; everything else (cache, scans, rendering) is shared."""
+
+    task: str  # the Ultralytics task it trains
+    version: int  # bump when its generated data changes: cached builds of other versions are not reused
+    imgsz: int  # default image side, px
+    min_imgsz: int  # smallest image side that fits its digits, px
+    min_images: int  # fewest images per split: digits-cls needs an image in every class folder
+
+
+DATASETS = {
+    NAME: DatasetSpec("detect", 1, 160, MAX_SIZE, 1),
+    SEG_NAME: DatasetSpec("segment", 1, 160, MAX_SIZE, 1),
+    CLS_NAME: DatasetSpec("classify", 1, 32, 16, len(NAMES)),
+}
+# the keys of a `builder: <name>` YAML and their defaults, per dataset
+BUILDER_KEYS = {name: {"seed": 0, "n_train": 2000, "n_val": 500, "imgsz": d.imgsz} for name, d in DATASETS.items()}
 
 
 def cache_dir():
@@ -54,21 +86,38 @@ def cache_dir():
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yolo_advamd"
 
 
-def dataset_dir(seed=0, n_train=2000, n_val=500, imgsz=160, root=None):
-    """Return the directory of the digits-det build for these arguments, one per configuration.
+def dataset_spec(name):
+    """Return the `DatasetSpec` of an embedded dataset, refusing unknown names with the valid ones.
 
     Args:
+        name (str): One of `DATASETS`: digits-det, digits-seg or digits-cls.
+
+    Returns:
+        (DatasetSpec): Its task, version, default and smallest image side, and fewest images per split.
+    """
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"{name!r} is not an embedded dataset: choose one of {', '.join(DATASETS)}, e.g. {NAME}")
+    return DATASETS[name]
+
+
+def dataset_dir(name=NAME, seed=0, n_train=2000, n_val=500, imgsz=None, root=None):
+    """Return the directory of the build of dataset `name` for these arguments, one per configuration.
+
+    Args:
+        name (str): Embedded dataset: digits-det, digits-seg or digits-cls.
         seed (int): Random seed of the build.
-        n_train (int): Number of train scenes.
-        n_val (int): Number of val scenes.
-        imgsz (int): Side of a scene, px.
+        n_train (int): Number of train images.
+        n_val (int): Number of val images.
+        imgsz (int | None): Side of an image, px; the dataset's default (160, 160, 32) when None.
         root (str | Path | None): Parent directory; `cache_dir()` when None.
 
     Returns:
-        (Path): `<root>/digits-det-v<VERSION>-seed<seed>-train<n_train>-val<n_val>-<imgsz>px`.
+        (Path): `<root>/<name>-v<version>-seed<seed>-train<n_train>-val<n_val>-<imgsz>px`.
     """
+    spec = dataset_spec(name)
     root = cache_dir() if root is None else Path(root)
-    return root / f"{NAME}-v{VERSION}-seed{seed}-train{n_train}-val{n_val}-{imgsz}px"
+    imgsz = spec.imgsz if imgsz is None else imgsz
+    return root / f"{name}-v{spec.version}-seed{seed}-train{n_train}-val{n_val}-{imgsz}px"
 
 
 def is_complete(path):
@@ -76,12 +125,59 @@ def is_complete(path):
     return (Path(path) / COMPLETE_MARKER).is_file()
 
 
-def build_digits_det(root=None, seed=0, n_train=2000, n_val=500, imgsz=160):
-    """Build digits-det once and return its directory; a finished build is reused as is.
+def build_digits(name=NAME, root=None, seed=0, n_train=2000, n_val=500, imgsz=None):
+    """Build an embedded digits dataset once and return its directory; a finished build is reused as is.
 
     The dataset is written to a temporary directory beside the target and renamed into place when complete, so an
     interrupted build is never used. An unfinished directory at the target is replaced; temporary directories left by
     processes that no longer run are removed.
+
+    Args:
+        name (str): Embedded dataset: digits-det, digits-seg or digits-cls (see the module docstring).
+        root (str | Path | None): Parent directory of the build; `$YOLO_ADVAMD_DATA` or the user cache when None.
+        seed (int): Random seed: the same name, seed and sizes give byte-identical files.
+        n_train (int): Number of train images (>= 1; >= 10 for digits-cls, one per class folder).
+        n_val (int): Number of val images (>= 1; >= 10 for digits-cls).
+        imgsz (int | None): Side of an image in px (>= 64 for scenes, so that the largest digit fits; >= 16 for
+            digits-cls); the dataset's default (160, 160, 32) when None.
+
+    Returns:
+        (Path): The dataset directory (see the module docstring for its layout).
+    """
+    spec = dataset_spec(name)
+    imgsz = spec.imgsz if imgsz is None else imgsz
+    checks = (
+        ("n_train", n_train, spec.min_images),
+        ("n_val", n_val, spec.min_images),
+        ("imgsz", imgsz, spec.min_imgsz),
+    )
+    for key, value, low in checks:
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(
+                f"{key}={value!r} is invalid for {name}: {key} must be an integer >= {low}, e.g. {key}={low * 10}"
+            )
+    target = dataset_dir(name, seed, n_train, n_val, imgsz, root)
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        _write_dataset(tmp, target, name, seed, n_train, n_val, imgsz)
+        if target.exists() and not is_complete(target):
+            shutil.rmtree(target)  # an unfinished directory at the target (not made by this code's rename)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not is_complete(target):  # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_digits_det(root=None, seed=0, n_train=2000, n_val=500, imgsz=160):
+    """Build digits-det once and return its directory: `build_digits` with `name="digits-det"`.
 
     Args:
         root (str | Path | None): Parent directory of the build; `$YOLO_ADVAMD_DATA` or the user cache when None.
@@ -93,27 +189,7 @@ def build_digits_det(root=None, seed=0, n_train=2000, n_val=500, imgsz=160):
     Returns:
         (Path): The dataset directory (see the module docstring for its layout).
     """
-    for key, value, low in (("n_train", n_train, 1), ("n_val", n_val, 1), ("imgsz", imgsz, MAX_SIZE)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{key}={value!r} is invalid: {key} must be an integer >= {low}, e.g. {key}={low * 10}")
-    target = dataset_dir(seed, n_train, n_val, imgsz, root)
-    if is_complete(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
-        _write_dataset(tmp, target, seed, n_train, n_val, imgsz)
-        if target.exists() and not is_complete(target):
-            shutil.rmtree(target)  # an unfinished directory at the target (not made by this code's rename)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not is_complete(target):  # not a concurrent build that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_digits(NAME, root, seed, n_train, n_val, imgsz)
 
 
 def _remove_stale_temps(target):
@@ -128,39 +204,81 @@ def _remove_stale_temps(target):
             continue  # not ours to judge: unparsable name, or a live process of another user
 
 
-def _write_dataset(tmp, target, seed, n_train, n_val, imgsz):
-    """Write every file of the dataset into `tmp`, the completion marker last; paths in the YAML point at `target`."""
+def _write_dataset(tmp, target, name, seed, n_train, n_val, imgsz):
+    """Write every file of dataset `name` into `tmp`, the completion marker last; paths in a YAML point at `target`."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     pools = dict(zip(SPLITS, split_scans(len(digits.images), seed)))
     width = max(6, len(str(max(n_train, n_val))))
+    polygons = [ink_polygon(scan) for scan in digits.images] if name == SEG_NAME else None
     sources = {}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # OpenCV and numpy release the GIL
         for split_id, (split, n) in enumerate(zip(SPLITS, (n_train, n_val))):
-            (tmp / "images" / split).mkdir(parents=True)
-            (tmp / "labels" / split).mkdir(parents=True)
+            if name == CLS_NAME:
+                write = _crop_writer(tmp, split, digits, pools[split], imgsz, width)
+            else:
+                write = _scene_writer(tmp, split, digits, pools[split], imgsz, width, polygons)
 
-            def write(i, split=split, split_id=split_id):
-                """Render scene i of the split from its own generator, write its image and label, return its sources."""
-                rng = np.random.default_rng([seed, split_id, i])
-                image, objects = render_scene(rng, digits.images, digits.target, pools[split], imgsz)
-                stem = f"{i:0{width}d}"
-                cv2.imwrite(str(tmp / "images" / split / f"{stem}.png"), image, PNG_PARAMS)
-                (tmp / "labels" / split / f"{stem}.txt").write_text(
-                    "".join(f"{o['class']} {_yolo_box(o['box'], imgsz)}\n" for o in objects)
-                )
-                return stem, [{"scan": o["scan"], "square": o["square"]} for o in objects]
+            def job(i, write=write, split_id=split_id):
+                """Write image i of the split from its own generator; return its stem and sources."""
+                return write(i, np.random.default_rng([seed, split_id, i]))
 
-            sources[split] = dict(pool.map(write, range(1, n + 1)))
-    (tmp / "annotations").mkdir()
-    coco = coco_json(tmp / "labels" / "val", imgsz)
-    (tmp / "annotations" / "instances_val.json").write_text(json.dumps(coco, separators=(",", ":")))
+            sources[split] = dict(pool.map(job, range(1, n + 1)))
+    if name == NAME:
+        (tmp / "annotations").mkdir()
+        coco = coco_json(tmp / "labels" / "val", imgsz)
+        (tmp / "annotations" / "instances_val.json").write_text(json.dumps(coco, separators=(",", ":")))
     (tmp / "sources.json").write_text(json.dumps(sources, separators=(",", ":")))
-    (tmp / f"{NAME}.yaml").write_text(data_yaml(target))
+    if name != CLS_NAME:
+        (tmp / f"{name}.yaml").write_text(data_yaml(target, name))
+    version = DATASETS[name].version
     (tmp / COMPLETE_MARKER).write_text(
-        json.dumps({"name": NAME, "version": VERSION, "seed": seed, "n_train": n_train, "n_val": n_val, "imgsz": imgsz})
+        json.dumps({"name": name, "version": version, "seed": seed, "n_train": n_train, "n_val": n_val, "imgsz": imgsz})
     )
+
+
+def _scene_writer(out, split, digits, pool, imgsz, width, polygons=None):
+    """Make a split's image and label directories; return the function that writes scene i: (i, rng) -> stem, sources.
+
+    Labels are digits-det boxes, or digits-seg outlines when `polygons` (each scan's `ink_polygon`) is given.
+    """
+    (out / "images" / split).mkdir(parents=True)
+    (out / "labels" / split).mkdir(parents=True)
+
+    def write(i, rng):
+        """Render scene i, write its image and label; return its stem and each digit's scan and square."""
+        image, objects = render_scene(rng, digits.images, digits.target, pool, imgsz)
+        stem = f"{i:0{width}d}"
+        cv2.imwrite(str(out / "images" / split / f"{stem}.png"), image, PNG_PARAMS)
+        if polygons is None:
+            labels = [_yolo_box(o["box"], imgsz) for o in objects]
+        else:
+            labels = [_yolo_polygon(polygons[o["scan"]], o["square"], imgsz) for o in objects]
+        (out / "labels" / split / f"{stem}.txt").write_text(
+            "".join(f"{o['class']} {label}\n" for o, label in zip(objects, labels))
+        )
+        return stem, [{"scan": o["scan"], "square": o["square"]} for o in objects]
+
+    return write
+
+
+def _crop_writer(out, split, digits, pool, imgsz, width):
+    """Make a split's class folders; return the function that writes digits-cls image i: (i, rng) -> stem, sources."""
+    by_class = {c: pool[digits.target[pool] == c] for c in NAMES}
+    for name in NAMES.values():
+        (out / split / name).mkdir(parents=True)
+
+    def write(i, rng):
+        """Draw image i, of class (i - 1) % 10, into its class folder; return its stem and its scan and square."""
+        c = (i - 1) % len(NAMES)
+        scan = int(rng.choice(by_class[c]))
+        image, square = render_crop(rng, digits.images[scan], imgsz)
+        stem = f"{i:0{width}d}"
+        cv2.imwrite(str(out / split / NAMES[c] / f"{stem}.png"), image, PNG_PARAMS)
+        return stem, [{"scan": scan, "square": square}]
+
+    return write
 
 
 def split_scans(n_scans, seed):
@@ -208,8 +326,26 @@ def render_scene(rng, scans, classes, pool, imgsz):
         _draw_digit(rng, image, scans[scan], x, y, s, paper)
         box = _ink_box(scans[scan], x, y, s)
         objects.append({"class": int(classes[scan]), "scan": scan, "square": [x, y, s], "box": box})
-    image += _grain(rng, imgsz)
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), objects
+    return _finish(rng, image, imgsz), objects
+
+
+def render_crop(rng, scan, imgsz):
+    """Draw one digits-cls image: a textured background and the scan in a square of 3/4 to all of the side.
+
+    Args:
+        rng (np.random.Generator): The image's own generator.
+        scan (np.ndarray): The (8, 8) scan to draw, values 0..16.
+        imgsz (int): Side of the image, px.
+
+    Returns:
+        (tuple[np.ndarray, list[int]]): BGR uint8 image (imgsz, imgsz, 3) and the square [x, y, side] of the digit.
+    """
+    paper = rng.random() < 0.5  # dark ink on light paper, else bright strokes on a dark background
+    image = _background(rng, imgsz, paper)
+    s = int(rng.integers(imgsz * 3 // 4, imgsz + 1))
+    x, y = (int(v) for v in rng.integers(0, imgsz - s + 1, size=2))
+    _draw_digit(rng, image, scan, x, y, s, paper)
+    return _finish(rng, image, imgsz), [x, y, s]
 
 
 def _background(rng, imgsz, paper):
@@ -225,13 +361,15 @@ def _background(rng, imgsz, paper):
     return (np.float32(base) + np.float32(spread) * (texture - np.float32(0.5))) * tint
 
 
-def _grain(rng, imgsz):
-    """Return (imgsz, imgsz, 1) float32 grain: Gaussian noise drawn at half resolution and upsampled.
+def _finish(rng, image, imgsz):
+    """Add grain to a float (imgsz, imgsz, 3) image in [0, 1] in place and return it as uint8.
 
-    Drawn at half resolution so that the PNGs stay small (full-resolution noise roughly doubles their size).
+    The grain is Gaussian noise drawn at half resolution and upsampled, so that the PNGs stay small (full-resolution
+    noise roughly doubles their size).
     """
     half = rng.standard_normal((imgsz // 2, imgsz // 2), dtype=np.float32) * np.float32(rng.uniform(0.01, 0.03))
-    return cv2.resize(half, (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)[..., None]
+    image += cv2.resize(half, (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)[..., None]
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _draw_digit(rng, image, scan, x, y, s, paper):
@@ -244,7 +382,7 @@ def _draw_digit(rng, image, scan, x, y, s, paper):
 
 
 def _ink_box(scan, x, y, s):
-    """Return [x0, y0, x1, y1] px covering the scan's inked cells scaled into the square (x, y, s)."""
+    """Return [x0, y0, x1, y1] px covering the scan's inked cells scaled into the square (x, y, s), rounded outward."""
     ink = scan >= INK_THRESHOLD
     rows, cols = np.flatnonzero(ink.any(1)).tolist(), np.flatnonzero(ink.any(0)).tolist()
     return [
@@ -255,10 +393,47 @@ def _ink_box(scan, x, y, s):
     ]
 
 
+def ink_polygon(scan):
+    """Return the outline of a scan's inked cells as one closed polygon whose vertices lie on the 8x8 cell grid.
+
+    The ink is traced with OpenCV contours, outer outlines and holes (`RETR_CCOMP`: the loops of a 0, 6, 8 or 9).
+    YOLO-seg takes one polygon per object, so a scan with several outlines (holes, and rarely separate pieces) has them
+    joined as Ultralytics' converters join a mask's pieces (`merge_multi_segment`: a two-way bridge between the closest
+    vertices of consecutive outlines) rather than keeping the largest. Filled as Ultralytics fills it (`cv2.fillPoly`),
+    the polygon is the ink: holes stay empty and no piece is dropped.
+
+    Args:
+        scan (np.ndarray): One (8, 8) scan, values 0..16.
+
+    Returns:
+        (np.ndarray): (K, 2) int vertices (x, y) in cell units 0..8; grid line j is the left (top) edge of cell j.
+    """
+    ink = np.kron((scan >= INK_THRESHOLD).astype(np.uint8), np.ones((2, 2), np.uint8))
+    # Traced at 2x, a contour point is a pixel on the rim of the ink (or of a hole) whose nearest grid line is
+    # (p + 1) // 2: pixel 2j is the left (top) half of cell j, next to line j; pixel 2j + 1 its other half, next to j + 1.
+    contours = cv2.findContours(ink, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)[0]
+    outlines = [(c.reshape(-1, 2) + 1) // 2 for c in contours]
+    if len(outlines) == 1:
+        polygon = outlines[0]
+    else:
+        from ultralytics.data.converter import merge_multi_segment
+
+        polygon = np.concatenate(merge_multi_segment(outlines))
+    keep = np.r_[True, (polygon[1:] != polygon[:-1]).any(1)]  # inner corners of the 2x rim land on one grid point
+    return polygon[keep]
+
+
 def _yolo_box(box, imgsz):
     """Format a pixel box [x0, y0, x1, y1] as a normalized YOLO `cx cy w h` string."""
     x0, y0, x1, y1 = box
     return f"{(x0 + x1) / 2 / imgsz:.6f} {(y0 + y1) / 2 / imgsz:.6f} {(x1 - x0) / imgsz:.6f} {(y1 - y0) / imgsz:.6f}"
+
+
+def _yolo_polygon(polygon, square, imgsz):
+    """Format an `ink_polygon` scaled into the square [x, y, side] as a normalized YOLO-seg `x1 y1 x2 y2 ...` string."""
+    x, y, s = square
+    points = (np.array([x, y]) + polygon * (s / 8)) / imgsz
+    return " ".join(f"{v:.6f}" for v in points.ravel())
 
 
 def coco_json(labels_dir, imgsz):
@@ -297,13 +472,19 @@ def coco_json(labels_dir, imgsz):
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def data_yaml(path):
-    """Return the text of an Ultralytics data YAML for a digits-det build at `path` (made absolute)."""
-    data = {
-        "path": str(Path(path).resolve()),
-        "train": "images/train",
-        "val": "images/val",
-        "coco_json": "annotations/instances_val.json",  # val split in COCO format: category_id = class + 1
-        "names": NAMES,
-    }
-    return f"# {NAME} v{VERSION}, built by yolo_advamd.data.digits\n" + yaml.safe_dump(data, sort_keys=False)
+def data_yaml(path, name=NAME):
+    """Return the text of an Ultralytics data YAML for a digits-det or digits-seg build at `path` (made absolute).
+
+    Args:
+        path (str | Path): Directory of the build.
+        name (str): digits-det (whose YAML also names its COCO JSON) or digits-seg.
+
+    Returns:
+        (str): The YAML text, headed by a comment naming the dataset and its version.
+    """
+    data = {"path": str(Path(path).resolve()), "train": "images/train", "val": "images/val"}
+    if name == NAME:
+        data["coco_json"] = "annotations/instances_val.json"  # val split in COCO format: category_id = class + 1
+    data["names"] = NAMES
+    header = f"# {name} v{dataset_spec(name).version}, built by yolo_advamd.data.digits\n"
+    return header + yaml.safe_dump(data, sort_keys=False)
