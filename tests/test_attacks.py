@@ -230,6 +230,20 @@ def test_each_attack_raises_detection_loss_and_pgd_beats_fgsm(fitted):
     assert losses["pgd"] > losses["fgsm"], losses
 
 
+def test_image_losses_are_each_images_own_stock_loss_at_the_clean_images(fitted):
+    """The per-image loss that `max` compares equals the criterion's loss on a batch of that image alone."""
+    model, batch = fitted
+    objective = DetectionObjective(model, batch)
+    with objective.frozen(), torch.no_grad():
+        objective.loss(batch["img"])  # makes the assignment
+        ours = objective.image_losses(batch["img"])
+        for i in range(len(batch["img"])):
+            keep = batch["batch_idx"] == i
+            one = {"img": batch["img"][i : i + 1], "cls": batch["cls"][keep], "bboxes": batch["bboxes"][keep],
+                   "batch_idx": torch.zeros(int(keep.sum()))}  # fmt: skip
+            assert torch.allclose(ours[i], model.loss(one)[0].sum(), rtol=1e-5), i
+
+
 @pytest.mark.parametrize("attack", ["fgsm", "pgd"])
 def test_box_attack_raises_the_box_loss_cls_the_class_loss_and_max_keeps_the_stronger_per_image(fitted, attack):
     """attack_terms: each attack raises its own part of the loss more than the other does; max picks per image."""

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss, v8SegmentationLoss
+from ultralytics.utils.tal import make_anchors
 
 from yolo_advamd.attacks.base import AttackResult
+from yolo_advamd.attacks.fgsm import FGSM
 
 TERMS = {"all": "box + cls + dfl", "cls": "the classification term", "box": "the localization terms, box + dfl"}
 ATTACK_TERMS = (*TERMS, "max")  # max: the cls and the box attack, per image the one with the larger detection loss
@@ -184,16 +186,22 @@ class DetectionObjective(Objective):
                 the chosen terms.
             logits (torch.Tensor): (n_obj, nc) float32 class logits per object, differentiable w.r.t. `images`.
         """
+        parts, logits = self.loss_parts(images)
+        return parts[self.terms], logits
+
+    def loss_parts(self, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Return every part of the loss (`all`, `cls`, `box`, see `TERMS`) and the per-object logits at `images`, from
+        a single forward pass (so attacks on different parts can share it); the assignment as in `loss_and_logits`."""
         if self.assigners[0].result is None and not torch.equal(images.detach(), self.batch["img"]):
             with torch.no_grad():
                 self._evaluate(self.batch["img"])  # assign the targets at the clean images
         return self._evaluate(images)
 
-    def _evaluate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _evaluate(self, images: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Run the model and its criterion at `images` with the fixed assignment (made now on the first call)."""
         preds = self.model(images)
         preds = preds[1] if isinstance(preds, tuple) else preds  # eval mode: (decoded, raw dict)
-        loss, logits = 0.0, None
+        loss, logits = dict.fromkeys(TERMS, 0.0), None
         for (key, criterion, weight), assigner in zip(self.branches, self.assigners):
             p = preds[key] if key else preds
             stock, criterion.assigner = criterion.assigner, assigner
@@ -201,24 +209,29 @@ class DetectionObjective(Objective):
                 if self.segment:  # the full segmentation loss, box, seg, cls, dfl, sem, times the batch size
                     vector, _ = criterion.loss(p, self.batch)
                     fg_mask, gt_idx = assigner.result[3], assigner.result[4]
-                    term = sum(v for name, v in zip(criterion.loss_names, vector) if name in SEGMENT_TERMS[self.terms])
+                    parts = {t: sum(v for n, v in zip(criterion.loss_names, vector) if n in names)
+                             for t, names in SEGMENT_TERMS.items()}  # fmt: skip
                 else:
                     (fg_mask, gt_idx, *_), terms, _ = criterion.get_assigned_targets_and_loss(p, self.batch)
-                    term = {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}[self.terms] * images.shape[0]
+                    parts = {t: v * images.shape[0] for t, v in
+                             {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}.items()}  # fmt: skip
             finally:
                 criterion.assigner = stock
-            loss = loss + weight * term
+            loss = {t: loss[t] + weight * parts[t] for t in TERMS}
             if logits is None:
                 logits = self._mean_assigned(p, fg_mask, gt_idx)
         return loss, logits
 
     @torch.no_grad()
     def image_losses(self, images: torch.Tensor) -> torch.Tensor:
-        """Return each image's own detection loss at `images`: the criterion's box + cls + dfl on that image alone.
+        """Return each image's detection loss at `images` (box + cls + dfl with the gains), at the fixed assignment.
 
-        Each image is scored as the trainer would score a batch of that one image (its own assignment and
-        normalization, the hyperparameter gains, both branches of an end-to-end head), from one forward pass of the
-        batch, so images attacked in different ways compare like with like. Call it inside `frozen()`.
+        Image i's loss is what the criterion gives a batch of that image alone, with the anchors assigned at the clean
+        images (this objective's assignment, the one the attacks climbed): the classification BCE and the criterion's
+        own `bbox_loss` (CIoU and DFL) of its anchors, normalized by its own sum of target scores. At the clean images
+        it equals the stock loss of that image alone. One forward pass of the batch, so images attacked in different
+        ways compare like with like; a segmentation model is scored on its detection terms. Call it inside
+        `frozen()`, after the assignment was made (any call of `loss_and_logits`).
 
         Args:
             images (torch.Tensor): (B, 3, H, W) versions of the batch's images.
@@ -229,16 +242,19 @@ class DetectionObjective(Objective):
         preds = self.model(images)
         preds = preds[1] if isinstance(preds, tuple) else preds
         losses = images.new_zeros(images.shape[0], dtype=torch.float32)
-        for key, criterion, weight in self.branches:
+        for (key, c, weight), assigner in zip(self.branches, self.assigners):
             p = preds[key] if key else preds
+            _, target_bboxes, target_scores, fg_mask, _ = assigner.result
+            distri, scores = p["boxes"].permute(0, 2, 1).float(), p["scores"].permute(0, 2, 1).float()
+            anchors, strides = make_anchors(p["feats"], c.stride, 0.5)
+            bboxes = c.bbox_decode(anchors, distri)
+            imgsz = torch.tensor(p["feats"][0].shape[2:], device=images.device, dtype=distri.dtype) * c.stride[0]
+            norm = target_scores.sum((1, 2)).clamp(min=1)  # each image's own normalization
+            cls = c.bce(scores, target_scores.to(scores.dtype)).sum((1, 2)) / norm * c.hyp.cls
             for i in range(images.shape[0]):
-                objects = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
-                one = {k: _image(v, i) for k, v in p.items()}
-                target = {"batch_idx": self.batch["cls"].new_zeros(objects.stop - objects.start),
-                          "cls": self.batch["cls"][objects], "bboxes": self.batch["bboxes"][objects]}  # fmt: skip
-                if self.segment:  # overlapping masks are one map per image, else one per object
-                    target["masks"] = self.batch["masks"][i : i + 1] if criterion.overlap else self.batch["masks"][objects]
-                losses[i] += weight * criterion.loss(one, target)[0].sum().float()
+                box, dfl = c.bbox_loss(distri[i : i + 1], bboxes[i : i + 1], anchors, target_bboxes[i : i + 1] / strides,
+                                       target_scores[i : i + 1], norm[i], fg_mask[i : i + 1], imgsz, strides)  # fmt: skip
+                losses[i] += weight * (box * c.hyp.box + cls[i] + dfl * c.hyp.dfl)
         return losses
 
     def _mean_assigned(self, preds: dict, fg_mask: torch.Tensor, gt_idx: torch.Tensor) -> torch.Tensor:
@@ -254,11 +270,6 @@ class DetectionObjective(Objective):
         cy = (self.centers[:, 1] * h).long().clamp_(0, h - 1)
         center = scores[self.batch_idx, :, cy * w + cx]
         return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], center)
-
-
-def _image(value, i: int):
-    """Return image `i` of batched predictions as a batch of one (tensors, and lists or tuples of them)."""
-    return value[i : i + 1] if torch.is_tensor(value) else type(value)(_image(v, i) for v in value)
 
 
 class _AssignOnce:
@@ -381,7 +392,8 @@ def attack_batch(attack, model: nn.Module, batch: dict, terms: str = "all"):
 
     `terms="max"` is Det-AdvProp's selection (Chen et al., CVPR 2021, eq. 5): one attack on the classification term and
     one on the localization terms (box + dfl), then, per image, the adversarial image whose detection loss
-    (`DetectionObjective.image_losses`) is the larger; that costs the two attacks and one forward pass of each result.
+    (`DetectionObjective.image_losses`) is the larger; that costs the two attacks and one forward pass of each result
+    (two FGSM steps share their forward pass at the clean images).
     The returned result then has no iterates and no adversarial logits, and its objective is the cls attack's (per-object
     logits do not depend on the terms).
 
@@ -402,7 +414,14 @@ def attack_batch(attack, model: nn.Module, batch: dict, terms: str = "all"):
         objective = objective_for(model, batch, terms)
         return attack(img, objective), objective
     objectives = [objective_for(model, batch, t) for t in ("cls", "box")]
-    results = [attack(img, o) for o in objectives]
+    if isinstance(attack, FGSM) and not attack.random_start:  # both steps start at x: one forward, two backwards
+        with torch.inference_mode(False), torch.enable_grad(), objectives[0].frozen():
+            x = img.clone().requires_grad_(True)
+            parts, logits = objectives[0].loss_parts(x)
+            grads = [torch.autograd.grad(parts[t], x, retain_graph=t == "cls")[0] for t in ("cls", "box")]
+        results = [attack.step(img, g, clean_logits=logits.detach()) for g in grads]
+    else:
+        results = [attack(img, o) for o in objectives]
     with objectives[0].frozen():
         losses = torch.stack([objectives[0].image_losses(r.adv) for r in results])
     keep_box = (losses[1] > losses[0]).view(-1, *[1] * (img.ndim - 1))
