@@ -43,6 +43,7 @@ RESULTS = ROOT / "docs" / "results" / "results.jsonl"
 REPORT = ROOT / "docs" / "RESULTS.md"
 PLOT = ROOT / "docs" / "results" / "benign_vs_adv.png"
 BENCH = ROOT / "docs" / "results" / "benchmarks.txt"  # the last --bench output, kept in every report
+RECOMMENDED = ROOT / "hyps" / "recommended.yaml"  # written from the study's records by `recommend`
 DISCUSSION = ROOT / "docs" / "results" / "discussion.md"  # hand-written reading of the numbers, kept in every report
 TARGETS = ROOT / "docs" / "results" / "targets"  # each profile's M_T, kept in the repository: a fresh machine resumes
 TABLE3 = ("M", "B", "L", "MB", "ML", "BL", "MBL")  # the paper's rows: M = mediate, B = aux BN, L = AdvAmd loss
@@ -478,8 +479,6 @@ def epoch_curves(results_csv: Path) -> dict:
 
 def lift_section(records: list[dict]) -> list[str]:
     """The study's report: one table, arm × method, of Δ benign, Δ FGSM and Δ PGD-3 vs the same-seed vanilla run."""
-    from yolo_advamd.validate import column_name
-
     lines = ["## Where does it lift?", "",
              "Each arm trains every method with the same recipe and length as its vanilla run; Δ = method − vanilla "
              "of the same seed, in mAP50-95 points on val (benign; FGSM and PGD-3 at the ε the method trained with). "
@@ -502,23 +501,82 @@ def lift_section(records: list[dict]) -> list[str]:
             pairs = [(e, c) for e in runs if e["name"] == label != "vanilla" and (c := control(runs, e))]
             if not pairs:
                 continue
-            d = [e["map"]["benign"] - c["map"]["benign"] for e, c in pairs]
-            adv = []
-            for attack in ("fgsm", "pgd"):
-                col = column_name(attack, pairs[0][0]["eps"]) if pairs[0][0].get("eps") else None
-                diffs = [e["map"][col] - c["map"][col] for e, c in pairs if col in e["map"] and col in c["map"]]
-                adv.append(spread(diffs, signed=True) if diffs else "")
+            d = deltas(records, arm, label)
+            adv = [spread(d[attack], signed=True) if d[attack] else "" for attack in ("fgsm", "pgd")]
             vs = f"{statistics.mean(e['map']['benign'] for e, _ in pairs) - start['map']['benign']:+.2f}" if start else ""
             wall = statistics.mean(e["train_seconds"] / c["train_seconds"] for e, c in pairs)
-            mean, sd = statistics.mean(d), (statistics.stdev(d) if len(d) > 1 else None)
+            b = d["benign"]
+            mean, sd = statistics.mean(b), (statistics.stdev(b) if len(b) > 1 else None)
             word = ("1 seed: no verdict" if sd is None else "**lift**" if mean > sd else "below" if mean < -sd
                     else "within the spread")  # fmt: skip
-            lines.append(f"| {arm} | {label} | {len(d)} | {spread(d, signed=True)} | {adv[0]} | {adv[1]} | {vs} | "
+            lines.append(f"| {arm} | {label} | {len(b)} | {spread(b, signed=True)} | {adv[0]} | {adv[1]} | {vs} | "
                          f"{wall:.2f} | {word} |")  # fmt: skip
         notes.append(f"- `{arm}`: {a['about']}.")
         if arm == "scarce" and (first := next((c for c in controls if c["seed"] == 0 and c.get("curve")), None)):
             notes.append("  " + overfit(first))
+    if pick := recommend(records):
+        arm, label, why = pick
+        notes.append(f"\n**Recommended** (`hyps/recommended.yaml`, by the rule in `recommend`, fixed before the "
+                     f"confirmation seeds ran): {label} in the `{arm}` regime: {why}.")  # fmt: skip
+        write_recommended(arm, label, why)
     return lines + ["", *notes, ""]
+
+
+def write_recommended(arm: str, label: str, why: str) -> None:
+    """Write `hyps/recommended.yaml`: the recommended method's settings, with where they were measured and why."""
+    a = STUDY[arm]
+    settings = {**a["methods"][label]}
+    header = (f"# Recommended by benchmarks/reproduce.py (rule: `recommend`) from docs/results/results.jsonl:\n"
+              f"# {label} in the study's `{arm}` regime ({a['about']}),\n# chosen for {why}.\n"
+              f"# Regime on digits-det: {', '.join(f'{k}={v}' for k, v in a['recipe'].items())}; see docs/RESULTS.md.\n")  # fmt: skip
+    RECOMMENDED.write_text(header + yaml.safe_dump(settings, sort_keys=False))
+
+
+def deltas(records: list[dict], arm: str, label: str) -> dict:
+    """The per-seed Δ of a study method vs the same-seed vanilla run: `benign`, `fgsm` and `pgd` (at its own ε)."""
+    from yolo_advamd.validate import column_name
+
+    runs = [e for e in records if e["profile"] == arm and e["key"] != "start"]
+    out = {"benign": [], "fgsm": [], "pgd": []}
+    for e in (e for e in runs if e["name"] == label != "vanilla"):
+        if c := control(runs, e):
+            out["benign"].append(e["map"]["benign"] - c["map"]["benign"])
+            for attack in ("fgsm", "pgd"):
+                col = column_name(attack, e["eps"]) if e.get("eps") else None
+                if col in e["map"] and col in c["map"]:
+                    out[attack].append(e["map"][col] - c["map"][col])
+    return out
+
+
+def recommend(records: list[dict]) -> tuple[str, str, str] | None:
+    """Choose the configuration to recommend, by the rule fixed before the confirmation seeds ran.
+
+    1. A lift (mean Δ benign more than one standard deviation above 0 over at least 3 seeds): the largest mean Δ
+       benign among the methods with one.
+    2. Otherwise robustness at the least benign cost: among the methods whose mean Δ FGSM is above 0 (robustness
+       gained against the vanilla run, at the ε they trained with), the largest mean Δ benign, preferring methods
+       measured over 3 seeds; ties by the larger Δ FGSM.
+
+    Returns:
+        (tuple | None): (arm, method, the reason in words), or None before any study run is recorded.
+    """
+    rows = []
+    for arm, a in STUDY.items():
+        for label in a["methods"]:
+            if (d := deltas(records, arm, label))["benign"]:
+                b, f = d["benign"], d["fgsm"]
+                sd = statistics.stdev(b) if len(b) > 1 else None
+                rows.append((arm, label, len(b), statistics.mean(b), sd, statistics.mean(f) if f else float("nan")))
+    lifts = [r for r in rows if r[2] >= 3 and r[4] is not None and r[3] > r[4]]
+    if lifts:
+        arm, label, n, mean, sd, _ = max(lifts, key=lambda r: r[3])
+        return arm, label, f"a benign lift of {mean:+.2f} ± {sd:.2f} over {n} seeds, the largest measured"
+    robust = [r for r in rows if r[5] > 0]
+    if not robust:
+        return None
+    arm, label, n, mean, _, fgsm = max(robust, key=lambda r: (r[2] >= 3, r[3], r[5]))
+    return arm, label, (f"no lift anywhere; of the methods that gain robustness (Δ FGSM > 0) it costs the least benign "
+                        f"mAP: Δ benign {mean:+.2f}, Δ FGSM {fgsm:+.2f} over {n} seed(s)")  # fmt: skip
 
 
 def tasks_section(records: list[dict]) -> list[str]:

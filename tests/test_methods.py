@@ -44,7 +44,8 @@ def step(method: str, **kw):
     module = wrap_criterion(convert_dual_bn(model) if settings["aux_bn"] else model).train()
     ViewGuard(module)
     a = model.args
-    stage = AttackStage(build_attack(a.attack, eps=a.eps, steps=a.steps), a.phi, a.attack_model, model=module, terms=a.attack_terms)
+    stage = AttackStage(build_attack(a.attack, eps=a.eps, steps=a.steps), a.phi, a.attack_model, model=module,
+                        terms=a.attack_terms, attack_aux_bn=method == "detadvprop")  # as the trainer builds it
     losses = []
     view = advamd_step(module, module, batch(), stage, a, torch.linspace(0.5, 1.5, NC), losses.append, teacher=teacher)
     losses.append(module(view)[0].sum())

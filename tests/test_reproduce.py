@@ -19,6 +19,7 @@ def files(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "PLOT", tmp_path / "plot.png")
     monkeypatch.setattr(reproduce, "BENCH", tmp_path / "benchmarks.txt")
     monkeypatch.setattr(reproduce, "DISCUSSION", tmp_path / "discussion.md")
+    monkeypatch.setattr(reproduce, "RECOMMENDED", tmp_path / "recommended.yaml")
     monkeypatch.setattr(reproduce, "TARGETS", tmp_path / "targets")
     return tmp_path
 
@@ -216,3 +217,28 @@ def test_old_records_with_absolute_paths_are_found_under_this_repository(files, 
     assert reproduce.on_disk("runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
     kept = Path(reproduce.__file__).parents[1] / "docs" / "results" / "results.jsonl"  # the repository's own records
     assert not [e["weights"] for e in map(json.loads, kept.read_text().splitlines()) if Path(e["weights"]).is_absolute()]
+
+
+def test_recommendation_follows_the_fixed_rule_and_writes_a_loadable_hyp(files):
+    """No lift anywhere: the robust method with the least benign cost; a lift over 3 seeds wins over any robustness."""
+    from yolo_advamd.cfg import resolve_advamd_cfg
+    from yolo_advamd.validate import column_name
+
+    def run(arm, name, seed, benign, fgsm, eps=0.01):
+        col = column_name("fgsm", eps)
+        reproduce.record({"profile": arm, "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": eps, "attack": "fgsm",
+                          "train_seconds": 10, "map": {"benign": benign, col: fgsm}})  # fmt: skip
+
+    for seed in range(3):
+        run("retrain", "vanilla", seed, 80.0, 40.0)
+        run("retrain", "advamd", seed, 79.0, 45.0)  # robust, costs 1.0
+        run("retrain", "aux-BN only", seed, 79.5, 39.0)  # costs less, but loses robustness
+    assert reproduce.recommend(reproduce.load())[:2] == ("retrain", "advamd")
+    for seed, gain in enumerate((0.9, 1.1, 1.0)):
+        run("retrain", "advtrain", seed, 80.0 + gain, 41.0)  # a lift of 1.0 ± 0.1
+    arm, label, why = reproduce.recommend(reproduce.load())
+    assert (arm, label) == ("retrain", "advtrain") and "lift of +1.00 ± 0.10 over 3 seeds" in why
+    reproduce.report()
+    hyp = reproduce.RECOMMENDED.read_text()
+    assert hyp.startswith("# Recommended by benchmarks/reproduce.py") and "method: advtrain" in hyp
+    assert resolve_advamd_cfg({"hyp": str(reproduce.RECOMMENDED)})["method"] == "advtrain"  # a valid hyp file

@@ -250,3 +250,22 @@ def test_bad_settings_raise_clear_errors(model):
         AttackStage(attack, 0.5, "current", terms="boxes")
     with pytest.raises(ValueError, match="needs model="):
         AttackStage(attack, 0.5, "target")
+
+
+def test_attack_through_the_auxiliary_bn_follows_the_aux_bn_and_restores_the_routing():
+    """Det-AdvProp's stage attacks the current model through its auxiliary BNs, then leaves it routed as before."""
+    from yolo_advamd.nn.dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn
+
+    model = wrap_criterion(convert_dual_bn(make_model()).train())
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, DualBatchNorm2d):
+                m.aux.weight.mul_(-1)  # gradients through the auxiliary BN point elsewhere
+    batch, attack = make_batch(), build_attack("fgsm", eps=EPS)
+    routed = AttackStage(attack, 0.7, "current", model=model, attack_aux_bn=True)(batch)["img_adv"]
+    plain = AttackStage(attack, 0.7, "current", model=model)(batch)["img_adv"]
+    with aux_bn(model):
+        expected = attack(batch["img"], DetectionObjective(model, batch)).adv
+    assert torch.equal(routed, expected) and not torch.equal(routed, plain)
+    assert not any(m.use_aux for m in model.modules() if isinstance(m, DualBatchNorm2d))
+    assert not AttackStage(attack, 0.7, "current", model=model, attack_aux_bn=True).reuses_gradient

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import folder_batch, results, val_batch
+from helpers import WITHOUT_ADVAMD, folder_batch, results, val_batch
 from ultralytics import YOLO
 
 from yolo_advamd.attack_api import attack
@@ -64,18 +64,8 @@ def test_adversarial_score_is_below_benign_for_a_fitted_model(fitted_tasks, tmp_
     assert all(n in table for n in names) and "Δ (" in table
 
 
-BLOCKED = textwrap.dedent(
+BLOCKED = WITHOUT_ADVAMD + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "yolo_advamd":
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-
-    sys.meta_path.insert(0, Block())
-    sys.path.insert(0, sys.argv[1])
-    import offline_guard  # every network attempt fails and is logged
     from ultralytics import YOLO
 
     model = YOLO(sys.argv[2])

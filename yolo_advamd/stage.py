@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import Callable
 
@@ -19,6 +20,7 @@ from yolo_advamd.attacks.objectives import (
 )
 from yolo_advamd.cfg import DEFAULT_PHI
 from yolo_advamd.checkpoint import freeze_target
+from yolo_advamd.nn.dual_bn import aux_bn
 from yolo_advamd.vulnerability import Vulnerability
 
 __all__ = ("DEFAULT_PHI", "AttackStage", "preprocess")
@@ -52,6 +54,7 @@ class AttackStage:
         terms (str): The part of the detection loss attacked: "all" (box + cls + dfl), "cls", "box" (box + dfl) or
             "max" (a cls and a box attack, per image the stronger one; see `attack_batch`).
         collect_stats (bool): Whether calls feed `vulnerability` (switch on for calibration and Ā refresh only).
+        attack_aux_bn (bool): Whether the current model is attacked through its auxiliary BNs (Det-AdvProp).
 
     Examples:
         >>> stage = AttackStage(build_attack("fgsm", eps=0.01), DEFAULT_PHI["fgsm"], "target", model=model)
@@ -68,6 +71,7 @@ class AttackStage:
         vulnerability: Vulnerability | None = None,
         terms: str = "all",
         collect_stats: bool = False,
+        attack_aux_bn: bool = False,
     ):
         """Set up the stage; in "target" mode without `target`, freeze a copy of `model` now.
 
@@ -81,6 +85,8 @@ class AttackStage:
             vulnerability (Vulnerability | None): Receives flip statistics when `collect_stats` is on.
             terms (str): "all", "cls", "box" or "max", the part of the detection loss the attack maximizes.
             collect_stats (bool): Feed flip statistics to `vulnerability` on each call.
+            attack_aux_bn (bool): Attack the current model through its auxiliary BNs (AdvProp's and Det-AdvProp's Algorithm 1:
+                adversarial examples are made with the auxiliary BN, the one their loss trains).
         """
         if attack_model not in ATTACK_MODELS:
             raise ValueError(
@@ -95,6 +101,9 @@ class AttackStage:
             if model is None:
                 raise ValueError("attack_model='target' needs model= (to freeze a copy of) or target= (a frozen copy)")
             target = freeze_target(model)
+        if attack_aux_bn and attack_model != "current":
+            raise ValueError("attack_aux_bn=True attacks the model being trained through its auxiliary BN: use "
+                             "attack_model='current'")  # fmt: skip
         if collect_stats and vulnerability is None:
             raise ValueError("collect_stats=True needs vulnerability=Vulnerability(nc) to receive the flip statistics")
         self.attack = attack
@@ -105,6 +114,7 @@ class AttackStage:
         self.vulnerability = vulnerability
         self.terms = terms
         self.collect_stats = collect_stats
+        self.attack_aux_bn = attack_aux_bn
 
     def attacked(self, model: nn.Module | None = None) -> nn.Module:
         """Return the model to attack: the target copy, or the current model (`model`, else the held reference)."""
@@ -127,6 +137,7 @@ class AttackStage:
         """
         return (
             self.attack_model == "current"
+            and not self.attack_aux_bn
             and isinstance(self.attack, FGSM)
             and not self.attack.random_start
             and self.terms == "all"
@@ -150,7 +161,8 @@ class AttackStage:
         if self.attack_model == "target" and next(attacked.parameters()).device != img.device:
             attacked.to(img.device)  # the frozen copy follows the data (e.g. wrap_collate to another device)
         if grad is None:
-            result, objective = attack_batch(self.attack, attacked, batch, self.terms)
+            with aux_bn(attacked) if self.attack_aux_bn else contextlib.nullcontext():
+                result, objective = attack_batch(self.attack, attacked, batch, self.terms)
         elif self.reuses_gradient:
             objective = objective_for(attacked, batch, self.terms)
             result = self.attack.step(img, grad.float())

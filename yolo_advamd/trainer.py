@@ -140,6 +140,7 @@ class AdvAmdMixin:
             target=self.target if args.attack_model == "target" else None,
             vulnerability=self.vulnerability,
             terms=args.attack_terms,
+            attack_aux_bn=args.method == "detadvprop" and args.attack_model == "current",  # Det-AdvProp's Algorithm 1
         )
         self.guard = ViewGuard(model)  # view batches pick their BN; a non-finite view leaves BN statistics alone
         if state.get("vulnerability") is not None:

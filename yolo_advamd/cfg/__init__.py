@@ -24,8 +24,8 @@ METHODS = {  # name -> what it trains, its paper, its hyp file
     "advamd": "benign + mediate views (main BN) + adversarial view (auxiliary BN, classification loss weighted by "
     "A-bar); Yu, Chen and Gan, IJCAI 2023; hyps/advamd-fgsm.yaml, -pgd, -deepfool",
     "advtrain": "benign + adversarial views, shared BN, unweighted loss: the paper's Adv-Train baseline; hyps/advtrain.yaml",
-    "detadvprop": "benign view + the stronger of a classification and a localization attack per image (current model), "
-    "through the auxiliary BN; Chen et al., CVPR 2021; hyps/detadvprop.yaml",
+    "detadvprop": "benign view + the stronger of a classification and a localization attack per image (current model, "
+    "made and trained through the auxiliary BN); Chen et al., CVPR 2021; hyps/detadvprop.yaml",
     "udfa": "benign detection loss + the adversarial neck features (current model) aligned with the frozen starting "
     "checkpoint's on the clean images; Xu et al., ICIP 2022; hyps/udfa.yaml (model= must be a .pt)",
     "vanilla": "stock Ultralytics training, bit for bit (the control)",
@@ -72,7 +72,20 @@ def load_hyp(path: str | Path) -> dict:
 
 
 def advamd_defaults(method: str | None = None) -> dict:
-    """Return the default of every AdvAmd setting for `method` (the relatives start from their published settings)."""
+    """Return the default of every AdvAmd setting for `method` (the relatives start from their published settings).
+
+    What the papers leave open, and what we took:
+        - detadvprop (Chen et al., CVPR 2021, eq. 3-6 and Algorithm 1): adversarial images from the current model,
+          made and trained through the auxiliary BN (every BN has one), clean + adversarial loss 1:1, one adversarial
+          image per clean one: the classification or the localization attack, whichever gives the larger detection
+          loss per image. The paper explains the method with FGSM and gives neither the attack's budget nor its steps
+          (google/automl holds no training code): FGSM at ε = 1/255, AdvProp's weak regime, is our default. The
+          attack runs in train mode, as the training step it belongs to; the localization loss is YOLO's box + DFL.
+        - udfa (Xu et al., ICIP 2022, grispeut/udfa): see `yolo_advamd.align`. The code's VOC setting is taken: no
+          auxiliary BN, one FGSM step of 2/255 from the clean pass's gradient, alignment weights 1 (foreground) and 6
+          (background); its adversarial detection term and self-alignment terms are left out (the issue's loss: clean
+          detection loss + alignment).
+    """
     method = str(method or ADVAMD_DEFAULTS["method"]).lower()
     preset = METHOD_DEFAULTS.get(method, {})
     return {**ADVAMD_DEFAULTS, "method": method, **preset.get("defaults", {}), **preset.get("fixed", {})}
