@@ -528,7 +528,7 @@ def write_recommended(arm: str, label: str, why: str) -> None:
     settings = {**a["methods"][label]}
     header = (f"# Recommended by benchmarks/reproduce.py (rule: `recommend`) from docs/results/results.jsonl:\n"
               f"# {label} in the study's `{arm}` regime ({a['about']}),\n# chosen for {why}.\n"
-              f"# Regime on digits-det: {', '.join(f'{k}={v}' for k, v in a['recipe'].items())}; see docs/RESULTS.md.\n")  # fmt: skip
+              f"# Regime on digits-det: {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in a['recipe'].items())}; see docs/RESULTS.md.\n")  # fmt: skip
     RECOMMENDED.write_text(header + yaml.safe_dump(settings, sort_keys=False))
 
 

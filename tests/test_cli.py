@@ -65,9 +65,13 @@ def test_per_attack_defaults_follow_the_paper():
     assert settings(attack="pgd", phi=0.3)["phi"] == 0.3
 
 
-def test_advtrain_turns_every_amendment_off():
-    s = settings(method="advtrain", mediate=True)
-    assert not (s["mediate"] or s["aux_bn"] or s["advamd_loss"])
+def test_each_method_starts_from_its_published_settings():
+    s = settings(method="advtrain")
+    assert not (s["mediate"] or s["aux_bn"] or s["advamd_loss"])  # the paper's Adv-Train: every amendment off
+    with pytest.raises(ValueError, match="mediate=True does not fit method=advtrain"):
+        settings(method="advtrain", mediate=True)
+    assert (settings(method="detadvprop")["eps"], settings(method="udfa")["eps"]) == (1 / 255, 2 / 255)
+    assert settings(method="udfa", eps="8/255")["eps"] == 8 / 255  # a default, not a fixed setting
 
 
 def test_hyp_file_expands_under_explicit_overrides(tmp_path):

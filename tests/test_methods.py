@@ -151,6 +151,10 @@ def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tin
     with pytest.raises(Interrupt):
         first.train()
     teacher = deepcopy(first.target.state_dict()) if method == "udfa" else None
+    ckpt = torch.load(first.last, weights_only=False)  # the model moved away from M_T before the interruption
+    for p in ckpt["ema"].parameters():
+        p.data += 0.01
+    torch.save(ckpt, first.last)
     resumed = AdvAmdTrainer(overrides={"resume": str(first.last)})
     resumed.train()
     rows = results(resumed.save_dir)

@@ -1,6 +1,7 @@
 """AdvAmdTrainer: three views through Ultralytics' own loop, stock-exact vanilla, checkpoints, resume and bad input."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,14 +10,34 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.patches import torch_load
 
 from yolo_advamd.cfg import ADVAMD_KEYS
+from yolo_advamd.cli import train
 from yolo_advamd.nn.dual_bn import DualBatchNorm2d
 from yolo_advamd.trainer import AdvAmdTrainer
+from yolo_advamd.vulnerability import Vulnerability
 
 
 def ema_state(path: Path) -> dict:
     """The float state dict of a checkpoint's EMA model."""
     ckpt = torch_load(path, map_location="cpu")
     return {k: v.float() for k, v in (ckpt["ema"] or ckpt["model"]).state_dict().items()}
+
+
+def test_each_abar_update_uses_only_the_flips_counted_since_the_last_one():
+    trainer = SimpleNamespace(vulnerability=Vulnerability(3), abar=None, device="cpu", args=SimpleNamespace(abar_norm="none"))
+    trainer.log_vulnerability = lambda: None
+    flips, none = Vulnerability(3), Vulnerability(3)
+    labels = torch.tensor([0, 0, 1, 2])
+    flips.update(labels, labels, torch.tensor([1, 0, 1, 2]))  # the calibration: one object of class 0 flipped to 1
+    none.update(labels, labels, labels)  # the epoch: nothing flips
+    trainer.vulnerability.update(labels, labels, torch.tensor([1, 0, 1, 2]))
+    AdvAmdTrainer.update_abar(trainer)
+    assert torch.equal(trainer.abar, flips.abar()) and trainer.vulnerability.counts.sum() == 0
+    trainer.vulnerability.update(labels, labels, labels)
+    AdvAmdTrainer.update_abar(trainer)
+    assert torch.equal(trainer.abar, none.abar())  # not the calibration's flips mixed in
+    calibrated = trainer.abar
+    AdvAmdTrainer.update_abar(trainer)  # an epoch that counted no object keeps Ā
+    assert trainer.abar is calibrated
 
 
 @pytest.mark.slow
@@ -80,9 +101,8 @@ def test_finetune_from_checkpoint_attacks_frozen_target_and_resume_restores_it(t
     for k, v in target_at_start.items():  # M_T is the starting model, not the one being trained
         assert torch.equal(v.half().float(), base_weights[k]), k
 
-    resumed = AdvAmdTrainer(overrides={"resume": str(first.last)})
-    resumed.train()
-    assert resumed.start_epoch == 1
+    resumed = train({"resume": str(first.last)})  # as `python train_advamd.py resume=.../last.pt` does
+    assert resumed.start_epoch == 1 and resumed.args.data == first.args.data  # not the embedded default dataset
     assert (resumed.args.attack, resumed.args.steps, resumed.args.eps) == ("pgd", 2, 0.02)
     for k, v in resumed.stage.target.state_dict().items():
         assert torch.equal(v, target_at_start[k]), k

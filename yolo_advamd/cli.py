@@ -95,8 +95,10 @@ def train(overrides: dict):
     from yolo_advamd.checkpoint import model_task
     from yolo_advamd.trainer import advamd_trainer
 
-    overrides = {"model": "yolov8n.yaml", **overrides}
-    trainer = advamd_trainer({"data": DEFAULT_DATA.get(model_task(overrides), DEFAULT_DATA["detect"]), **overrides})
+    if not overrides.get("resume"):  # a resumed run keeps its own model and data
+        overrides = {"model": "yolov8n.yaml", **overrides}
+        overrides = {"data": DEFAULT_DATA.get(model_task(overrides), DEFAULT_DATA["detect"]), **overrides}
+    trainer = advamd_trainer(overrides)
     trainer.train()
     return trainer
 

@@ -12,12 +12,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.fgsm import FGSM
-from yolo_advamd.attacks.objectives import (
-    ATTACK_TERMS,
-    Objective,
-    attack_batch,
-    objective_for,
-)
+from yolo_advamd.attacks.objectives import Objective, attack_batch, check_terms, objective_for
 from yolo_advamd.cfg import DEFAULT_PHI
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.nn.dual_bn import aux_bn
@@ -95,8 +90,7 @@ class AttackStage:
             )
         if not 0 < phi < 1:
             raise ValueError(f"phi={phi} is outside (0, 1): the mediate sample is x + phi * delta, e.g. phi=0.5")
-        if terms not in ATTACK_TERMS:
-            raise ValueError(f"terms={terms!r} is not valid: choose one of {', '.join(ATTACK_TERMS)}")
+        check_terms(terms)
         if attack_model == "target" and target is None:
             if model is None:
                 raise ValueError("attack_model='target' needs model= (to freeze a copy of) or target= (a frozen copy)")
@@ -160,19 +154,19 @@ class AttackStage:
         img = batch["img"].detach()
         if self.attack_model == "target" and next(attacked.parameters()).device != img.device:
             attacked.to(img.device)  # the frozen copy follows the data (e.g. wrap_collate to another device)
-        if grad is None:
-            with aux_bn(attacked) if self.attack_aux_bn else contextlib.nullcontext():
-                result, objective = attack_batch(self.attack, attacked, batch, self.terms)
-        elif self.reuses_gradient:
-            objective = objective_for(attacked, batch, self.terms)
-            result = self.attack.step(img, grad.float())
-        else:
+        if grad is not None and not self.reuses_gradient:
             raise ValueError(f"{self.attack} with attack_model={self.attack_model!r} cannot reuse a training gradient")
         out = dict(batch)
-        out["img_adv"] = result.adv.detach().to(img.dtype)  # clip(x + delta)
-        out["img_med"] = (img + self.phi * result.delta.detach().to(img.dtype)).clamp_(*self.attack.clip)
-        if self.collect_stats:
-            self.update_stats(objective, img, out["img_adv"], result)
+        with aux_bn(attacked) if self.attack_aux_bn else contextlib.nullcontext():  # flips counted through that BN too
+            if grad is None:
+                result, objective = attack_batch(self.attack, attacked, batch, self.terms)
+            else:
+                objective = objective_for(attacked, batch, self.terms)
+                result = self.attack.step(img, grad.float())
+            out["img_adv"] = result.adv.detach().to(img.dtype)  # clip(x + delta)
+            out["img_med"] = (img + self.phi * result.delta.detach().to(img.dtype)).clamp_(*self.attack.clip)
+            if self.collect_stats:
+                self.update_stats(objective, img, out["img_adv"], result)
         return out
 
     @torch.no_grad()

@@ -48,7 +48,7 @@ def advamd_step(model, module, batch: dict, stage, args, abar: torch.Tensor | No
     Returns:
         (dict): The view batch for the loop's pass, with `view_items` and the attacked batch's `img_med`, `img_adv`.
     """
-    reuse = stage.reuses_gradient and args.beta1 > 0  # FGSM on the current model: the benign pass gives δ
+    reuse = stage.reuses_gradient and args.beta1 > 0 and len(view_order(args, False)) > 1  # the benign pass gives δ
     order, trained = view_order(args, reuse), {}
     # 1. attack: x_adv = x + δ, x_med = x + φδ
     if reuse:

@@ -15,6 +15,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, TQDM
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks import build_attack
+from yolo_advamd.attacks.objectives import check_terms
 from yolo_advamd.cfg import ADVAMD_KEYS, advamd_defaults, check_advamd_cfg, merge_cfg
 from yolo_advamd.checkpoint import check_local_weights, freeze_target, model_task
 from yolo_advamd.data import check_task_data, resolve_dataset
@@ -58,10 +59,10 @@ class AdvAmdMixin:
         """
         overrides = merge_cfg(overrides or {})
         defaults = advamd_defaults(overrides.get("method"))
-        check_advamd_cfg({**defaults, **overrides})  # fail before any directory is made
+        checked = check_advamd_cfg({**defaults, **overrides})  # fail before any directory is made
         if overrides.get("model"):
             check_local_weights(overrides["model"])
-        check_task(defaults["method"], {**defaults, **overrides}, self.task_name)
+        check_task(checked["method"], checked, self.task_name)
         if defaults["method"] == "udfa" and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
             raise ValueError(
                 f"method=udfa aligns the model with a teacher, the starting checkpoint, and model={overrides.get('model')} "
@@ -82,6 +83,8 @@ class AdvAmdMixin:
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         """Return the task's model, converted to dual BN when the auxiliary BN is on (before EMA is built)."""
+        if self.resume and weights is not None:  # M_T, Ā and the flip counts, whatever the BN
+            self.resume_state = getattr(weights, "advamd_state", None)
         if not (self.amend and self.args.aux_bn):  # a plain model, also from an AdvAmd checkpoint
             weights = strip_aux_bn(deepcopy(weights)) if weights is not None and has_dual_bn(weights) else weights
             return super().get_model(cfg, weights, verbose)
@@ -98,8 +101,6 @@ class AdvAmdMixin:
                 f"AdvAmd: {added['layers']} auxiliary BNs add {added['parameters']:,} parameters "
                 f"({100 * added['parameters_fraction']:.2f}%) and {added['buffers']:,} buffer elements"
             )
-        if self.resume and weights is not None:
-            self.resume_state = getattr(weights, "advamd_state", None)
         return model
 
     def get_validator(self):
@@ -161,25 +162,25 @@ class AdvAmdMixin:
         loader = self.train_loader
         for _, batch in TQDM(zip(range(n), loader), total=n, desc="A-bar calibration"):
             self.stage(super().preprocess_batch(batch), model=model)
-        self.abar = self.reduced_abar()
+        self.update_abar()
         LOGGER.info(f"A-bar ({self.args.abar_norm}): {self.abar.cpu().numpy().round(3)}")
-        self.log_vulnerability()
 
-    def reduced_abar(self) -> torch.Tensor:
-        """Return Ā from the flip counts summed over DDP ranks."""
+    def update_abar(self):
+        """Set Ā from the flip counts summed over DDP ranks (kept when no flip was counted), log it, reset the counts."""
         counts = self.vulnerability.counts
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized():  # every rank reduces, before any rank-local decision
             summed = counts.to(self.device)
             dist.all_reduce(summed)
             self.vulnerability.counts = summed.cpu()
-        return self.vulnerability.abar(normalize=self.args.abar_norm).to(self.device)
+        if self.abar is None or self.vulnerability.counts.sum() > 0:
+            self.abar = self.vulnerability.abar(normalize=self.args.abar_norm).to(self.device)
+            self.log_vulnerability()
+        self.vulnerability.reset()
 
     def refresh_abar(self):
         """At the end of each epoch: Ā from the flips of its first `abar_batches` batches (`abar_update=epoch`)."""
-        if self.refresh_batches and self.vulnerability.counts.sum() > 0:
-            self.abar = self.reduced_abar()
-            self.log_vulnerability()
-            self.vulnerability.reset()
+        if self.refresh_batches:
+            self.update_abar()
         self.refresh_batches = 0
         self.save_advamd_state()
 
@@ -224,6 +225,10 @@ class AdvAmdMixin:
     def optimizer_step(self):
         """Step like Ultralytics, but skip a step with a non-finite view or gradient (a NaN never reaches the weights)."""
         bad = self.guard.pop_bad() if self.guard else {}
+        if dist.is_available() and dist.is_initialized():  # every rank skips together (and keeps one AMP scale)
+            flag = torch.tensor(float(bool(bad)), device=self.device)
+            dist.all_reduce(flag)
+            bad = bad or ({"a view on another rank": float("nan")} if flag.item() else {})
         finite = True
         if not bad and not self.scaler.is_enabled():  # with AMP, GradScaler checks the gradients itself
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -302,5 +307,4 @@ def check_task(method: str, cfg: dict, task: str) -> None:
     if method in {"detadvprop", "udfa"}:
         raise ValueError(f"method={method} is a detection method (box attacks, neck features): for task=classify use "
                          "method=advamd, advtrain or vanilla")  # fmt: skip
-    if cfg.get("attack_terms", "all") not in {"all", "cls"}:
-        raise ValueError(f"attack_terms={cfg['attack_terms']} has no meaning for a classifier (no boxes): use attack_terms=all")
+    check_terms(cfg["attack_terms"], classifier=True)

@@ -21,6 +21,16 @@ from yolo_advamd.attacks.fgsm import FGSM
 
 TERMS = {"all": "box + cls + dfl", "cls": "the classification term", "box": "the localization terms, box + dfl"}
 ATTACK_TERMS = (*TERMS, "max")  # max: the cls and the box attack, per image the one with the larger detection loss
+
+
+def check_terms(terms: str, classifier: bool = False) -> None:
+    """Refuse an `attack_terms` value that is not one, or that has no meaning for a classifier (no boxes)."""
+    if terms not in ATTACK_TERMS:
+        raise ValueError(f"attack_terms={terms} is not valid: choose one of {', '.join(ATTACK_TERMS)}")
+    if classifier and terms not in {"all", "cls"}:
+        raise ValueError(f"attack_terms={terms} has no meaning for a classifier (no boxes): use attack_terms=all")
+
+
 SEGMENT_TERMS = {  # the segmentation loss's items in each part (`v8SegmentationLoss.loss_names`)
     "all": {"box_loss", "seg_loss", "cls_loss", "dfl_loss", "sem_loss"},
     "cls": {"cls_loss"},
@@ -381,8 +391,7 @@ def objective_for(model: nn.Module, batch: dict, terms: str = "all") -> Objectiv
     from ultralytics.nn.tasks import ClassificationModel
 
     if isinstance(model, ClassificationModel):
-        if terms not in {"all", "cls"}:
-            raise ValueError(f"attack_terms={terms} has no meaning for a classifier (no boxes): use attack_terms=all")
+        check_terms(terms, classifier=True)
         return ClassifierObjective(model, batch["cls"])
     return DetectionObjective(model, batch, terms=terms)
 
@@ -407,8 +416,7 @@ def attack_batch(attack, model: nn.Module, batch: dict, terms: str = "all"):
         result (AttackResult): The perturbation and adversarial images.
         objective (Objective): The objective attacked (for flip statistics).
     """
-    if terms not in ATTACK_TERMS:
-        raise ValueError(f"attack_terms={terms!r} is not valid: choose one of {', '.join(ATTACK_TERMS)}")
+    check_terms(terms)
     img = batch["img"].detach()
     if terms != "max":
         objective = objective_for(model, batch, terms)

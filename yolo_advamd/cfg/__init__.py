@@ -10,6 +10,7 @@ from pathlib import Path
 from ultralytics.cfg import merge_equals_args, parse_key_value_pair
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML
 
+from yolo_advamd.attacks.objectives import ATTACK_TERMS
 from yolo_advamd.attacks.settings import attack_settings, is_number
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
@@ -33,7 +34,7 @@ METHODS = {  # name -> what it trains, its paper, its hyp file
 DEFAULT_PHI = {"fgsm": 0.7, "deepfool": 0.6, "pgd": 0.5}  # the paper, section 5.3
 CHOICES = {
     "method": tuple(METHODS),
-    "attack_terms": ("all", "cls", "box", "max"),
+    "attack_terms": ATTACK_TERMS,
     "attack_model": ("auto", "target", "current"),
     "abar_update": ("none", "epoch"),
     "abar_norm": ("none", "mean"),
@@ -41,12 +42,13 @@ CHOICES = {
 }
 SWITCHES = ("mediate", "aux_bn", "advamd_loss")
 METHOD_DEFAULTS = {  # what each relative of AdvAmd changes in the defaults; `fixed` keys define the method
+    "advtrain": {"fixed": {"mediate": False, "aux_bn": False, "advamd_loss": False}},  # AdvAmd, every amendment off
     "detadvprop": {  # Det-AdvProp (Chen et al., CVPR 2021): clean + adversarial views, the latter through the aux BN
-        "defaults": {"attack_model": "current", "attack_terms": "max"},
+        "defaults": {"attack": "fgsm", "eps": 1 / 255, "attack_model": "current", "attack_terms": "max"},
         "fixed": {"mediate": False, "aux_bn": True, "advamd_loss": False},
     },
     "udfa": {  # UDFA (ICIP 2022): clean detection loss + the student's adversarial features aligned with M_T's clean ones
-        "defaults": {"aux_bn": False},
+        "defaults": {"attack": "fgsm", "eps": 2 / 255, "aux_bn": False},
         "fixed": {"attack_model": "current", "mediate": False, "advamd_loss": False},
     },
 }
@@ -127,8 +129,6 @@ def check_advamd_cfg(cfg: dict) -> dict:
     ab = cfg["abar_batches"]
     if not isinstance(ab, int) or isinstance(ab, bool) or ab < 1:
         raise ValueError(f"abar_batches={ab} must be a whole number >= 1: A-bar is estimated from that many batches")
-    if cfg["method"] == "advtrain":  # the paper's Adv-Train baseline is AdvAmd with every amendment off
-        cfg.update(dict.fromkeys(SWITCHES, False))
     if cfg.get("compile") and cfg["method"] != "vanilla" and (cfg["aux_bn"] or cfg["method"] == "udfa"):
         raise ValueError(
             "compile=True cannot route the adversarial view to the auxiliary BN (nor capture UDFA's features): "
