@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a YOLO detector with Adversarial Amendment, `key=value` like `yolo train`.
 
-    python train_advamd.py                     # the embedded demo on digits-det (offline, ~10 min on 2 CPU cores)
+    python train_advamd.py                     # the embedded demo on digits-det (offline, ~5.5 min on 2 CPU cores)
     python train_advamd.py model=yolov8n.yaml data=data/digits-det.yaml hyp=hyps/advamd-pgd.yaml eps=0.01 epochs=30
     python train_advamd.py help
 """

@@ -49,7 +49,7 @@ def test_unknown_key_is_rejected_with_suggestion():
         ({"norm": 1}, r"norm=1 is not valid"),
         ({"step_size": -0.1}, r"step_size=-0\.1 must be > 0"),
         ({"attack": "fgsm", "steps": 3}, r"steps=3 does not fit attack=fgsm"),
-        ({"attack": "deepfool", "random_start": True}, r"attack=deepfool chooses its own steps"),
+        ({"attack": "deepfool", "random_start": True}, r"DeepFool starts at the clean images"),
     ],
 )
 def test_bad_setting_names_key_value_and_range(bad, message):

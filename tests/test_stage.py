@@ -246,7 +246,7 @@ def test_bad_settings_raise_clear_errors(model):
         AttackStage(attack, 1.0, "target", model=model)
     with pytest.raises(ValueError, match="attack_model='ema'"):
         AttackStage(attack, 0.5, "ema", model=model)
-    with pytest.raises(ValueError, match="terms='boxes'"):
+    with pytest.raises(ValueError, match="attack_terms=boxes is not valid"):
         AttackStage(attack, 0.5, "current", terms="boxes")
     with pytest.raises(ValueError, match="needs model="):
         AttackStage(attack, 0.5, "target")

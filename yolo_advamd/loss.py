@@ -27,7 +27,7 @@ class ViewLoss:
     its class's Ā (the mean over the batch, as `v8ClassificationLoss` takes it).
     `view_items` (the detached losses of the
     other views, in log order) completes the returned loss items, so Ultralytics logs every view: the benign view's
-    own items come first, any other view's total goes in as `{view}_loss`.
+    own items come first, any other view's total goes in as `{view}_loss` (UDFA's adversarial view as `align_loss`).
 
     Attributes:
         criterion: The wrapped criterion (`v8DetectionLoss`, `E2ELoss`, ...); other attributes are delegated to it.
@@ -62,18 +62,17 @@ class ViewLoss:
             loss, items = value * batch["img"].shape[0], {"align": value.detach()}
         elif weights is None:
             loss, items = self.criterion(preds, batch)
-        elif not self.heads():  # a classifier's cross-entropy has no per-class hook: weight each image by its class
+        elif not (heads := self.heads()):  # a classifier's cross-entropy has no per-class hook: weight each image
             logits = preds[1] if isinstance(preds, (list, tuple)) else preds
             cls = batch["cls"].long()
             loss = (F.cross_entropy(logits, cls, reduction="none") * weights.to(logits.device)[cls]).mean()
             items = {"loss": loss.detach()}
         else:
-            heads = self.heads()
             saved = [(h.class_weights, h.assigner) for h in heads]
             try:
                 for h, (w, assigner) in zip(heads, saved):
                     weights = weights.to(h.device, torch.float32)
-                    if batch.get("abar_scope", "all") == "all":
+                    if batch.get("abar_scope", "positive") == "all":  # the default scope, as in cfg
                         view = weights.view(1, 1, -1)
                         h.class_weights = view if w is None else w * view
                     else:

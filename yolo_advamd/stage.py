@@ -13,13 +13,20 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.fgsm import FGSM
 from yolo_advamd.attacks.objectives import Objective, attack_batch, check_terms, objective_for
-from yolo_advamd.cfg import DEFAULT_PHI
+from yolo_advamd.attacks.settings import is_number
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.nn.dual_bn import aux_bn
 from yolo_advamd.vulnerability import Vulnerability
 
 __all__ = ("DEFAULT_PHI", "AttackStage", "preprocess")
 ATTACK_MODELS = ("target", "current")
+DEFAULT_PHI = {"fgsm": 0.7, "deepfool": 0.6, "pgd": 0.5}  # the paper, section 5.3
+
+
+def check_phi(phi) -> None:
+    """Refuse a mediate coefficient outside (0, 1)."""
+    if not is_number(phi) or not 0 < phi < 1:
+        raise ValueError(f"phi={phi} is outside (0, 1): the mediate sample is x + phi * delta, e.g. phi=0.5")
 
 
 class AttackStage:
@@ -88,8 +95,7 @@ class AttackStage:
                 f"attack_model={attack_model!r} is not valid: choose 'target' (frozen copy of the starting model) "
                 "or 'current' (the model being trained)"
             )
-        if not 0 < phi < 1:
-            raise ValueError(f"phi={phi} is outside (0, 1): the mediate sample is x + phi * delta, e.g. phi=0.5")
+        check_phi(phi)
         check_terms(terms)
         if attack_model == "target" and target is None:
             if model is None:

@@ -223,7 +223,10 @@ class AdvAmdMixin:
         )
 
     def optimizer_step(self):
-        """Step like Ultralytics, but skip a step with a non-finite view or gradient (a NaN never reaches the weights)."""
+        """Step like Ultralytics, but skip a step with a non-finite view or gradient (a NaN never reaches the weights);
+        `method=vanilla` steps exactly as Ultralytics does."""
+        if not self.amend:
+            return super().optimizer_step()
         bad = self.guard.pop_bad() if self.guard else {}
         if dist.is_available() and dist.is_initialized():  # every rank skips together (and keeps one AMP scale)
             flag = torch.tensor(float(bool(bad)), device=self.device)

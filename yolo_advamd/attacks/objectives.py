@@ -421,17 +421,17 @@ def attack_batch(attack, model: nn.Module, batch: dict, terms: str = "all"):
     if terms != "max":
         objective = objective_for(model, batch, terms)
         return attack(img, objective), objective
-    objectives = [objective_for(model, batch, t) for t in ("cls", "box")]
+    objective = objective_for(model, batch, "cls")
     if isinstance(attack, FGSM) and not attack.random_start:  # both steps start at x: one forward, two backwards
-        with torch.inference_mode(False), torch.enable_grad(), objectives[0].frozen():
+        with torch.inference_mode(False), torch.enable_grad(), objective.frozen():
             x = img.clone().requires_grad_(True)
-            parts, logits = objectives[0].loss_parts(x)
+            parts, logits = objective.loss_parts(x)
             grads = [torch.autograd.grad(parts[t], x, retain_graph=t == "cls")[0] for t in ("cls", "box")]
         results = [attack.step(img, g, clean_logits=logits.detach()) for g in grads]
     else:
-        results = [attack(img, o) for o in objectives]
-    with objectives[0].frozen():
-        losses = torch.stack([objectives[0].image_losses(r.adv) for r in results])
+        results = [attack(img, objective), attack(img, objective_for(model, batch, "box"))]
+    with objective.frozen():
+        losses = torch.stack([objective.image_losses(r.adv) for r in results])
     keep_box = (losses[1] > losses[0]).view(-1, *[1] * (img.ndim - 1))
     adv = torch.where(keep_box, results[1].adv, results[0].adv)
-    return AttackResult(delta=adv - img, adv=adv, clean_logits=results[0].clean_logits), objectives[0]
+    return AttackResult(delta=adv - img, adv=adv, clean_logits=results[0].clean_logits), objective

@@ -12,6 +12,7 @@ from ultralytics.utils import DEFAULT_CFG_DICT, YAML
 
 from yolo_advamd.attacks.objectives import ATTACK_TERMS
 from yolo_advamd.attacks.settings import attack_settings, is_number
+from yolo_advamd.stage import ATTACK_MODELS, DEFAULT_PHI, check_phi
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 ADVAMD_DEFAULTS = YAML.load(DEFAULT_YAML)
@@ -31,11 +32,10 @@ METHODS = {  # name -> what it trains, its paper, its hyp file
     "checkpoint's on the clean images; Xu et al., ICIP 2022; hyps/udfa.yaml (model= must be a .pt)",
     "vanilla": "stock Ultralytics training, bit for bit (the control)",
 }
-DEFAULT_PHI = {"fgsm": 0.7, "deepfool": 0.6, "pgd": 0.5}  # the paper, section 5.3
 CHOICES = {
     "method": tuple(METHODS),
     "attack_terms": ATTACK_TERMS,
-    "attack_model": ("auto", "target", "current"),
+    "attack_model": ("auto", *ATTACK_MODELS),
     "abar_update": ("none", "epoch"),
     "abar_norm": ("none", "mean"),
     "abar_scope": ("positive", "all"),
@@ -117,8 +117,7 @@ def check_advamd_cfg(cfg: dict) -> dict:
     cfg.update(attack_settings(**attack))  # eps parsed (8/255 too) and checked, per-attack steps and random start
     if cfg["phi"] is None:
         cfg["phi"] = DEFAULT_PHI[cfg["attack"]]
-    if not is_number(cfg["phi"]) or not 0 < cfg["phi"] < 1:
-        raise ValueError(f"phi={cfg['phi']} is outside (0, 1): the mediate sample is x + phi * delta, e.g. phi=0.5")
+    check_phi(cfg["phi"])
     for key in ("beta1", "beta2", "beta3"):
         beta = cfg[key]
         if not is_number(beta) or not beta >= 0:
@@ -200,11 +199,6 @@ def resolve_advamd_cfg(overrides: dict) -> dict:
     """
     merged = merge_cfg(overrides)
     return check_advamd_cfg({**advamd_defaults(merged.get("method")), **merged})
-
-
-def split_cfg(cfg: dict) -> tuple[dict, dict]:
-    """Split settings into (Ultralytics settings, AdvAmd settings)."""
-    return {k: v for k, v in cfg.items() if k not in ADVAMD_KEYS}, {k: v for k, v in cfg.items() if k in ADVAMD_KEYS}
 
 
 def parse_cli(argv: list[str] | None = None) -> dict:
