@@ -178,6 +178,18 @@ def test_onnx_export_matches_pytorch_main_bn_on_real_images(ckpts, onnx_files):
         assert not np.isfinite(model(x)[0].numpy()).any()  # its (poisoned) auxiliary BN was not what got exported
 
 
+def test_torchscript_export_matches_pytorch_main_bn(ckpts):
+    from ultralytics import YOLO
+
+    model = YOLO(ckpts["amended"]).model.float().eval()
+    x = val_batch(ckpts["data"])["img"][:1]  # the export has batch 1
+    scripted = torch.jit.load(export_model(ckpts["amended"], format="torchscript", imgsz=IMGSZ))
+    with torch.no_grad():
+        expected, got = model(x)[0], scripted(x)  # (1, 4 + nc, anchors) both
+    assert got.shape == expected.shape
+    assert (got[:, :4] - expected[:, :4]).abs().max() < 1e-3 and (got[:, 4:] - expected[:, 4:]).abs().max() < 1e-5
+
+
 def test_onnx_graph_is_identical_in_size_to_the_stock_architecture(onnx_files):
     """Zero inference overhead: same operators, node count, inputs and outputs as the never-converted model."""
     import onnx

@@ -12,7 +12,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.align import alignment_loss, level_masks, neck_layers
 from yolo_advamd.attacks import build_attack
-from yolo_advamd.cfg import resolve_advamd_cfg
+from yolo_advamd.cfg import parse_cli, resolve_advamd_cfg
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.loss import wrap_criterion
 from yolo_advamd.nn.dual_bn import aux_bn, convert_dual_bn
@@ -129,6 +129,20 @@ def test_bad_method_combinations_are_refused_before_any_work(tmp_path, tiny_data
     with pytest.raises(ValueError, match="attack_terms=both is not valid"):
         AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "bad", attack_terms="both"))
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switch", ["attack_terms=cls", "attack_terms=box", "attack_terms=max", "abar_scope=all"])
+def test_advamd_trains_with_each_attack_terms_and_abar_scope_from_the_command_line(tmp_path, tiny_data, switch):
+    from yolo_advamd.cli import train
+
+    run = tiny(tmp_path, tiny_data, "run")
+    argv = [f"{k}={v}" for k, v in run.items() if k not in {"data", "model"}] + [switch, "attack_model=current"]
+    trainer = train({**parse_cli(argv), "data": run["data"]})  # as `python train_advamd.py ... attack_terms=box` does
+    key, value = switch.split("=")
+    assert getattr(trainer.args, key) == value and trainer.stage.terms == trainer.args.attack_terms
+    row = results(trainer.save_dir)[0]
+    assert all(0 < float(row[f"train/{k}"]) < 100 for k in ("box_loss", "cls_loss", "med_loss", "adv_loss"))
 
 
 @pytest.mark.slow
