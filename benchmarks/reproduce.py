@@ -148,10 +148,11 @@ def load() -> list[dict]:
 
 
 def record(entry: dict) -> None:
-    """Append one finished run to the results file."""
+    """Append one finished run to the results file, with the commit of the code that made it."""
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+        f.write(json.dumps({**entry, "commit": git.stdout.strip() or None}) + "\n")
 
 
 def evaluate(weights: Path, data: str, eps: list[float], name: str, imgsz: int = 160) -> dict:
@@ -214,22 +215,23 @@ def archive(profile_name: str) -> Path | None:
 
 
 def train(overrides: dict) -> tuple[Path, float]:
-    """Train with AdvAmdTrainer, or resume the interrupted run of the same name; return best.pt and its training time.
+    """Train with the AdvAmd trainer of the model's task, or resume the interrupted run of the same name; return best.pt
+    and its training time.
 
     The time is Ultralytics' own per-epoch clock in results.csv (training and per-epoch validation), summed over the
     pieces of a resumed run.
     """
     from ultralytics.utils.patches import torch_load
 
-    from yolo_advamd.trainer import AdvAmdTrainer
+    from yolo_advamd.trainer import advamd_trainer
 
     run = Path(overrides["project"]) / overrides["name"]
     last = run / "weights" / "last.pt"
     if not last.is_file():
-        trainer = AdvAmdTrainer(overrides={**SCHEDULE, **overrides})
+        trainer = advamd_trainer({**SCHEDULE, **overrides})
     elif torch_load(last, map_location="cpu").get("epoch", -1) != -1:  # stopped mid-run: continue it
         print(f"reproduce.py: resuming {run} from {last}")
-        trainer = AdvAmdTrainer(overrides={"resume": str(last)})
+        trainer = advamd_trainer({"resume": str(last)})
     else:  # finished, but stopped before it was recorded
         return run / "weights" / "best.pt", train_seconds(run / "results.csv")
     trainer.train()
@@ -291,7 +293,7 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
 # were seen; a setting changed afterwards gets a new method label, and both rows are kept. Every run trains on top of
 # SCHEDULE, is compared with the arm's vanilla run of the same seed, and is attacked on val with FGSM and PGD-3 at the
 # ε it trained with (the vanilla run at every ε of its arm).
-M_T_RECIPE = {"epochs": 30, "fraction": 0.5, "lr0": 0.002, "close_mosaic": 5}  # = target_recipe(PROFILES["full"])
+M_T_RECIPE = target_recipe(PROFILES["full"])  # 30 epochs, lr0 0.002, close_mosaic 5
 M_T_FINAL_LR = M_T_RECIPE["lr0"] * ((1 - 29 / 30) * (1 - 0.01) + 0.01)  # Ultralytics' linear decay to lrf = 0.01
 FGSM = {"attack": "fgsm", "eps": 0.01}
 WEAK = {"attack": "fgsm", "eps": 1 / 255}  # AdvProp's regime: a weak attack
@@ -433,6 +435,7 @@ def check_study() -> None:
 def run_study(arms: list[str] | None = None, table: dict = STUDY) -> None:
     """Run the planned runs of `table`'s arms (all, or those named) not yet recorded, appending each as it finishes."""
     import yolo_advamd  # noqa: F401
+    from yolo_advamd.checkpoint import model_task
     from yolo_advamd.cli import use_all_cores
     from yolo_advamd.data import resolve_dataset
 
@@ -456,7 +459,8 @@ def run_study(arms: list[str] | None = None, table: dict = STUDY) -> None:
             raise FileNotFoundError(f"study arm {arm!r} starts from {settings['model']}, which is not on disk")
         name = re.sub(r"[^\w.=-]+", "_", f"{label}_seed{seed}".replace("ε", "eps").replace("/", "-"))
         weights, seconds = train({**settings, "data": data, "project": str(ROOT / "runs" / f"study-{arm}"), "name": name})
-        curves = epoch_curves(weights.parents[1] / "results.csv")
+        task = "detect" if start in PROFILES else model_task({"model": start})  # the profiles' M_T are detectors
+        curves = epoch_curves(weights.parents[1] / "results.csv", task)
         imgsz = settings.get("imgsz", SCHEDULE["imgsz"])
         kept = {**settings, "model": stored(Path(settings["model"])) if settings["model"].endswith(".pt") else start}
         record({"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": kept,
@@ -466,12 +470,12 @@ def run_study(arms: list[str] | None = None, table: dict = STUDY) -> None:
         report()
 
 
-def epoch_curves(results_csv: Path) -> dict:
-    """The val score (%, `HEADLINE`) and the benign training loss (its items, e.g. box + cls + dfl) per epoch, from a
-    run's results.csv."""
+def epoch_curves(results_csv: Path, task: str = "detect") -> dict:
+    """The val score (%, the task's `HEADLINE`) and the benign training loss (its items, e.g. box + cls + dfl) per
+    epoch, from a run's results.csv."""
     with open(results_csv) as f:
         rows = list(csv.DictReader(f, skipinitialspace=True))
-    score = next(k for k in HEADLINE.values() if k in rows[0])
+    score = HEADLINE[task]
     views = {"train/med_loss", "train/adv_loss", "train/align_loss"}
     loss = [sum(float(v) for k, v in row.items() if k.startswith("train/") and k not in views) for row in rows]
     return {"curve": [100 * float(row[score]) for row in rows], "train_loss": loss}
@@ -484,7 +488,9 @@ def lift_section(records: list[dict]) -> list[str]:
              "of the same seed, in mAP50-95 points on val (benign; FGSM and PGD-3 at the ε the method trained with). "
              "A lift needs a mean Δ benign more than one standard deviation above 0 over 3 seeds. `vs M_T`: benign "
              "mAP against the model the arm started from (the paper's comparison). `wall`: training time as a ratio "
-             "to the vanilla run of the same seed.", "",
+             "to the vanilla run of the same seed; other jobs (test runs) shared the 2 cores at times, so a ratio can be off "
+             "by a factor of up to 2: quote the README's step costs (benchmarks/train_step.py, idle cores). Each record "
+             "in the results file names the commit of the code that made it.", "",
              "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | vs M_T | wall × vanilla | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     notes = []

@@ -1,4 +1,4 @@
-"""Time and peak memory of one training step: stock Ultralytics versus AdvAmd with FGSM, PGD-3 and DeepFool.
+"""Time and peak memory of one training step: stock Ultralytics versus AdvAmd (FGSM, PGD-3, DeepFool) and its relatives.
 
 One run of this script makes a starting checkpoint (a 1-epoch vanilla run on 5% of the embedded dataset, in a temporary
 directory), then measures each configuration in its own subprocess, so that every peak-memory number starts clean:
@@ -7,6 +7,8 @@ directory), then measures each configuration in its own subprocess, so that ever
 - `fgsm`, `fgsm-current`, `pgd`, `deepfool`: `AdvAmdTrainer` from the checkpoint (the hyps/advamd-*.yaml settings),
   attacking the frozen target M_T (`attack_model=target`), or the model being trained (`fgsm-current`).
   PGD and DeepFool run `--attack-steps` steps (3 by default).
+- `fgsm-max`: AdvAmd with `attack_terms=max` on M_T; `detadvprop` and `udfa`: those methods from their hyp files
+  (FGSM on the model being trained).
 
 Each trainer is built through its public constructor, set up by `_setup_train()` and the `on_train_start` callbacks
 (AdvAmd: the attack stage, the frozen target and the Ā calibration), put in train mode, and then the body of

@@ -229,7 +229,9 @@ def test_export_format_with_a_missing_package_names_it_and_installs_nothing(ckpt
 
 def test_bad_model_path_and_options_are_refused_with_the_fix(ckpts, tmp_path):
     """A missing checkpoint or export options for format=pt fail before any work, saying what to pass."""
-    with pytest.raises(FileNotFoundError, match="is not a .pt checkpoint on disk"):
+    with pytest.raises(FileNotFoundError, match="missing.pt is not on disk and yolo-advamd never downloads weights"):
         export_model(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="model=best.onnx is not a .pt checkpoint on disk"):
+        export_model("best.onnx")
     with pytest.raises(ValueError, match="takes no export options"):
         export_model(ckpts["amended"], format="pt", imgsz=64)

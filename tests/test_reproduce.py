@@ -119,7 +119,10 @@ def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(
     done = reproduce.complete(entry, [0.01, 0.1], "data.yaml")
     assert asked == [[0.1]]  # only the missing budget is evaluated; the recorded columns are kept
     assert done["map"] == {"benign": 50.0, "fgsm eps=0.01": 20.0, "fgsm eps=0.1": 5.0}
-    assert reproduce.load() == [done]  # the later record of a key replaces the earlier one
+    loaded = reproduce.load()
+    assert "commit" in loaded[0]  # each record names the code that made it
+    loaded[0].pop("commit")
+    assert loaded == [done]  # the later record of a key replaces the earlier one
     assert reproduce.complete(done, [0.01, 0.1], "data.yaml") == done and asked == [[0.1]]
     (files / "v.pt").unlink()  # a fine-tune's weights stay on the machine that trained it: without them, keep the record
     assert reproduce.complete(done, [0.01, 0.03, 0.1], "data.yaml") == done and asked == [[0.1]]
@@ -198,7 +201,7 @@ def test_an_interrupted_run_resumes_and_its_time_sums_the_pieces(files, monkeypa
         def train(self):
             pass
 
-    monkeypatch.setattr(yolo_advamd.trainer, "AdvAmdTrainer", FakeTrainer)
+    monkeypatch.setattr(yolo_advamd.trainer, "advamd_trainer", FakeTrainer)
     (files / "run" / "weights").mkdir(parents=True)
     (files / "run" / "results.csv").write_text("epoch,time\n1,10\n2,20\n3,5\n4,12\n")  # resumed after epoch 2
     torch.save({"epoch": 1}, files / "run" / "weights" / "last.pt")  # stopped mid-run

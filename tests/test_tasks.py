@@ -118,9 +118,19 @@ def test_attack_draws_adversarial_masks_and_reports_top1_before_and_after(fitted
     assert (tmp_path / "cls" / "summary.csv").read_text().startswith("image,top1_before")
 
 
+def test_a_classifier_is_not_validated_with_box_attacks_or_a_detector_as_attacker(fitted_tasks, tmp_path):
+    d = fitted_tasks["classify"]
+    with pytest.raises(ValueError, match="attack_terms=max has no meaning for a classifier"):
+        validate_advamd(str(d["ckpt"]), str(d["data"]), attacks="fgsm", attack_terms="max", project=str(tmp_path))
+    seg = str(fitted_tasks["segment"]["ckpt"])
+    with pytest.raises(ValueError, match="attack_model is a segment model and model a classify one"):
+        validate_advamd(str(d["ckpt"]), str(d["data"]), attacks="fgsm", attack_model=seg, project=str(tmp_path))
+    assert not list(tmp_path.iterdir())  # refused before any run directory
+
+
 def test_bad_task_data_is_refused_before_any_work(tmp_path, monkeypatch, tiny_data):
     """A detection YAML for a segmentation model, a YAML for a classifier, an empty class folder: one clear error."""
-    from yolo_advamd.trainer import advamd_trainer
+    from yolo_advamd.trainer import AdvAmdTrainer, advamd_trainer
 
     base = {"epochs": 1, "imgsz": 64, "project": str(tmp_path), "name": "bad"}
     with pytest.raises(ValueError, match=r"has box labels \(class x y w h\) and a segmentation model needs polygons"):
@@ -136,4 +146,6 @@ def test_bad_task_data_is_refused_before_any_work(tmp_path, monkeypatch, tiny_da
         advamd_trainer({**base, "model": "yolov8n-cls.yaml", "data": str(folder)})
     with pytest.raises(ValueError, match="method=detadvprop is a detection method"):
         advamd_trainer({**base, "model": "yolov8n-cls.yaml", "method": "detadvprop"})
+    with pytest.raises(ValueError, match="model=yolov8n-seg.yaml is a segment model and AdvAmdTrainer trains detect"):
+        AdvAmdTrainer(overrides={**base, "model": "yolov8n-seg.yaml", "data": tiny_data})
     assert not (tmp_path / "bad").exists()

@@ -1,4 +1,4 @@
-"""yolo-advamd: Adversarial Amendment (AdvAmd) for Ultralytics YOLO detectors."""
+"""yolo-advamd: Adversarial Amendment (AdvAmd) for Ultralytics YOLO: detection, segmentation, classification."""
 
 from yolo_advamd.offline import place_font, set_offline_env
 

@@ -1,4 +1,4 @@
-"""Attack any Ultralytics detector in three lines: adversarial images at their original size, with or without labels.
+"""Attack an Ultralytics detector, segmentation model or classifier in three lines: adversarial images at their original size, with or without labels.
 
     >>> from ultralytics import YOLO
     >>> from yolo_advamd import attack
@@ -36,7 +36,7 @@ from yolo_advamd.attacks.objectives import (
     VanishObjective,
 )
 from yolo_advamd.attacks.settings import attack_settings
-from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
+from yolo_advamd.checkpoint import attack_copy, load_model, task_of
 from yolo_advamd.images import center_crop, iter_images, letterbox, to_image, to_tensor
 
 OBJECTIVES = ("loss", "cls", "vanish")
@@ -348,8 +348,6 @@ def attacked_model(model) -> tuple[nn.Module, dict, str]:
 
     label = model if isinstance(model, (str, Path)) else type(model).__name__
     module = model.model if isinstance(model, Model) else model  # an ultralytics.YOLO holds the model
-    if isinstance(module, (str, Path)):
-        check_local_weights(module)  # a missing .pt: the offline message, before the .pt-only one
     net, _, train_args = load_model(module, "attack needs the model's gradients: pass its .pt checkpoint")
     task = task_of(net)
     supported = isinstance(net, ClassificationModel) or isinstance(net, DetectionModel) and task in PREDICTORS

@@ -34,16 +34,16 @@ def check_local_weights(model: str | Path, why: str | None = None, key: str = "m
             required.
     """
     path = Path(str(model))
-    if path.suffix in {".pt", ".pth"} and path.is_file():
-        return path
-    if why is not None:
-        raise FileNotFoundError(f"{key}={model} is not a .pt checkpoint on disk: {why}")
-    if path.suffix in {".pt", ".pth"}:
+    if path.suffix == ".pt":
+        if path.is_file():
+            return path
         raise FileNotFoundError(
             f"{key}={model} is not on disk and yolo-advamd never downloads weights (it runs offline). "
-            f"Copy the checkpoint to this path, pass an existing path (model=path/to/best.pt), "
-            f"or train from scratch with a YAML (model=yolov8n.yaml)."
+            f"Copy the checkpoint to this path, pass an existing path ({key}=path/to/best.pt)"
+            + (f": {why}" if why else ", or train from scratch with a YAML (model=yolov8n.yaml).")
         )
+    if why is not None:
+        raise FileNotFoundError(f"{key}={model} is not a .pt checkpoint on disk: {why}")
     return None
 
 
@@ -139,7 +139,7 @@ def task_of(model: nn.Module) -> str:
 
 
 def model_task(overrides: dict) -> str:
-    """Return the task of a run as Ultralytics infers it: `task=`, else the model's (a `.pt`'s settings, a YAML's head).
+    """Return the task of a run: `task=`, else the model's (a `.pt`'s model class, a YAML's head).
 
     Args:
         overrides (dict): The run's settings: `task`, `model` or `resume`.
@@ -154,7 +154,7 @@ def model_task(overrides: dict) -> str:
         return str(overrides["task"])
     resume = overrides.get("resume")
     model = str(resume if isinstance(resume, (str, Path)) and resume else overrides.get("model") or "yolov8n.yaml")
-    if model.endswith((".pt", ".pth")) and Path(model).is_file():
+    if model.endswith(".pt") and Path(model).is_file():
         ckpt = torch_load(model, map_location="cpu")
         return task_of(ckpt.get("ema") or ckpt["model"])
     return guess_model_task(yaml_model_load(model)) if model.endswith((".yaml", ".yml")) else guess_model_task(model)

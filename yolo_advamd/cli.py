@@ -1,4 +1,4 @@
-"""Command-line entry points behind train_advamd.py, val_advamd.py and export.py: `key=value` like `yolo train`."""
+"""Command-line entry points behind train_advamd.py, val_advamd.py, export.py and attack.py: `key=value` like `yolo train`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from yolo_advamd.cfg import (
     help_text,
     parse_cli,
 )
-from yolo_advamd.checkpoint import check_local_weights
 
 DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tune from it (FGSM, the paper's settings)
     "baseline": {"model": "yolov8n.yaml", "epochs": 8, "method": "vanilla"},
@@ -38,42 +37,10 @@ DEFAULT_DATA = {  # the embedded dataset of each task, when data= is not given
     "segment": "data/digits-seg.yaml",
     "classify": "data/digits-cls.yaml",
 }
-VAL_KEYS = {
-    "model": None,
-    "data": "the task's embedded set (data/digits-det.yaml, -seg, -cls)",
-    "attacks": "fgsm,pgd",
-    "eps": "0.01,0.1",
-    "baseline": None,
-    "attack_model": None,
-    "save_json": False,
-    "save_adv": False,
-    "imgsz": None,
-    "batch": 16,
-    "device": None,
-}
+VAL_CLI_DEFAULTS = {"data": "the task's embedded set (data/digits-det.yaml, -seg, -cls)", "attacks": "fgsm,pgd",
+                    "eps": "0.01,0.1"}  # val_advamd.py's own defaults for yolo_advamd.validate_advamd()
 EXPORT_KEYS = {"model": None, "format": "onnx (engine, torchscript, openvino, pt: stock checkpoint, state_dict)"}
-ATTACK_KEYS = {  # attack.py: the arguments of yolo_advamd.attack() with the CLI's defaults
-    "model": None,
-    "source": None,
-    "method": "pgd",
-    "eps": "8/255",
-    "steps": None,
-    "step_size": None,
-    "norm": "inf",
-    "random_start": None,
-    "objective": "loss",
-    "data": None,
-    "split": "val",
-    "conf": 0.25,
-    "iou": 0.7,
-    "imgsz": None,
-    "device": None,
-    "seed": 0,
-    "save": True,
-    "project": None,
-    "name": None,
-    "exist_ok": False,
-}
+ATTACK_CLI_DEFAULTS = {"eps": "8/255", "save": True}  # attack.py's own defaults for yolo_advamd.attack()
 
 
 def use_all_cores() -> None:
@@ -135,20 +102,31 @@ def main_val(argv: list[str] | None = None) -> int:
 
         from yolo_advamd.validate import validate_advamd
 
-        own = {**dict.fromkeys(inspect.signature(validate_advamd).parameters), **VAL_KEYS}
-        own.pop("overrides")
+        own = val_keys()
         check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)
         if not args.get("model"):
             raise ValueError("model= is required: the checkpoint to evaluate, e.g. model=runs/detect/train/weights/best.pt")
-        for key in ("model", "baseline", "attack_model"):
-            if args.get(key):
-                check_local_weights(args[key])
-        from yolo_advamd.checkpoint import model_task
+        if not args.get("data"):
+            from yolo_advamd.checkpoint import model_task
 
-        data = DEFAULT_DATA.get(model_task({"model": args["model"]}), DEFAULT_DATA["detect"])
-        print(validate_advamd(**{"data": data, **args})["markdown"])
+            args["data"] = DEFAULT_DATA.get(model_task({"model": args["model"]}), DEFAULT_DATA["detect"])
+        print(validate_advamd(**args)["markdown"])
 
-    return run(argv, "val_advamd.py", "model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] [save_json=True] [save_adv=True]", VAL_KEYS, job)
+    return run(argv, "val_advamd.py", "model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] [save_json=True] [save_adv=True]", val_keys(), job)
+
+
+def val_keys() -> dict:
+    """The arguments of `validate_advamd()` with their defaults, as val_advamd.py takes them (`VAL_CLI_DEFAULTS`)."""
+    from yolo_advamd.validate import validate_advamd
+
+    return signature_keys(validate_advamd, VAL_CLI_DEFAULTS)
+
+
+def signature_keys(function, cli_defaults: dict) -> dict:
+    """The keyword arguments of `function` with their defaults (None when required), updated by `cli_defaults`."""
+    params = inspect.signature(function).parameters.values()
+    keys = {p.name: None if p.default is p.empty else p.default for p in params if p.kind is not p.VAR_KEYWORD}
+    return {**keys, **cli_defaults}
 
 
 def main_export(argv: list[str] | None = None) -> int:
@@ -162,7 +140,6 @@ def main_export(argv: list[str] | None = None) -> int:
         check_keys({**DEFAULT_CFG_DICT, **EXPORT_KEYS}, args, listed=EXPORT_KEYS)  # before loading the checkpoint
         if not args.get("model"):
             raise ValueError("model= is required: the checkpoint to export, e.g. model=runs/detect/train/weights/best.pt")
-        check_local_weights(args["model"])
         print(export_model(args.pop("model"), args.pop("format", "onnx"), **args))
 
     return run(argv, "export.py", "model=amended.pt format=onnx [imgsz=640 half=False ...]", EXPORT_KEYS, job)
@@ -174,11 +151,10 @@ def main_attack(argv: list[str] | None = None) -> int:
     def job(args):
         from yolo_advamd.attack_api import attack
 
-        check_keys(ATTACK_KEYS, args)
+        check_keys(attack_keys(), args)
         if not args.get("model"):
-            raise ValueError("model= is required: the detector to attack, e.g. model=runs/detect/train/weights/best.pt")
-        check_local_weights(args["model"])
-        args = {**ATTACK_KEYS, **args}
+            raise ValueError("model= is required: the model to attack, e.g. model=runs/detect/train/weights/best.pt")
+        args = {**attack_keys(), **args}
         if args.get("source") is None and args.get("data") is None:
             raise ValueError("source= is required: an image, a folder or a glob (or data= and split= for a dataset)")
         results = attack(**args)
@@ -186,7 +162,14 @@ def main_attack(argv: list[str] | None = None) -> int:
             print(f"{len(results)} adversarial images in {results[0].files['adversarial'].parent}")
 
     usage = "model=best.pt source=images/ method=pgd eps=8/255 [steps=10 objective=loss|cls|vanish data=... save=True]"
-    return run(argv, "attack.py", usage, ATTACK_KEYS, job, ultralytics_keys=False)
+    return run(argv, "attack.py", usage, attack_keys(), job, ultralytics_keys=False)
+
+
+def attack_keys() -> dict:
+    """The arguments of `yolo_advamd.attack()` with their defaults, as attack.py takes them (`ATTACK_CLI_DEFAULTS`)."""
+    from yolo_advamd.attack_api import attack
+
+    return signature_keys(attack, ATTACK_CLI_DEFAULTS)
 
 
 def run(argv, program: str, usage: str, keys: dict, job, ultralytics_keys: bool = True, **help_kw) -> int:

@@ -1,7 +1,7 @@
 """Export: strip the auxiliary BN and all AdvAmd state, then hand a plain model to Ultralytics' exporter.
 
 An amended checkpoint differs from a stock one only by what training needs: `DualBatchNorm2d` modules (the auxiliary
-BN), the `advamd_state` model attribute and `advamd` checkpoint key (Ā, flip counts, the frozen target's weights) and
+BN), the `advamd_state` model attribute (Ā, flip counts, the frozen target's weights) and
 AdvAmd keys in `train_args`. Deployment uses the main BN only (the paper's footnote 8), so every export starts by
 removing all of it: the exported model is, module for module and bit for bit, the stock architecture holding the main
 BN's values, with zero inference overhead.

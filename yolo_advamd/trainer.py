@@ -62,6 +62,9 @@ class AdvAmdMixin:
         checked = check_advamd_cfg({**defaults, **overrides})  # fail before any directory is made
         if overrides.get("model"):
             check_local_weights(overrides["model"])
+            if (task := model_task({"model": overrides["model"]})) != self.task_name:
+                raise ValueError(f"model={overrides['model']} is a {task} model and {type(self).__name__} trains "
+                                 f"{self.task_name} models: use advamd_trainer(), which picks the trainer by task")  # fmt: skip
         check_task(checked["method"], checked, self.task_name)
         if defaults["method"] == "udfa" and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
             raise ValueError(

@@ -43,7 +43,7 @@ from ultralytics.utils import (
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_advamd.attacks import build_attack
-from yolo_advamd.attacks.objectives import attack_batch
+from yolo_advamd.attacks.objectives import attack_batch, check_terms
 from yolo_advamd.attacks.settings import attack_settings, parse_eps
 from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
 from yolo_advamd.data import resolve_dataset
@@ -221,10 +221,6 @@ class AdvDetectionValidator(AdversarialValidation, DetectionValidator):
         stats.update(self.coco)
         return stats
 
-    def coco_evaluate(self, stats: dict, *args, **kwargs) -> dict:
-        """Route Ultralytics' faster-coco-eval scoring (which may pip-install) to `eval_json` (pycocotools)."""
-        return self.eval_json(stats)
-
 
 VALIDATORS = {"detect": AdvDetectionValidator, "segment": AdvSegmentationValidator, "classify": AdvClassificationValidator}
 
@@ -380,8 +376,12 @@ def validate_advamd(
     for key, m in (("model", model), ("baseline", baseline), ("attack_model", attack_model)):
         if m is not None and not isinstance(m, nn.Module):
             check_local_weights(m, WHITE_BOX, key)
-    models = {role: load_model(m, WHITE_BOX, role) for role, m in (("model", model), ("baseline", baseline)) if m is not None}
+    roles = (("model", model), ("baseline", baseline), ("attack_model", attack_model))
+    models = {role: load_model(m, WHITE_BOX, role) for role, m in roles if m is not None}
     task = check_tasks({role: task_of(net) for role, (net, *_) in models.items()}, save_json, save_adv)
+    attack_terms = str(attack_terms).lower()
+    check_terms(attack_terms, classifier=task == "classify")
+    attacker = models.pop("attack_model", None)
     data = resolve_dataset(data)
     save_dir = get_save_dir(
         IterableSimpleNamespace(project=project, name=name or "exp", task="advamd_val", mode="val", exist_ok=exist_ok)
@@ -389,8 +389,8 @@ def validate_advamd(
     save_dir.mkdir(parents=True, exist_ok=True)
     dev = select_device(device, batch, verbose=False)
     transfer = None
-    if attack_model is not None:
-        net, label, train_args = load_model(attack_model, WHITE_BOX, "attack_model")
+    if attacker is not None:
+        net, label, train_args = attacker
         transfer = (attack_copy(net, train_args, dev), f"{label} (transfer)")
     settings = {"data": str(data), "attacks": attacks, "eps": eps, **attack_kwargs, "attack_terms": attack_terms,
                 "attack_model": transfer and transfer[1], "batch": batch, "imgsz": imgsz, **overrides}  # fmt: skip
@@ -436,8 +436,9 @@ def check_tasks(tasks: dict, save_json: bool, save_adv: bool) -> str:
     task = tasks["model"]
     if task not in VALIDATORS:
         raise ValueError(f"model is a {task} model: val_advamd validates {', '.join(VALIDATORS)} models")
-    if tasks.get("baseline", task) != task:
-        raise ValueError(f"baseline is a {tasks['baseline']} model and model a {task} one: compare models of one task")
+    for role in ("baseline", "attack_model"):
+        if tasks.get(role, task) != task:
+            raise ValueError(f"{role} is a {tasks[role]} model and model a {task} one: use models of one task")
     if task != "detect" and (save_json or save_adv):
         raise ValueError(f"save_json and save_adv write detection formats (COCO boxes, YOLO box labels): leave them "
                          f"off for a {task} model")  # fmt: skip

@@ -416,7 +416,9 @@ def attack_batch(attack, model: nn.Module, batch: dict, terms: str = "all"):
         result (AttackResult): The perturbation and adversarial images.
         objective (Objective): The objective attacked (for flip statistics).
     """
-    check_terms(terms)
+    from ultralytics.nn.tasks import ClassificationModel
+
+    check_terms(terms, classifier=isinstance(model, ClassificationModel))
     img = batch["img"].detach()
     if terms != "max":
         objective = objective_for(model, batch, terms)
