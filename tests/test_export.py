@@ -136,7 +136,7 @@ def test_amended_resume_checkpoint_loads_under_ultralytics_safe_load(ckpts):
     assert result["dual"] == "DualBatchNorm2d" and "optimizer" in result["keys"] and result["abar"] == 10
 
 
-def test_weights_only_file_loads_with_torch_weights_only_and_rebuilds_the_model(ckpts):
+def test_weights_only_file_loads_with_torch_weights_only_and_rebuilds_the_model(ckpts, capsys):
     """format=state_dict: tensors and builtins only; the rebuilt model gives the stock model's outputs."""
     file = export_model(ckpts["amended"], format="state_dict")
     ckpt = torch.load(file, map_location="cpu", weights_only=True)
@@ -147,6 +147,10 @@ def test_weights_only_file_loads_with_torch_weights_only_and_rebuilds_the_model(
     x = val_batch(ckpts["data"])["img"]
     with torch.no_grad():
         assert torch.equal(model(x)[0], reference.eval()(x)[0])
+    from yolo_advamd.cli import main_train
+
+    assert main_train([f"model={file}", "epochs=1"]) == 2  # training from it: one line naming the file, no traceback
+    assert f"{file} holds no model (a weights-only file" in capsys.readouterr().err
 
 
 def onnx_outputs(file, x):

@@ -147,14 +147,16 @@ def model_task(overrides: dict) -> str:
     Returns:
         (str): "detect", "segment", "classify", ...
     """
-    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
-    from ultralytics.utils.patches import torch_load
+    from ultralytics.nn.tasks import guess_model_task, torch_safe_load, yaml_model_load
 
     if overrides.get("task"):
         return str(overrides["task"])
     resume = overrides.get("resume")
     model = str(resume if isinstance(resume, (str, Path)) and resume else overrides.get("model") or "yolov8n.yaml")
     if model.endswith(".pt") and Path(model).is_file():
-        ckpt = torch_load(model, map_location="cpu")
-        return task_of(ckpt.get("ema") or ckpt["model"])
+        ckpt, _ = torch_safe_load(model)  # as Ultralytics loads it (ULTRALYTICS_SAFE_LOAD, legacy modules)
+        if not isinstance(net := ckpt.get("ema") or ckpt.get("model"), nn.Module):
+            raise ValueError(f"{model} holds no model (a weights-only file from export format=state_dict?): pass the "
+                             "training checkpoint, e.g. model=runs/detect/train/weights/best.pt")  # fmt: skip
+        return task_of(net)
     return guess_model_task(yaml_model_load(model)) if model.endswith((".yaml", ".yml")) else guess_model_task(model)
