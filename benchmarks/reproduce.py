@@ -581,8 +581,8 @@ def recommend(records: list[dict]) -> tuple[str, str, str] | None:
     if not robust:
         return None
     arm, label, n, mean, _, fgsm = max(robust, key=lambda r: (r[2] >= 3, r[3], r[5]))
-    return arm, label, (f"no lift anywhere; of the methods that gain robustness (Δ FGSM > 0) it costs the least benign "
-                        f"mAP: Δ benign {mean:+.2f}, Δ FGSM {fgsm:+.2f} over {n} seed(s)")  # fmt: skip
+    return arm, label, (f"no lift anywhere yet; of the methods that gain robustness (Δ FGSM > 0) it has the best Δ "
+                        f"benign: {mean:+.2f}, Δ FGSM {fgsm:+.2f} over {n} seed(s)")  # fmt: skip
 
 
 def tasks_section(records: list[dict]) -> list[str]:
