@@ -23,7 +23,8 @@ def ema_state(path: Path) -> dict:
 
 
 def test_each_abar_update_uses_only_the_flips_counted_since_the_last_one():
-    trainer = SimpleNamespace(vulnerability=Vulnerability(3), abar=None, device="cpu", args=SimpleNamespace(abar_norm="none"))
+    args = SimpleNamespace(abar_norm="none")
+    trainer = SimpleNamespace(vulnerability=Vulnerability(3), abar=None, device="cpu", args=args)
     trainer.log_vulnerability = lambda: None
     flips, none = Vulnerability(3), Vulnerability(3)
     labels = torch.tensor([0, 0, 1, 2])

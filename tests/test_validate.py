@@ -189,7 +189,7 @@ def test_saved_adversarial_copy_is_the_letterboxed_input_in_yolo_layout_and_repr
         ({"attacks": "fgsm", "eps": "0.01,a"}, ValueError, "not a comma-separated list"),
         ({"confx": 0.1}, SyntaxError, "'confx' is not a valid YOLO argument"),
         ({"model": "best.onnx"}, FileNotFoundError, "model=best.onnx is not a .pt checkpoint on disk"),
-        ({"baseline": "missing.pt"}, FileNotFoundError, "baseline=missing.pt is not on disk and yolo-advamd never downloads"),
+        ({"baseline": "missing.pt"}, FileNotFoundError, "baseline=missing.pt is not on disk and yolo-advamd never"),
         ({"attacks": "fgsm", "attack_terms": "boxes"}, ValueError, "attack_terms=boxes is not valid"),
     ],
 )

@@ -1,4 +1,5 @@
-"""Attack an Ultralytics detector, segmentation model or classifier in three lines: adversarial images at their original size, with or without labels.
+"""Attack an Ultralytics detector, segmentation model or classifier in three lines: adversarial images at their
+original size, with or without labels.
 
     >>> from ultralytics import YOLO
     >>> from yolo_advamd import attack

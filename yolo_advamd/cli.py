@@ -1,4 +1,5 @@
-"""Command-line entry points behind train_advamd.py, val_advamd.py, export.py and attack.py: `key=value` like `yolo train`."""
+"""Command-line entry points behind train_advamd.py, val_advamd.py, export.py and attack.py: `key=value` like
+`yolo train`."""
 
 from __future__ import annotations
 

@@ -63,8 +63,10 @@ class AdvAmdMixin:
         if overrides.get("model"):
             check_local_weights(overrides["model"])
             if (task := model_task({"model": overrides["model"]})) != self.task_name:
-                raise ValueError(f"model={overrides['model']} is a {task} model and {type(self).__name__} trains "
-                                 f"{self.task_name} models: use advamd_trainer(), which picks the trainer by task")  # fmt: skip
+                raise ValueError(
+                    f"model={overrides['model']} is a {task} model and {type(self).__name__} trains {self.task_name} "
+                    "models: use advamd_trainer(), which picks the trainer by task"
+                )
         check_task(checked["method"], checked, self.task_name)
         if defaults["method"] == "udfa" and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
             raise ValueError(
@@ -169,7 +171,7 @@ class AdvAmdMixin:
         LOGGER.info(f"A-bar ({self.args.abar_norm}): {self.abar.cpu().numpy().round(3)}")
 
     def update_abar(self):
-        """Set Ā from the flip counts summed over DDP ranks (kept when no flip was counted), log it, reset the counts."""
+        """Set Ā from the flip counts summed over DDP ranks (kept when none was counted); log it; reset the counts."""
         counts = self.vulnerability.counts
         if dist.is_available() and dist.is_initialized():  # every rank reduces, before any rank-local decision
             summed = counts.to(self.device)
