@@ -800,7 +800,7 @@ def plot(records: list[dict]) -> None:
             sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in (x, y)]
             color, marker = style[label]
             ax.errorbar(statistics.mean(x), statistics.mean(y), xerr=sd[0], yerr=sd[1], fmt=marker, color=color, capsize=3)
-        ax.set_title(f"{prof}: trained on {attack_label(attack)} ε={eps}", fontsize=9)
+        ax.set_title(f"{prof}: trained on {attack_label(attack)} ε={eps:.4g}", fontsize=9)
         ax.set_xlabel("benign mAP50-95 (%)", fontsize=8)
         ax.set_ylabel(f"mAP50-95 on {col} val (%)", fontsize=8)
     for ax in axes[len(panels):]:
@@ -833,12 +833,13 @@ if __name__ == "__main__":
     parser.add_argument("--vary", nargs="+", metavar="KEY=VALUE", help="train (c) AdvAmd with these settings only")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds of (a), (b), (c) instead of the profile's")
     parser.add_argument("--fresh", action="store_true", help="archive the profile's records and run it anew")
-    parser.add_argument("--study", nargs="*", metavar="ARM", choices=list(STUDY),
-                        help=f"run the study's arms ({', '.join(STUDY)}; all when none is named)")  # fmt: skip
+    parser.add_argument("--study", nargs="*", metavar="ARM", choices=list(ARMS),
+                        help=f"run the study's arms ({', '.join(STUDY)}; all when none is named) or the task rows "
+                        f"of --quick alone ({', '.join(TASKS)})")  # fmt: skip
     opt = parser.parse_args()
     if opt.study is not None and not opt.report:
         try:
-            run_study(opt.study)
+            run_study(opt.study, table=ARMS if opt.study else STUDY)
         except (ValueError, FileNotFoundError) as e:
             parser.exit(2, f"reproduce.py: error: {e}\n")
     elif not opt.report:
