@@ -488,7 +488,7 @@ def lift_section(records: list[dict]) -> list[str]:
              "of the same seed, in mAP50-95 points on val (benign; FGSM and PGD-3 at the ε the method trained with). "
              "A lift needs a mean Δ benign more than one standard deviation above 0 over 3 seeds. `vs M_T`: benign "
              "mAP against the model the arm started from (the paper's comparison). `wall`: training time as a ratio "
-             "to the vanilla run of the same seed; other jobs (test runs) shared the 2 cores at times, so a ratio can be off "
+             "to the vanilla run of the same seed (the median over seeds); other jobs (test runs) shared the 2 cores at times, so a ratio can be off "
              "by a factor of up to 2: quote the README's step costs (benchmarks/train_step.py, idle cores). Each record "
              "in the results file names the commit of the code that made it.", "",
              "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | vs M_T | wall × vanilla | verdict |",
@@ -510,7 +510,7 @@ def lift_section(records: list[dict]) -> list[str]:
             d = deltas(records, arm, label)
             adv = [spread(d[attack], signed=True) if d[attack] else "" for attack in ("fgsm", "pgd")]
             vs = f"{statistics.mean(e['map']['benign'] for e, _ in pairs) - start['map']['benign']:+.2f}" if start else ""
-            wall = statistics.mean(e["train_seconds"] / c["train_seconds"] for e, c in pairs)
+            wall = statistics.median(e["train_seconds"] / c["train_seconds"] for e, c in pairs)  # robust to a shared core
             b = d["benign"]
             mean, sd = statistics.mean(b), (statistics.stdev(b) if len(b) > 1 else None)
             word = ("1 seed: no verdict" if sd is None else "**lift**" if mean > sd else "below" if mean < -sd
