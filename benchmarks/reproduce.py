@@ -375,8 +375,9 @@ TASKS = {  # --quick: AdvAmd on the paper's other tasks, against a vanilla run o
         "screen": False,
     },
 }
-ARMS = ChainMap(STUDY, TASKS)  # every arm, by name
+ARMS = ChainMap(STUDY, TASKS)  # every arm defined in advance, by name
 SCREEN_BAR = -0.5  # seed 0's Δ benign above this earns seeds 1 and 2
+CAPACITY = "yolov8s"  # the `capacity` arm's model, one scale up from the study's yolov8n
 
 
 def study_key(label: str, seed: int) -> str:
@@ -403,20 +404,72 @@ def study_plan(records: list[dict], arms: dict = STUDY) -> list[tuple[str, str, 
     return runs
 
 
-def study_budgets(arm: str, label: str) -> list[float]:
-    """The ε a study run is attacked at on val: its own, or every ε of its arm for the vanilla run."""
-    methods = ARMS[arm]["methods"]
-    own = methods[label].get("eps")
-    return [own] if own else sorted({m["eps"] for m in methods.values() if m.get("eps")})
+def capacity_arm(records: list[dict]) -> dict:
+    """Return {"capacity": arm} once every study arm's seed 0 is recorded, else {}: CAPACITY in the arm and with the
+    method that came closest to a lift on that screen (the largest seed-0 Δ benign), against a vanilla run.
+
+    The rule was fixed before the scratch, scarce and later retrain screens were seen. The arm keeps its recipe; its
+    start is scaled: yolov8s.yaml for yolov8n.yaml, or an M_T of CAPACITY trained as the profile's (`start_weights`).
+    """
+    by_key = {(e["profile"], e["key"]): e["map"]["benign"] for e in records}
+    screen = {}
+    for arm, a in STUDY.items():
+        control = by_key.get((arm, study_key("vanilla", 0)))
+        for label in a["methods"]:
+            if (benign := by_key.get((arm, study_key(label, 0)))) is None or control is None:
+                return {}
+            if label != "vanilla":
+                screen[arm, label] = benign - control
+    (arm, label), delta = max(screen.items(), key=lambda kv: kv[1])
+    a = STUDY[arm]
+    yaml_start = a["start"].endswith(".yaml")
+    start = a["start"].replace("yolov8n", CAPACITY) if yaml_start else f"{a['start']}-{CAPACITY}"
+    origin = "from scratch" if yaml_start else f"from an M_T of {CAPACITY} trained as the {a['start']} profile's"
+    about = (f"{CAPACITY} {origin}, in the `{arm}` arm with {label}, the closest to a lift on the screen (seed 0: "
+             f"Δ benign {delta:+.2f}); {a['about']}")  # fmt: skip
+    return {"capacity": {"about": about, "start": start, "recipe": a["recipe"],
+                         "methods": {"vanilla": VANILLA, label: a["methods"][label]}}}
 
 
-def study_settings(arm: str, label: str, seed: int) -> dict:
-    """The training settings of one study run (on top of SCHEDULE), without where it is written."""
-    a = ARMS[arm]
-    start = str(TARGETS / f"{a['start']}.pt") if a["start"] in PROFILES else a["start"]
+def study_arms(records: list[dict], names: list[str] | None = None) -> dict:
+    """The arms to run or report: those named (study or task arms), or every study arm; with `capacity` once defined."""
+    every = {**ARMS, **capacity_arm(records)}
+    if missing := [n for n in names or () if n not in every]:
+        raise ValueError(f"arm {missing[0]!r} is not defined yet: the capacity arm is chosen once every other study "
+                         f"arm's seed 0 is recorded; run --study without arm names first")  # fmt: skip
+    return {n: every[n] for n in names} if names else {n: a for n, a in every.items() if n not in TASKS}
+
+
+def start_weights(start: str) -> Path | None:
+    """The kept M_T an arm starts from, docs/results/targets/<start>.pt ("full", or "full-yolov8s" for M_T of the
+    full profile trained at another scale), or None for a model YAML (from scratch)."""
+    return None if start.endswith(".yaml") else TARGETS / f"{start}.pt"
+
+
+def train_start(start: str, data: str) -> dict:
+    """Train a scaled M_T ("<profile>-<model>") from scratch with the profile's target recipe and keep it in TARGETS;
+    return its training time and curves."""
+    profile, model = start.split("-", 1)
+    weights, seconds = train({"model": f"{model}.yaml", "data": data, "method": "vanilla", "seed": 0,
+                              **target_recipe(PROFILES[profile]), "project": str(ROOT / "runs" / "study-targets"),
+                              "name": start})  # fmt: skip
+    TARGETS.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(weights, start_weights(start))
+    return {"train_seconds": seconds, **epoch_curves(weights.parents[1] / "results.csv")}
+
+
+def study_budgets(a: dict, label: str) -> list[float]:
+    """The ε a run of arm `a` is attacked at on val: its own, or every ε of its arm for the vanilla run."""
+    own = a["methods"][label].get("eps")
+    return [own] if own else sorted({m["eps"] for m in a["methods"].values() if m.get("eps")})
+
+
+def study_settings(a: dict, label: str, seed: int) -> dict:
+    """The training settings of one run of arm `a` (on top of SCHEDULE), without where it is written."""
+    kept = start_weights(a["start"])
     method = a["methods"][label]
     steps = {"steps": TRAIN_STEPS[method["attack"]]} if "attack" in method else {}
-    return {"model": start, **a["recipe"], **method, **steps, "seed": seed}
+    return {"model": str(kept) if kept else a["start"], **a["recipe"], **method, **steps, "seed": seed}
 
 
 def check_study() -> None:
@@ -425,15 +478,16 @@ def check_study() -> None:
 
     for arm, a in ARMS.items():
         for label in a["methods"]:
-            settings = {k: v for k, v in study_settings(arm, label, 0).items() if k != "model"}
+            settings = {k: v for k, v in study_settings(a, label, 0).items() if k != "model"}
             try:
                 resolve_advamd_cfg(settings)
             except (SyntaxError, ValueError) as e:
                 raise ValueError(f"study arm {arm!r}, method {label!r}: {e}") from e
 
 
-def run_study(arms: list[str] | None = None, table: dict = STUDY) -> None:
-    """Run the planned runs of `table`'s arms (all, or those named) not yet recorded, appending each as it finishes."""
+def run_study(names: list[str] | None = None) -> None:
+    """Run the planned runs of the arms named (all study arms when none is) not yet recorded, appending each as it
+    finishes."""
     import yolo_advamd  # noqa: F401
     from yolo_advamd.checkpoint import model_task
     from yolo_advamd.cli import use_all_cores
@@ -444,29 +498,31 @@ def run_study(arms: list[str] | None = None, table: dict = STUDY) -> None:
     while True:
         records = load()
         done = {(e["profile"], e["key"]) for e in records}
-        todo = [r for r in study_plan(records, table) if (r[0], study_key(*r[1:])) not in done and (not arms or r[0] in arms)]  # fmt: skip
-        if not todo:
+        arms = study_arms(records, names)
+        todo = [r for r in study_plan(records, arms) if (r[0], study_key(*r[1:])) not in done]
+        if not todo:  # the capacity arm joins `arms` on the pass after the last screen run is recorded
             break
         arm, label, seed = todo[0]
-        start = ARMS[arm]["start"]
-        data = resolve_dataset(str(ROOT / ARMS[arm].get("data", "data/digits-det.yaml")))
-        if start in PROFILES and (arm, "start") not in done:  # the starting model, at the arm's budgets
-            kept = TARGETS / f"{start}.pt"
-            record({"key": "start", "profile": arm, "name": "M_T", "weights": stored(kept), "train_seconds": 0,
-                    "map": evaluate(kept, data, study_budgets(arm, "vanilla"), f"{arm}-start")})  # fmt: skip
-        settings = study_settings(arm, label, seed)
-        if not Path(settings["model"]).is_file() and settings["model"].endswith(".pt"):
-            raise FileNotFoundError(f"study arm {arm!r} starts from {settings['model']}, which is not on disk")
+        a = arms[arm]
+        data = resolve_dataset(str(ROOT / a.get("data", "data/digits-det.yaml")))
+        if (kept := start_weights(a["start"])) and (arm, "start") not in done:  # the starting model, at the arm's ε
+            trained = train_start(a["start"], data) if not kept.is_file() and a["start"] not in PROFILES else {}
+            if kept.is_file():
+                record({"key": "start", "profile": arm, "name": "M_T", "weights": stored(kept), "train_seconds": 0,
+                        **trained, "map": evaluate(kept, data, study_budgets(a, "vanilla"), f"{arm}-start")})  # fmt: skip
+        if kept and not kept.is_file():
+            raise FileNotFoundError(f"study arm {arm!r} starts from {kept}, which is not on disk")
+        settings = study_settings(a, label, seed)
         name = re.sub(r"[^\w.=-]+", "_", f"{label}_seed{seed}".replace("ε", "eps").replace("/", "-"))
         weights, seconds = train({**settings, "data": data, "project": str(ROOT / "runs" / f"study-{arm}"), "name": name})
-        task = "detect" if start in PROFILES else model_task({"model": start})  # the profiles' M_T are detectors
+        task = "detect" if kept else model_task({"model": a["start"]})  # every kept M_T is a detector
         curves = epoch_curves(weights.parents[1] / "results.csv", task)
         imgsz = settings.get("imgsz", SCHEDULE["imgsz"])
-        kept = {**settings, "model": stored(Path(settings["model"])) if settings["model"].endswith(".pt") else start}
-        record({"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": kept,
+        model = {**settings, "model": stored(kept) if kept else a["start"]}
+        record({"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": model,
                 "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
                 "train_seconds": seconds, "weights": stored(weights), **curves,
-                "map": evaluate(weights, data, study_budgets(arm, label), f"{arm}-{name}", imgsz)})  # fmt: skip
+                "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz)})  # fmt: skip
         report()
 
 
@@ -493,8 +549,8 @@ def lift_section(records: list[dict]) -> list[str]:
              "in the results file names the commit of the code that made it.", "",
              "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | vs M_T | wall × vanilla | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    notes = []
-    for arm, a in STUDY.items():
+    notes, arms = [], study_arms(records)
+    for arm, a in arms.items():
         entries = [e for e in records if e["profile"] == arm]
         start = next((e for e in entries if e["key"] == "start"), None)
         runs = [e for e in entries if e["key"] != "start"]
@@ -524,13 +580,13 @@ def lift_section(records: list[dict]) -> list[str]:
         arm, label, why = pick
         notes.append(f"\n**Recommended** (`hyps/recommended.yaml`, by the rule in `recommend`, fixed before the "
                      f"confirmation seeds ran): {label} in the `{arm}` regime: {why}.")  # fmt: skip
-        write_recommended(arm, label, why)
+        write_recommended(arms[arm], arm, label, why)
     return lines + ["", *notes, ""]
 
 
-def write_recommended(arm: str, label: str, why: str) -> None:
-    """Write `hyps/recommended.yaml`: the recommended method's settings, with where they were measured and why."""
-    a = STUDY[arm]
+def write_recommended(a: dict, arm: str, label: str, why: str) -> None:
+    """Write `hyps/recommended.yaml`: the settings of method `label` of arm `a`, with where they were measured and
+    why."""
     settings = {**a["methods"][label]}
     header = (f"# Recommended by benchmarks/reproduce.py (rule: `recommend`) from docs/results/results.jsonl:\n"
               f"# {label} in the study's `{arm}` regime ({a['about']}),\n# chosen for {why}.\n"
@@ -567,7 +623,7 @@ def recommend(records: list[dict]) -> tuple[str, str, str] | None:
         (tuple | None): (arm, method, the reason in words), or None before any study run is recorded.
     """
     rows = []
-    for arm, a in STUDY.items():
+    for arm, a in study_arms(records).items():
         for label in a["methods"]:
             if (d := deltas(records, arm, label))["benign"]:
                 b, f = d["benign"], d["fgsm"]
@@ -753,7 +809,7 @@ def report() -> str:
              "attack on the evaluated model. Δ = method − the vanilla fine-tune of the same profile and seed (the",
              "control: same epochs, no attack). `train min`: wall time on 2 CPU cores, longer when other jobs",
              "shared the machine.", ""]  # fmt: skip
-    if any(e["profile"] in STUDY for e in records):
+    if any(e["profile"] in study_arms(records) for e in records):
         lines += lift_section(records)
     if any(e["profile"] in TASKS for e in records):
         lines += tasks_section(records)
@@ -833,13 +889,13 @@ if __name__ == "__main__":
     parser.add_argument("--vary", nargs="+", metavar="KEY=VALUE", help="train (c) AdvAmd with these settings only")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds of (a), (b), (c) instead of the profile's")
     parser.add_argument("--fresh", action="store_true", help="archive the profile's records and run it anew")
-    parser.add_argument("--study", nargs="*", metavar="ARM", choices=list(ARMS),
-                        help=f"run the study's arms ({', '.join(STUDY)}; all when none is named) or the task rows "
-                        f"of --quick alone ({', '.join(TASKS)})")  # fmt: skip
+    parser.add_argument("--study", nargs="*", metavar="ARM", choices=[*ARMS, "capacity"],
+                        help=f"run the study's arms ({', '.join(STUDY)}, then capacity; all when none is named) or the "
+                        f"task rows of --quick alone ({', '.join(TASKS)})")  # fmt: skip
     opt = parser.parse_args()
     if opt.study is not None and not opt.report:
         try:
-            run_study(opt.study, table=ARMS if opt.study else STUDY)
+            run_study(opt.study)
         except (ValueError, FileNotFoundError) as e:
             parser.exit(2, f"reproduce.py: error: {e}\n")
     elif not opt.report:
@@ -857,7 +913,7 @@ if __name__ == "__main__":
                 print(f"reproduce.py: the earlier records are in {dest}")
             run_protocol("quick" if opt.quick else "full", vary, opt.seeds)
             if opt.quick and not vary:
-                run_study(table=TASKS)  # the segmentation and classification rows
+                run_study(list(TASKS))  # the segmentation and classification rows
         except (SyntaxError, ValueError, FileNotFoundError) as e:
             parser.exit(2, f"reproduce.py: error: {e}\n")
     if opt.bench:

@@ -188,6 +188,46 @@ def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkey
     assert "| retrain | advamd | 3 | +0.00 ± 0.00 | +0.00 ± 0.00 |" in reproduce.report()
 
 
+def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_screen_is_in(files, monkeypatch):
+    def screen(best: tuple[str, str]) -> list[dict]:
+        return [{"profile": arm, "key": f"{label}/seed0", "name": label, "seed": 0, "train_seconds": 1, "attack": "fgsm",
+                 "eps": 0.01, "map": {"benign": 50.5 if (arm, label) == best else 50.0}}
+                for arm, a in reproduce.STUDY.items() for label in a["methods"]]  # fmt: skip
+
+    records = screen(("scratch", "detadvprop"))
+    assert reproduce.capacity_arm(records[1:]) == {}  # one screen run missing: not chosen yet
+    with pytest.raises(ValueError, match="capacity arm is chosen once every other study arm's seed 0 is recorded"):
+        reproduce.study_arms(records[1:], ["capacity"])
+    arm = reproduce.capacity_arm(records)["capacity"]
+    assert arm["start"] == "yolov8s.yaml" and list(arm["methods"]) == ["vanilla", "detadvprop"]
+    assert arm["recipe"] == reproduce.STUDY["scratch"]["recipe"] and "Δ benign +0.50" in arm["about"]
+
+    trained = []
+
+    def fake_train(overrides):
+        trained.append((overrides["project"].rsplit("-", 1)[-1], overrides["name"], overrides["model"]))
+        run = files / "runs" / overrides["name"]
+        (run / "weights").mkdir(parents=True, exist_ok=True)
+        (run / "weights" / "best.pt").write_text(overrides["name"])
+        (run / "results.csv").write_text("epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,10,1.0,0.5\n")
+        return run / "weights" / "best.pt", 10.0
+
+    monkeypatch.setattr(reproduce, "ROOT", files)
+    monkeypatch.setattr(reproduce, "train", fake_train)
+    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n, imgsz=160: {"benign": 40.0})
+    monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
+    for e in screen(("teacher", "udfa")):  # from M_T: the capacity arm trains an M_T of yolov8s first, and keeps it
+        reproduce.record(e)
+    reproduce.run_study(["capacity"])
+    kept = str(files / "targets" / "full-yolov8s.pt")
+    assert trained[:3] == [("targets", "full-yolov8s", "yolov8s.yaml"), ("capacity", "vanilla_seed0", kept),
+                           ("capacity", "udfa_seed0", kept)]  # fmt: skip
+    assert (files / "targets" / "full-yolov8s.pt").read_text() == "full-yolov8s"
+    start = next(e for e in reproduce.load() if (e["profile"], e["key"]) == ("capacity", "start"))
+    assert start["weights"] == "targets/full-yolov8s.pt" and start["curve"] == [50.0] and start["train_seconds"] == 10
+    assert "| capacity | udfa | 3 |" in reproduce.report()  # Δ 0 on seed 0 earned seeds 1 and 2
+
+
 def test_an_interrupted_run_resumes_and_its_time_sums_the_pieces(files, monkeypatch):
     import yolo_advamd.trainer
 
