@@ -151,8 +151,8 @@ def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(f
                {**record, "key": "detadvprop/seed0", "name": "detadvprop", "map": {"benign": 49.4}}]  # Δ -0.6: not
     confirmed = [r for r in reproduce.study_plan(records) if r[0] == "scratch" and r[2] > 0]
     assert confirmed == [("scratch", m, s) for s in (1, 2) for m in ("vanilla", "advamd")]
-    tasks = reproduce.study_plan([], reproduce.TASKS)  # --quick's other tasks: vanilla and AdvAmd, seed 0 only
-    assert tasks == [(t, m, 0) for t in ("quick-seg", "quick-cls") for m in ("vanilla", "advamd")]
+    tasks = reproduce.study_plan([], reproduce.TASKS)  # the other tasks: vanilla and AdvAmd, seed 0 only
+    assert tasks == [(t, m, 0) for t in ("quick-seg", "quick-cls", "cls") for m in ("vanilla", "advamd")]
 
 
 def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkeypatch):
