@@ -238,11 +238,16 @@ def train(overrides: dict) -> tuple[Path, float]:
     return trainer.best, train_seconds(run / "results.csv")
 
 
-def train_seconds(results_csv: Path) -> float:
-    """Training time of a run from its results.csv `time` column (cumulative per process, restarted by a resume)."""
+def epoch_seconds(results_csv: Path) -> list[float]:
+    """Each epoch's wall time from a run's results.csv `time` column (cumulative per process, restarted by a resume)."""
     with open(results_csv) as f:
         times = [float(row["time"]) for row in csv.DictReader(f, skipinitialspace=True)]
-    return sum(t for t, after in zip(times, [*times[1:], 0.0]) if after < t)  # the last time of each piece
+    return [t - before if t > before else t for before, t in zip([0.0, *times[:-1]], times)]
+
+
+def train_seconds(results_csv: Path) -> float:
+    """Training time of a run, summed over the pieces of a resumed run."""
+    return sum(epoch_seconds(results_csv))
 
 
 def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] | None = None) -> None:
@@ -537,14 +542,15 @@ def run_study(names: list[str] | None = None) -> None:
 
 
 def epoch_curves(results_csv: Path, task: str = "detect") -> dict:
-    """The val score (%, the task's `HEADLINE`) and the benign training loss (its items, e.g. box + cls + dfl) per
-    epoch, from a run's results.csv."""
+    """The val score (%, the task's `HEADLINE`), the benign training loss (its items, e.g. box + cls + dfl) and the
+    wall seconds per epoch, from a run's results.csv."""
     with open(results_csv) as f:
         rows = list(csv.DictReader(f, skipinitialspace=True))
     score = HEADLINE[task]
     views = {"train/med_loss", "train/adv_loss", "train/align_loss"}
     loss = [sum(float(v) for k, v in row.items() if k.startswith("train/") and k not in views) for row in rows]
-    return {"curve": [100 * float(row[score]) for row in rows], "train_loss": loss}
+    curve = [100 * float(row[score]) for row in rows]
+    return {"curve": curve, "train_loss": loss, "epoch_seconds": epoch_seconds(results_csv)}
 
 
 def lift_section(records: list[dict]) -> list[str]:
@@ -553,10 +559,11 @@ def lift_section(records: list[dict]) -> list[str]:
              "Each arm trains every method with the same recipe and length as its vanilla run; Δ = method − vanilla "
              "of the same seed, in mAP50-95 points on val (benign; FGSM and PGD-3 at the ε the method trained with). "
              "A lift needs a mean Δ benign more than one standard deviation above 0 over 3 seeds. `vs M_T`: benign "
-             "mAP against the model the arm started from (the paper's comparison). `wall`: training time as a ratio "
-             "to the vanilla run of the same seed (the median over seeds); other jobs (test runs) shared the 2 cores at times, so a ratio can be off "
-             "by a factor of up to 2: quote the README's step costs (benchmarks/train_step.py, idle cores). Each record "
-             "in the results file names the commit of the code that made it.", "",
+             "mAP against the model the arm started from (the paper's comparison). `wall`: the median epoch (training "
+             "and validation) as a ratio to the vanilla run's of the same seed, the median over seeds. Other jobs "
+             "shared the 2 cores at times and slowed some epochs several times over; a median epoch ignores them "
+             "while they are under half of a run's epochs (runs recorded without epoch times: total time). Each "
+             "record in the results file names the commit of the code that made it.", "",
              "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | vs M_T | wall × vanilla | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     notes, arms = [], study_arms(records)
@@ -576,7 +583,7 @@ def lift_section(records: list[dict]) -> list[str]:
             d = deltas(records, arm, label)
             adv = [spread(d[attack], signed=True) if d[attack] else "" for attack in ("fgsm", "pgd")]
             vs = f"{statistics.mean(e['map']['benign'] for e, _ in pairs) - start['map']['benign']:+.2f}" if start else ""
-            wall = statistics.median(e["train_seconds"] / c["train_seconds"] for e, c in pairs)  # robust to a shared core
+            wall = statistics.median(wall_ratio(e, c) for e, c in pairs)
             b = d["benign"]
             mean, sd = statistics.mean(b), (statistics.stdev(b) if len(b) > 1 else None)
             word = ("1 seed: no verdict" if sd is None else "**lift**" if mean > sd else "below" if mean < -sd
@@ -592,6 +599,14 @@ def lift_section(records: list[dict]) -> list[str]:
                      f"confirmation seeds ran): {label} in the `{arm}` regime: {why}.")  # fmt: skip
         write_recommended(arms[arm], arm, label, why)
     return lines + ["", *notes, ""]
+
+
+def wall_ratio(e: dict, c: dict) -> float:
+    """Run `e`'s wall time as a ratio to its control `c`'s: of their median epochs where both are recorded (an epoch
+    slowed by another job on the cores does not move a median), else of their training times."""
+    if e.get("epoch_seconds") and c.get("epoch_seconds"):
+        return statistics.median(e["epoch_seconds"]) / statistics.median(c["epoch_seconds"])
+    return e["train_seconds"] / c["train_seconds"]
 
 
 def write_recommended(a: dict, arm: str, label: str, why: str) -> None:

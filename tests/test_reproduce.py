@@ -182,6 +182,7 @@ def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkey
     amd = records["advamd/seed0"]
     assert amd["settings"]["model"] == "targets/full.pt" and amd["settings"]["abar_scope"] == "positive"
     assert amd["curve"] == [50.0, 60.0] and amd["train_loss"] == [3.0, 1.5] and amd["eps"] == 0.01
+    assert amd["epoch_seconds"] == [10.0, 10.0]
     trained.clear()
     reproduce.run_study(["retrain"])  # everything recorded: nothing is trained again
     assert trained == []
@@ -247,9 +248,16 @@ def test_an_interrupted_run_resumes_and_its_time_sums_the_pieces(files, monkeypa
     torch.save({"epoch": 1}, files / "run" / "weights" / "last.pt")  # stopped mid-run
     _, seconds = reproduce.train({"project": str(files), "name": "run", "epochs": 4})
     assert made == [{"resume": str(files / "run" / "weights" / "last.pt")}] and seconds == 32
+    assert reproduce.epoch_seconds(files / "run" / "results.csv") == [10, 10, 5, 7]  # the resumed piece's first: 5
     torch.save({"epoch": -1}, files / "run" / "weights" / "last.pt")  # finished, not recorded yet: nothing to train
     assert reproduce.train({"project": str(files), "name": "run"})[0] == files / "run" / "weights" / "best.pt"
     assert len(made) == 1
+
+
+def test_wall_ratio_is_of_median_epochs_so_an_epoch_slowed_by_another_job_does_not_count():
+    control = {"train_seconds": 140, "epoch_seconds": [10, 10, 100, 10, 10]}  # one epoch shared the 2 cores
+    assert reproduce.wall_ratio({"train_seconds": 150, "epoch_seconds": [30] * 5}, control) == 3.0
+    assert reproduce.wall_ratio({"train_seconds": 70}, control) == 0.5  # recorded without epoch times: total times
 
 
 def test_old_records_with_absolute_paths_are_found_under_this_repository(files, monkeypatch):
