@@ -263,14 +263,10 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
     done = {e["key"]: e for e in load() if e["profile"] == profile_name}
     budgets = sorted({eps for _, eps in profile["train"]})
     if "target" not in done:
-        weights, seconds = train({"model": "yolov8n.yaml", "data": data, "method": "vanilla", "seed": 0,
-                                  **target_recipe(profile), "project": project, "name": "target"})  # fmt: skip
-        with open(weights.parents[1] / "results.csv") as f:  # val mAP50-95 per epoch: shows the plateau, or not
-            curve = [100 * float(row["metrics/mAP50-95(B)"]) for row in csv.DictReader(f)]
-        TARGETS.mkdir(parents=True, exist_ok=True)
-        kept = Path(shutil.copy2(weights, TARGETS / f"{profile_name}.pt"))
-        done["target"] = {"key": "target", "profile": profile_name, "weights": stored(kept), "train_seconds": seconds,
-                          "curve": curve, "map": evaluate(kept, data, budgets, f"{profile_name}-target")}  # fmt: skip
+        kept = TARGETS / f"{profile_name}.pt"
+        trained = train_target("yolov8n.yaml", profile_name, data, project, "target", kept)
+        done["target"] = {"key": "target", "profile": profile_name, "weights": stored(kept), **trained,
+                          "map": evaluate(kept, data, budgets, f"{profile_name}-target")}  # fmt: skip
         record(done["target"])
     target = str(on_disk(done["target"]["weights"]))
     if not Path(target).is_file():
@@ -405,18 +401,22 @@ def study_plan(records: list[dict], arms: dict = STUDY) -> list[tuple[str, str, 
     screen), then seeds 1 and 2 of the arm's `confirm` methods and of every method whose seed-0 Δ benign is above
     SCREEN_BAR, with their vanilla runs (not for arms with `screen: False`)."""
     runs = [(arm, label, 0) for arm, a in arms.items() for label in a["methods"]]
-    by_key = {(e["profile"], e["key"]): e for e in records}
+    screen = screen_deltas(records, arms)
     for arm, a in arms.items():
         if not a.get("screen", True):
             continue
-        control = by_key.get((arm, study_key("vanilla", 0)))
         chosen = set(a.get("confirm", ()))
-        for label in a["methods"]:
-            if control and (e := by_key.get((arm, study_key(label, 0)))):
-                if e["map"]["benign"] - control["map"]["benign"] > SCREEN_BAR and label != "vanilla":
-                    chosen |= {label, "vanilla"}
+        chosen |= {x for (at, label), d in screen.items() if at == arm and d > SCREEN_BAR for x in (label, "vanilla")}
         runs += [(arm, label, seed) for seed in (1, 2) for label in a["methods"] if label in chosen]
     return runs
+
+
+def screen_deltas(records: list[dict], arms: dict) -> dict[tuple[str, str], float]:
+    """The seed-0 Δ benign of every recorded (arm, method) of `arms` against the arm's seed-0 vanilla run."""
+    benign = {(e["profile"], e["key"]): e["map"]["benign"] for e in records}
+    return {(arm, label): b - control for arm, a in arms.items() for label in a["methods"] if label != "vanilla"
+            and (control := benign.get((arm, study_key("vanilla", 0)))) is not None
+            and (b := benign.get((arm, study_key(label, 0)))) is not None}  # fmt: skip
 
 
 def capacity_arm(records: list[dict]) -> dict:
@@ -424,17 +424,11 @@ def capacity_arm(records: list[dict]) -> dict:
     method that came closest to a lift on that screen (the largest seed-0 Δ benign), against a vanilla run.
 
     The rule was fixed before the scratch, scarce and later retrain screens were seen. The arm keeps its recipe; its
-    start is scaled: yolov8s.yaml for yolov8n.yaml, or an M_T of CAPACITY trained as the profile's (`start_weights`).
+    start is scaled: yolov8s.yaml for yolov8n.yaml, or an M_T of CAPACITY trained as the profile's (`train_target`).
     """
-    by_key = {(e["profile"], e["key"]): e["map"]["benign"] for e in records}
-    screen = {}
-    for arm, a in STUDY.items():
-        control = by_key.get((arm, study_key("vanilla", 0)))
-        for label in a["methods"]:
-            if (benign := by_key.get((arm, study_key(label, 0)))) is None or control is None:
-                return {}
-            if label != "vanilla":
-                screen[arm, label] = benign - control
+    screen = screen_deltas(records, STUDY)
+    if len(screen) < sum(len(a["methods"]) - 1 for a in STUDY.values()):  # every method but vanilla, per arm
+        return {}
     (arm, label), delta = max(screen.items(), key=lambda kv: kv[1])
     a = STUDY[arm]
     yaml_start = a["start"].endswith(".yaml")
@@ -461,15 +455,13 @@ def start_weights(start: str) -> Path | None:
     return None if start.endswith(".yaml") else TARGETS / f"{start}.pt"
 
 
-def train_start(start: str, data: str) -> dict:
-    """Train a scaled M_T ("<profile>-<model>") from scratch with the profile's target recipe and keep it in TARGETS;
-    return its training time and curves."""
-    profile, model = start.split("-", 1)
-    weights, seconds = train({"model": f"{model}.yaml", "data": data, "method": "vanilla", "seed": 0,
-                              **target_recipe(PROFILES[profile]), "project": str(ROOT / "runs" / "study-targets"),
-                              "name": start})  # fmt: skip
-    TARGETS.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(weights, start_weights(start))
+def train_target(model: str, profile: str, data: str, project: str, name: str, kept: Path) -> dict:
+    """Train an M_T from scratch (`model`, seed 0) with `profile`'s target recipe and keep a copy at `kept`; return its
+    training time and per-epoch curves (its val mAP shows the plateau, or not)."""
+    weights, seconds = train({"model": model, "data": data, "method": "vanilla", "seed": 0,
+                              **target_recipe(PROFILES[profile]), "project": project, "name": name})  # fmt: skip
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(weights, kept)
     return {"train_seconds": seconds, **epoch_curves(weights.parents[1] / "results.csv")}
 
 
@@ -521,7 +513,10 @@ def run_study(names: list[str] | None = None) -> None:
         a = arms[arm]
         data = resolve_dataset(str(ROOT / a.get("data", "data/digits-det.yaml")))
         if (kept := start_weights(a["start"])) and (arm, "start") not in done:  # the starting model, at the arm's ε
-            trained = train_start(a["start"], data) if not kept.is_file() and a["start"] not in PROFILES else {}
+            trained = {}
+            if not kept.is_file() and a["start"] not in PROFILES:  # a scaled M_T ("full-yolov8s"): trained once, kept
+                profile, model = a["start"].split("-", 1)
+                trained = train_target(f"{model}.yaml", profile, data, str(ROOT / "runs" / "study-targets"), a["start"], kept)
             if kept.is_file():
                 record({"key": "start", "profile": arm, "name": "M_T", "weights": stored(kept), "train_seconds": 0,
                         **trained, "map": evaluate(kept, data, study_budgets(a, "vanilla"), f"{arm}-start")})  # fmt: skip
@@ -562,8 +557,8 @@ def lift_section(records: list[dict]) -> list[str]:
              "mAP against the model the arm started from (the paper's comparison). `wall`: the median epoch (training "
              "and validation) as a ratio to the vanilla run's of the same seed, the median over seeds. Other jobs "
              "shared the 2 cores at times and slowed some epochs several times over; a median epoch ignores them "
-             "while they are under half of a run's epochs (runs recorded without epoch times: total time). Each "
-             "record in the results file names the commit of the code that made it.", "",
+             "while they are under half of a run's epochs. Each record in the results file names the commit of the "
+             "code that made it.", "",
              "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | vs M_T | wall × vanilla | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     notes, arms = [], study_arms(records)
@@ -602,11 +597,9 @@ def lift_section(records: list[dict]) -> list[str]:
 
 
 def wall_ratio(e: dict, c: dict) -> float:
-    """Run `e`'s wall time as a ratio to its control `c`'s: of their median epochs where both are recorded (an epoch
-    slowed by another job on the cores does not move a median), else of their training times."""
-    if e.get("epoch_seconds") and c.get("epoch_seconds"):
-        return statistics.median(e["epoch_seconds"]) / statistics.median(c["epoch_seconds"])
-    return e["train_seconds"] / c["train_seconds"]
+    """Run `e`'s wall time as a ratio to its control `c`'s, of their median epochs: an epoch slowed by another job on
+    the cores does not move a median."""
+    return statistics.median(e["epoch_seconds"]) / statistics.median(c["epoch_seconds"])
 
 
 def write_recommended(a: dict, arm: str, label: str, why: str) -> None:
