@@ -7,7 +7,7 @@ place_font()
 
 import yolo_advamd.nn  # noqa: E402, F401  (registers the dual-BN classes for ULTRALYTICS_SAFE_LOAD=1 loading)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name):
