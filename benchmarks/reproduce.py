@@ -323,8 +323,10 @@ STUDY = {
         "recipe": M_T_RECIPE,
         "methods": {
             "vanilla": VANILLA,
-            "advamd": {**AMD, **WEAK, "attack_model": "current"},
+            "advamd": {**AMD, **WEAK, "attack_model": "current"},  # ran with 0.2's Ā (see the cls arm)
             "detadvprop": {"method": "detadvprop", **WEAK},
+            # added after 0.3 fixed Ā for classes with no benign-correct object, which a model from scratch has
+            "advamd (Ā of 0.3)": {**AMD, **WEAK, "attack_model": "current"},
         },
     },
     "scarce": {
