@@ -689,12 +689,19 @@ def tasks_section(records: list[dict]) -> list[str]:
 
 
 def overfit(run: dict) -> str:
-    """Say whether a run overfits: where its val mAP peaked, and whether the training loss kept falling after."""
+    """Say whether a run overfits: its val mAP fell from its peak by more than twice its epoch-to-epoch noise (the
+    median change between epochs over the last quarter) while its training loss kept falling."""
     curve, loss = run["curve"], run["train_loss"]
     peak = max(range(len(curve)), key=curve.__getitem__)
-    tail = f"val mAP50-95 peaked at epoch {peak + 1} of {len(curve)} ({curve[peak]:.2f}) and ended at {curve[-1]:.2f}"
-    return (f"Vanilla (seed {run['seed']}): {tail}; the benign training loss went from {loss[peak]:.3f} at the peak to "
-            f"{loss[-1]:.3f} at the end ({'still falling: overfitting' if loss[-1] < loss[peak] else 'not falling'}).")
+    last = curve[-max(len(curve) // 4, 2):]
+    noise = statistics.median(abs(b - a) for a, b in zip(last, last[1:]))
+    drop, falling = curve[peak] - curve[-1], loss[-1] < loss[peak]
+    verdict = ("overfitting" if drop > 2 * noise and falling else
+               "no overfitting: the training loss stopped falling" if drop > 2 * noise else
+               f"no overfitting: the end is within twice the epoch-to-epoch noise ({noise:.2f}) of the peak")  # fmt: skip
+    return (f"Vanilla (seed {run['seed']}): val mAP50-95 peaked at epoch {peak + 1} of {len(curve)} ({curve[peak]:.2f}) "
+            f"and ended at {curve[-1]:.2f}; the benign training loss went from {loss[peak]:.3f} at the peak to "
+            f"{loss[-1]:.3f} at the end ({verdict}).")
 
 
 def control(entries: list[dict], e: dict) -> dict | None:

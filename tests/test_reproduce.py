@@ -260,6 +260,15 @@ def test_wall_ratio_is_of_median_epochs_so_an_epoch_slowed_by_another_job_does_n
     assert reproduce.wall_ratio({"train_seconds": 150, "epoch_seconds": [30] * 5}, control) == 3.0
 
 
+def test_overfitting_is_a_fall_from_the_val_peak_beyond_noise_while_the_training_loss_falls():
+    rising = [50 + 0.1 * i + 0.3 * (i % 2) for i in range(40)]  # noisy, still climbing: peaks near the end
+    run = {"seed": 0, "curve": rising, "train_loss": [2 - 0.01 * i for i in range(40)]}
+    assert "(no overfitting: the end is within twice the epoch-to-epoch noise" in reproduce.overfit(run)
+    peaked = [50 + i for i in range(20)] + [69 - 0.5 * i for i in range(20)]  # peaks at epoch 20, then falls
+    assert reproduce.overfit({**run, "curve": peaked}).endswith("(overfitting).")
+    assert "the training loss stopped falling" in reproduce.overfit({**run, "curve": peaked, "train_loss": [1.0] * 40})
+
+
 def test_old_records_with_absolute_paths_are_found_under_this_repository(files, monkeypatch):
     monkeypatch.setattr(reproduce, "ROOT", files)
     (files / "runs" / "x" / "weights").mkdir(parents=True)
