@@ -525,7 +525,8 @@ def run_study(names: list[str] | None = None) -> None:
             trained = {}
             if not kept.is_file() and a["start"] not in PROFILES:  # a scaled M_T ("full-yolov8s"): trained once, kept
                 profile, model = a["start"].split("-", 1)
-                trained = train_target(f"{model}.yaml", profile, data, str(ROOT / "runs" / "study-targets"), a["start"], kept)
+                project = str(ROOT / "runs" / "study-targets")
+                trained = train_target(f"{model}.yaml", profile, data, project, a["start"], kept)
             if kept.is_file():
                 record({"key": "start", "profile": arm, "name": "M_T", "weights": stored(kept), "train_seconds": 0,
                         **trained, "map": evaluate(kept, data, study_budgets(a, "vanilla"), f"{arm}-start")})  # fmt: skip
@@ -696,12 +697,13 @@ def overfit(run: dict) -> str:
     last = curve[-max(len(curve) // 4, 2):]
     noise = statistics.median(abs(b - a) for a, b in zip(last, last[1:]))
     drop, falling = curve[peak] - curve[-1], loss[-1] < loss[peak]
-    verdict = ("overfitting" if drop > 2 * noise and falling else
-               "no overfitting: the training loss stopped falling" if drop > 2 * noise else
-               f"no overfitting: the end is within twice the epoch-to-epoch noise ({noise:.2f}) of the peak")  # fmt: skip
-    return (f"Vanilla (seed {run['seed']}): val mAP50-95 peaked at epoch {peak + 1} of {len(curve)} ({curve[peak]:.2f}) "
-            f"and ended at {curve[-1]:.2f}; the benign training loss went from {loss[peak]:.3f} at the peak to "
-            f"{loss[-1]:.3f} at the end ({verdict}).")
+    if drop <= 2 * noise:
+        verdict = f"no overfitting: the end is within twice the epoch-to-epoch noise ({noise:.2f}) of the peak"
+    else:
+        verdict = "overfitting" if falling else "no overfitting: the training loss stopped falling"
+    return (f"Vanilla (seed {run['seed']}): val mAP50-95 peaked at epoch {peak + 1} of {len(curve)} "
+            f"({curve[peak]:.2f}) and ended at {curve[-1]:.2f}; the benign training loss went from {loss[peak]:.3f} "
+            f"at the peak to {loss[-1]:.3f} at the end ({verdict}).")
 
 
 def control(entries: list[dict], e: dict) -> dict | None:
