@@ -22,7 +22,7 @@ def ema_state(path: Path) -> dict:
     return {k: v.float() for k, v in (ckpt["ema"] or ckpt["model"]).state_dict().items()}
 
 
-def test_each_abar_update_uses_only_the_flips_counted_since_the_last_one():
+def test_each_abar_update_uses_only_the_flips_counted_since_the_last_one(caplog):
     args = SimpleNamespace(abar_norm="none")
     trainer = SimpleNamespace(vulnerability=Vulnerability(3), abar=None, device="cpu", args=args)
     trainer.log_vulnerability = lambda: None
@@ -33,6 +33,7 @@ def test_each_abar_update_uses_only_the_flips_counted_since_the_last_one():
     trainer.vulnerability.update(labels, labels, torch.tensor([1, 0, 1, 2]))
     AdvAmdTrainer.update_abar(trainer)
     assert torch.equal(trainer.abar, flips.abar()) and trainer.vulnerability.counts.sum() == 0
+    assert "A-bar from 4 benign-correct objects (1 flipped by the attack), 3/3 classes measured" in caplog.text
     trainer.vulnerability.update(labels, labels, labels)
     AdvAmdTrainer.update_abar(trainer)
     assert torch.equal(trainer.abar, none.abar())  # not the calibration's flips mixed in

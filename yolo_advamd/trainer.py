@@ -179,6 +179,8 @@ class AdvAmdMixin:
             self.vulnerability.counts = summed.cpu()
         if self.abar is None or self.vulnerability.counts.sum() > 0:
             self.abar = self.vulnerability.abar(normalize=self.args.abar_norm).to(self.device)
+            if RANK in {-1, 0}:
+                LOGGER.info(self.vulnerability.summary(self.abar))
             self.log_vulnerability()
         self.vulnerability.reset()
 
