@@ -155,12 +155,14 @@ def record(entry: dict) -> None:
         f.write(json.dumps({**entry, "commit": git.stdout.strip() or None}) + "\n")
 
 
-def evaluate(weights: Path, data: str, eps: list[float], name: str, imgsz: int = 160) -> dict:
+def evaluate(weights: Path, data: str, eps: list[float], name: str, imgsz: int = 160, attack_model: Path | None = None
+             ) -> dict:  # fmt: skip
     """Benign and FGSM/PGD scores (%) of `weights` at the budgets `eps`, per table column: mAP50-95 (a segmentation
-    model's mask mAP50-95, a classifier's top-1 accuracy)."""
+    model's mask mAP50-95, a classifier's top-1 accuracy); attacks on `attack_model` instead when one is given."""
     from yolo_advamd.validate import validate_advamd
 
     res = validate_advamd(str(weights), data, attacks="fgsm,pgd", eps=eps, steps=EVAL_STEPS, imgsz=imgsz,
+                          attack_model=attack_model and str(attack_model),
                           project=str(ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)  # fmt: skip
     return {col: 100 * s[HEADLINE[res["task"]]] for col, s in res["rows"][0]["stats"].items()}
 
@@ -316,6 +318,9 @@ STUDY = {
             "advamd current": {**AMD, **FGSM, "attack_model": "current"},
         },
         "confirm": ("vanilla", "advamd"),
+        # added after the seed-0 rows: every run is also attacked through M_T, the perturbations the `target` rows
+        # train on (a measurement only; no run's settings change)
+        "transfer": True,
     },
     "scratch": {
         "about": "AdvProp's regime: from scratch with M_T's recipe, FGSM ε = 1/255 on the current model",
@@ -507,10 +512,15 @@ def run_study(names: list[str] | None = None) -> None:
     import yolo_advamd  # noqa: F401
     from yolo_advamd.checkpoint import model_task
     from yolo_advamd.cli import use_all_cores
-    from yolo_advamd.data import resolve_dataset
 
     use_all_cores()
     check_study()
+    records = load()
+    arms = study_arms(records, names)
+    for e in records:  # runs recorded before their arm measured transfer, while their weights are on disk
+        if e["profile"] in arms and e["key"] != "start":
+            if (scores := transfer_scores(e, arms[e["profile"]])) is not None:
+                record({**e, "transfer": scores})
     while True:
         records = load()
         done = {(e["profile"], e["key"]) for e in records}
@@ -520,7 +530,7 @@ def run_study(names: list[str] | None = None) -> None:
             break
         arm, label, seed = todo[0]
         a = arms[arm]
-        data = resolve_dataset(str(ROOT / a.get("data", "data/digits-det.yaml")))
+        data = arm_data(a)
         if (kept := start_weights(a["start"])) and (arm, "start") not in done:  # the starting model, at the arm's ε
             trained = {}
             if not kept.is_file() and a["start"] not in PROFILES:  # a scaled M_T ("full-yolov8s"): trained once, kept
@@ -539,11 +549,38 @@ def run_study(names: list[str] | None = None) -> None:
         curves = epoch_curves(weights.parents[1] / "results.csv", task)
         imgsz = settings.get("imgsz", SCHEDULE["imgsz"])
         model = {**settings, "model": stored(kept) if kept else a["start"]}
-        record({"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": model,
-                "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
-                "train_seconds": seconds, "weights": stored(weights), **curves,
-                "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz)})  # fmt: skip
+        entry = {"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": model,
+                 "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
+                 "train_seconds": seconds, "weights": stored(weights), **curves,
+                 "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz)}  # fmt: skip
+        if (scores := transfer_scores(entry, a)) is not None:
+            entry["transfer"] = scores
+        record(entry)
         report()
+
+
+def arm_data(a: dict) -> str:
+    """The dataset of arm `a` (digits-det unless it names one), built on first use."""
+    from yolo_advamd.data import resolve_dataset
+
+    return resolve_dataset(str(ROOT / a.get("data", "data/digits-det.yaml")))
+
+
+def transfer_scores(entry: dict, a: dict) -> dict | None:
+    """For a run of an arm with `transfer` that lacks them: its FGSM/PGD scores on attacks made on the arm's M_T (not
+    on the run itself), the record's `transfer` map; None when there is nothing to measure."""
+    kept = start_weights(a["start"])
+    if not a.get("transfer") or "transfer" in entry or not kept:
+        return None
+    if not (weights := on_disk(entry["weights"])).is_file():
+        print(f"reproduce.py: {entry['profile']} {entry['key']} lacks its transfer scores and its weights {weights} "
+              f"are gone: left as is")  # fmt: skip
+        return None
+    name = f"{entry['profile']}-{entry['key'].replace('/', '_')}-transfer"
+    imgsz = entry["settings"].get("imgsz", SCHEDULE["imgsz"])
+    scores = evaluate(weights, arm_data(a), study_budgets(a, entry["name"]), name, imgsz, attack_model=kept)
+    scores.pop("benign")  # the white-box run's
+    return scores
 
 
 def epoch_curves(results_csv: Path, task: str = "detect") -> dict:
@@ -596,6 +633,8 @@ def lift_section(records: list[dict]) -> list[str]:
             lines.append(f"| {arm} | {label} | {len(b)} | {spread(b, signed=True)} | {adv[0]} | {adv[1]} | {vs} | "
                          f"{wall:.2f} | {word} |")  # fmt: skip
         notes.append(f"- `{arm}`: {a['about']}.")
+        if a.get("transfer") and (line := transfer_note(runs, a)):
+            notes.append("  " + line)
         if arm == "scarce" and (first := next((c for c in controls if c["seed"] == 0 and c.get("curve")), None)):
             notes.append("  " + overfit(first))
     if pick := recommend(records):
@@ -604,6 +643,30 @@ def lift_section(records: list[dict]) -> list[str]:
                      f"confirmation seeds ran): {label} in the `{arm}` regime: {why}.")  # fmt: skip
         write_recommended(arms[arm], arm, label, why)
     return lines + ["", *notes, ""]
+
+
+def transfer_note(runs: list[dict], a: dict) -> str:
+    """One line on an arm's transfer scores: each method's FGSM/PGD-3 mAP on attacks made on M_T, mean over seeds."""
+    from yolo_advamd.validate import column_name
+
+    parts = []
+    for label in a["methods"]:
+        measured = [e["transfer"] for e in runs if e["name"] == label and "transfer" in e]
+        if not measured:
+            continue
+        scores = []
+        for eps in study_budgets(a, label):
+            fgsm, pgd = (statistics.mean(t[column_name(attack, eps)] for t in measured) for attack in ("fgsm", "pgd"))
+            scores.append(f"{fgsm:.2f} / {pgd:.2f} at ε = {eps_text(eps)}")
+        parts.append(f"{label} {', '.join(scores)} ({len(measured)} seed{'s' * (len(measured) > 1)})")
+    return ("Attacked through M_T instead (transfer: the perturbations the `attack_model=target` rows train on), FGSM "
+            "/ PGD-3 mAP50-95, mean over seeds: " + "; ".join(parts) + ".") if parts else ""  # fmt: skip
+
+
+def eps_text(eps: float) -> str:
+    """A budget as written in the report: "1/255" for a whole number of 255ths, else the number ("0.01")."""
+    n = eps * 255
+    return f"{round(n)}/255" if abs(n - round(n)) < 1e-6 else f"{eps:g}"
 
 
 def wall_ratio(e: dict, c: dict) -> float:

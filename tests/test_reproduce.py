@@ -156,8 +156,15 @@ def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(f
     assert all({"vanilla", "advamd"} <= set(a["methods"]) for a in reproduce.TASKS.values())
 
 
-def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkeypatch):
+def test_study_records_each_run_once_with_its_arm_start_curves_and_transfer_scores(files, monkeypatch, capsys):
     trained = []
+
+    def fake_evaluate(weights, data, eps, name, imgsz=160, attack_model=None):
+        """White-box attacks score 20; attacks made on M_T (transfer) score 80 in FGSM, 70 in PGD."""
+        if attack_model:
+            assert attack_model == files / "targets" / "full.pt"
+            return {"benign": 50.0, **{f"{a} eps={e:g}": s for e in eps for a, s in (("fgsm", 80.0), ("pgd", 70.0))}}
+        return {"benign": 50.0, **{f"fgsm eps={e:g}": 20.0 for e in eps}}
 
     def fake_train(overrides):
         trained.append((overrides["project"].rsplit("-", 1)[-1], overrides["name"], overrides.get("method")))
@@ -170,7 +177,7 @@ def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkey
 
     monkeypatch.setattr(reproduce, "ROOT", files)
     monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n, imgsz=160: {"benign": 50.0, **{f"fgsm eps={e:g}": 20.0 for e in eps}})
+    monkeypatch.setattr(reproduce, "evaluate", fake_evaluate)
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     monkeypatch.setitem(reproduce.STUDY, "retrain", {**reproduce.STUDY["retrain"], "methods": {
         k: reproduce.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})  # fmt: skip
@@ -184,10 +191,26 @@ def test_study_records_each_run_once_with_its_arm_start_and_curves(files, monkey
     assert amd["settings"]["model"] == "targets/full.pt" and amd["settings"]["abar_scope"] == "positive"
     assert amd["curve"] == [50.0, 60.0] and amd["train_loss"] == [3.0, 1.5] and amd["eps"] == 0.01
     assert amd["epoch_seconds"] == [10.0, 10.0]
+    assert amd["transfer"] == {"fgsm eps=0.01": 80.0, "pgd eps=0.01": 70.0}  # attacked through M_T, without benign
+    assert "start" not in {e["key"] for e in reproduce.load() if "transfer" in e}  # M_T on itself is white-box
     trained.clear()
     reproduce.run_study(["retrain"])  # everything recorded: nothing is trained again
     assert trained == []
-    assert "| retrain | advamd | 3 | +0.00 ± 0.00 | +0.00 ± 0.00 |" in reproduce.report()
+    report = reproduce.report()
+    assert "| retrain | advamd | 3 | +0.00 ± 0.00 | +0.00 ± 0.00 |" in report
+    assert "mean over seeds: vanilla 80.00 / 70.00 at ε = 0.01 (3 seeds); advamd 80.00 / 70.00 at ε = 0.01" in report
+
+    # a run recorded before its arm measured transfer gets it on the next pass, once, if its weights are still there
+    kept, gone = ({**records[f"{label}/seed0"], "key": f"{label}/seed7", "seed": 7} for label in ("advamd", "vanilla"))
+    del kept["transfer"], gone["transfer"]
+    gone["weights"] = "runs/deleted/weights/best.pt"
+    for e in (kept, gone):
+        reproduce.record(e)
+    reproduce.run_study(["retrain"])
+    assert trained == []
+    after = {e["key"]: e for e in reproduce.load() if e["profile"] == "retrain"}
+    assert after["advamd/seed7"]["transfer"] == {"fgsm eps=0.01": 80.0, "pgd eps=0.01": 70.0}
+    assert "transfer" not in after["vanilla/seed7"] and "are gone: left as is" in capsys.readouterr().out
 
 
 def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_screen_is_in(files, monkeypatch):
