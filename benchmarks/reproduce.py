@@ -26,6 +26,7 @@ import argparse
 import csv
 import itertools
 import json
+import platform
 import re
 import shutil
 import statistics
@@ -551,7 +552,7 @@ def run_study(names: list[str] | None = None) -> None:
         model = {**settings, "model": stored(kept) if kept else a["start"]}
         entry = {"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": model,
                  "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
-                 "train_seconds": seconds, "weights": stored(weights), **curves,
+                 "train_seconds": seconds, "machine": machine(), "weights": stored(weights), **curves,
                  "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz)}  # fmt: skip
         if (scores := transfer_scores(entry, a)) is not None:
             entry["transfer"] = scores
@@ -602,7 +603,9 @@ def lift_section(records: list[dict]) -> list[str]:
              "of the same seed, in mAP50-95 points on val (benign; FGSM and PGD-3 at the ε the method trained with). "
              "A lift needs a mean Δ benign more than one standard deviation above 0 over 3 seeds. `vs M_T`: benign "
              "mAP against the model the arm started from (the paper's comparison). `wall`: the median epoch (training "
-             "and validation) as a ratio to the vanilla run's of the same seed, the median over seeds. Other jobs "
+             "and validation) as a ratio to the vanilla run's of the same seed, the median over seeds; a run timed on "
+             "another machine than its vanilla run is compared with a vanilla run of the arm timed on its own (— when "
+             "there is none: machines of one kind have run the same epoch 1.8× apart). Other jobs "
              "shared the 2 cores at times and slowed some epochs several times over; a median epoch ignores them "
              "while they are under half of a run's epochs. Each record in the results file names the commit of the "
              "code that made it.", "",
@@ -625,13 +628,14 @@ def lift_section(records: list[dict]) -> list[str]:
             d = deltas(records, arm, label)
             adv = [spread(d[attack], signed=True) if d[attack] else "" for attack in ("fgsm", "pgd")]
             vs = f"{statistics.mean(e['map']['benign'] for e, _ in pairs) - start['map']['benign']:+.2f}" if start else ""
-            wall = statistics.median(wall_ratio(e, c) for e, c in pairs)
+            walls = [w for e, _ in pairs if (w := wall_ratio(e, runs)) is not None]
+            wall = f"{statistics.median(walls):.2f}" if walls else "—"
             b = d["benign"]
             mean, sd = statistics.mean(b), (statistics.stdev(b) if len(b) > 1 else None)
             word = ("1 seed: no verdict" if sd is None else "**lift**" if mean > sd else "below" if mean < -sd
                     else "within the spread")  # fmt: skip
             lines.append(f"| {arm} | {label} | {len(b)} | {spread(b, signed=True)} | {adv[0]} | {adv[1]} | {vs} | "
-                         f"{wall:.2f} | {word} |")  # fmt: skip
+                         f"{wall} | {word} |")  # fmt: skip
         notes.append(f"- `{arm}`: {a['about']}.")
         if a.get("transfer") and (line := transfer_note(runs, a)):
             notes.append("  " + line)
@@ -669,10 +673,21 @@ def eps_text(eps: float) -> str:
     return f"{round(n)}/255" if abs(n - round(n)) < 1e-6 else f"{eps:g}"
 
 
-def wall_ratio(e: dict, c: dict) -> float:
-    """Run `e`'s wall time as a ratio to its control `c`'s, of their median epochs: an epoch slowed by another job on
-    the cores does not move a median."""
+def wall_ratio(e: dict, runs: list[dict]) -> float | None:
+    """Run `e`'s wall time as a ratio to a vanilla run's of `runs` timed on the same machine (`machine`), the same
+    seed's if it was, of their median epochs: an epoch slowed by another job on the cores does not move a median.
+    None when no vanilla run was timed there: two machines of one kind have run the same epoch 1.8× apart."""
+    same = [c for c in runs if c["name"] == "vanilla" and c.get("machine") == e.get("machine")]
+    if not same:
+        return None
+    c = next((c for c in same if c["seed"] == e["seed"]), same[0])
     return statistics.median(e["epoch_seconds"]) / statistics.median(c["epoch_seconds"])
+
+
+def machine() -> str:
+    """This machine and boot: run times are compared only between runs timed on the same one."""
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    return f"{platform.node()} {boot.read_text().strip() if boot.is_file() else ''}".strip()
 
 
 def write_recommended(a: dict, arm: str, label: str, why: str) -> None:

@@ -190,7 +190,7 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_transfer_scor
     amd = records["advamd/seed0"]
     assert amd["settings"]["model"] == "targets/full.pt" and amd["settings"]["abar_scope"] == "positive"
     assert amd["curve"] == [50.0, 60.0] and amd["train_loss"] == [3.0, 1.5] and amd["eps"] == 0.01
-    assert amd["epoch_seconds"] == [10.0, 10.0]
+    assert amd["epoch_seconds"] == [10.0, 10.0] and amd["machine"] == reproduce.machine()  # timed here
     assert amd["transfer"] == {"fgsm eps=0.01": 80.0, "pgd eps=0.01": 70.0}  # attacked through M_T, without benign
     assert "start" not in {e["key"] for e in reproduce.load() if "transfer" in e}  # M_T on itself is white-box
     trained.clear()
@@ -278,9 +278,14 @@ def test_an_interrupted_run_resumes_and_its_time_sums_the_pieces(files, monkeypa
     assert len(made) == 1
 
 
-def test_wall_ratio_is_of_median_epochs_so_an_epoch_slowed_by_another_job_does_not_count():
-    control = {"train_seconds": 140, "epoch_seconds": [10, 10, 100, 10, 10]}  # one epoch shared the 2 cores
-    assert reproduce.wall_ratio({"train_seconds": 150, "epoch_seconds": [30] * 5}, control) == 3.0
+def test_wall_ratio_is_of_median_epochs_on_the_same_machine_so_other_jobs_and_machines_do_not_count():
+    control = {"name": "vanilla", "seed": 0, "machine": "a", "epoch_seconds": [10, 10, 100, 10, 10]}  # one shared epoch
+    run = {"name": "advamd", "seed": 0, "machine": "a", "epoch_seconds": [30] * 5}
+    assert reproduce.wall_ratio(run, [control, run]) == 3.0
+    faster = {**control, "seed": 1, "machine": "b", "epoch_seconds": [5] * 5}  # seed 1's vanilla, on a faster machine
+    assert reproduce.wall_ratio({**run, "machine": "b"}, [control, faster]) == 6.0  # not seed 0's, timed elsewhere
+    assert reproduce.wall_ratio({**run, "machine": "c"}, [control, faster]) is None
+    assert reproduce.machine() == reproduce.machine() != ""
 
 
 def test_overfitting_is_a_fall_from_the_val_peak_beyond_noise_while_the_training_loss_falls():
