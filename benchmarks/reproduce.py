@@ -605,7 +605,7 @@ def lift_section(records: list[dict]) -> list[str]:
              "mAP against the model the arm started from (the paper's comparison). `wall`: the median epoch (training "
              "and validation) as a ratio to the vanilla run's of the same seed, the median over seeds; a run timed on "
              "another machine than its vanilla run is compared with a vanilla run of the arm timed on its own (— when "
-             "there is none: machines of one kind have run the same epoch 1.8× apart). Other jobs "
+             "there is none: two machines of one kind ran the same recipe's epochs 2.0× apart). Other jobs "
              "shared the 2 cores at times and slowed some epochs several times over; a median epoch ignores them "
              "while they are under half of a run's epochs. Each record in the results file names the commit of the "
              "code that made it.", "",
@@ -676,7 +676,7 @@ def eps_text(eps: float) -> str:
 def wall_ratio(e: dict, runs: list[dict]) -> float | None:
     """Run `e`'s wall time as a ratio to a vanilla run's of `runs` timed on the same machine (`machine`), the same
     seed's if it was, of their median epochs: an epoch slowed by another job on the cores does not move a median.
-    None when no vanilla run was timed there: two machines of one kind have run the same epoch 1.8× apart."""
+    None when no vanilla run was timed there: two machines of one kind ran the same recipe's epochs 2.0× apart."""
     same = [c for c in runs if c["name"] == "vanilla" and c.get("machine") == e.get("machine")]
     if not same:
         return None
