@@ -1,0 +1,61 @@
+"""Do models read the labels off another model's perturbations? Score them on attacks made on `attack_model` (M_T)
+with the true labels and with every object's class moved to the next one (k -> k + 1 mod nc).
+
+An attack made with the ground-truth labels carries them (label leaking, Kurakin et al., ICLR 2017). A model trained
+on a frozen M_T's perturbations may learn to decode them: it then scores above its benign mAP on the first and falls
+on the second, where a model that is merely robust to them scores about the same on both.
+
+Usage:
+    python benchmarks/label_leak.py models=runs/a/weights/best.pt,runs/b/weights/best.pt \
+        attack_model=docs/results/targets/full.pt data=data/digits-det.yaml imgsz=160 eps=0.01
+"""
+
+from __future__ import annotations
+
+import torch
+
+import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
+from yolo_advamd import validate
+from yolo_advamd.cfg import parse_cli
+
+DEFAULTS = {"attack_model": "docs/results/targets/full.pt", "data": "data/digits-det.yaml", "imgsz": 160, "eps": 0.01,
+            "attacks": "fgsm,pgd", "steps": 3}  # fmt: skip
+
+
+class ShiftedLabelValidator(validate.AdvDetectionValidator):
+    """Attack with every object's class replaced by the next one; validate against the true labels."""
+
+    def adversarial(self, batch: dict) -> torch.Tensor:
+        """Return the batch attacked on `attack_model` as if each object were of the next class."""
+        return super().adversarial({**batch, "cls": (batch["cls"] + 1) % len(self.data["names"])})
+
+
+def scores(models: list[str], shifted: bool, **kwargs) -> dict[str, dict[str, float]]:
+    """mAP50-95 (%) of each model, benign and per attack column, with true or shifted attack labels."""
+    registry = validate.VALIDATORS
+    validate.VALIDATORS = {**registry, "detect": ShiftedLabelValidator if shifted else registry["detect"]}
+    try:
+        out = {}
+        for m in models:
+            res = validate.validate_advamd(m, name="label-leak", exist_ok=True, plots=False, **kwargs)
+            out[m] = {col: 100 * s["metrics/mAP50-95(B)"] for col, s in res["rows"][0]["stats"].items()}
+        return out
+    finally:
+        validate.VALIDATORS = registry
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Validate every model twice and print one line per model and attack."""
+    args = {**DEFAULTS, **parse_cli(argv)}
+    models = str(args.pop("models")).split(",")
+    true, shifted = scores(models, False, **args), scores(models, True, **args)
+    print(f"\nmAP50-95 on attacks made on {args['attack_model']} at eps={args['eps']}: true labels -> shifted labels")
+    for m in models:
+        cols = [c for c in true[m] if c != validate.BENIGN]
+        print(f"{m}: benign {true[m][validate.BENIGN]:.2f}; "
+              + "; ".join(f"{c} {true[m][c]:.2f} -> {shifted[m][c]:.2f}" for c in cols))  # fmt: skip
+    return {"true": true, "shifted": shifted}
+
+
+if __name__ == "__main__":
+    main()
