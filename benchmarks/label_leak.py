@@ -12,6 +12,8 @@ Usage:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
@@ -30,25 +32,33 @@ class ShiftedLabelValidator(validate.AdvDetectionValidator):
         return super().adversarial({**batch, "cls": (batch["cls"] + 1) % len(self.data["names"])})
 
 
-def scores(models: list[str], shifted: bool, **kwargs) -> dict[str, dict[str, float]]:
-    """mAP50-95 (%) of each model, benign and per attack column, with true or shifted attack labels."""
+@contextmanager
+def shifted_labels():
+    """Validate detectors with ShiftedLabelValidator while in the block."""
     registry = validate.VALIDATORS
-    validate.VALIDATORS = {**registry, "detect": ShiftedLabelValidator if shifted else registry["detect"]}
+    validate.VALIDATORS = {**registry, "detect": ShiftedLabelValidator}
     try:
-        out = {}
-        for m in models:
-            res = validate.validate_advamd(m, name="label-leak", exist_ok=True, plots=False, **kwargs)
-            out[m] = {col: 100 * s["metrics/mAP50-95(B)"] for col, s in res["rows"][0]["stats"].items()}
-        return out
+        yield
     finally:
         validate.VALIDATORS = registry
+
+
+def scores(models: list[str], **kwargs) -> dict[str, dict[str, float]]:
+    """mAP50-95 (%) of each model, benign and per attack column."""
+    out = {}
+    for m in models:
+        res = validate.validate_advamd(m, name="label-leak", exist_ok=True, plots=False, **kwargs)
+        out[m] = {col: 100 * s["metrics/mAP50-95(B)"] for col, s in res["rows"][0]["stats"].items()}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Validate every model twice and print one line per model and attack."""
     args = {**DEFAULTS, **parse_cli(argv)}
     models = str(args.pop("models")).split(",")
-    true, shifted = scores(models, False, **args), scores(models, True, **args)
+    true = scores(models, **args)
+    with shifted_labels():
+        shifted = scores(models, **args)
     print(f"\nmAP50-95 on attacks made on {args['attack_model']} at eps={args['eps']}: true labels -> shifted labels")
     for m in models:
         cols = [c for c in true[m] if c != validate.BENIGN]

@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 from collections import ChainMap
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
@@ -156,15 +157,18 @@ def record(entry: dict) -> None:
         f.write(json.dumps({**entry, "commit": git.stdout.strip() or None}) + "\n")
 
 
-def evaluate(weights: Path, data: str, eps: list[float], name: str, imgsz: int = 160, attack_model: Path | None = None
-             ) -> dict:  # fmt: skip
+def evaluate(weights: Path, data: str, eps: list[float], name: str, imgsz: int = 160, attack_model: Path | None = None,
+             shifted: bool = False) -> dict:  # fmt: skip
     """Benign and FGSM/PGD scores (%) of `weights` at the budgets `eps`, per table column: mAP50-95 (a segmentation
-    model's mask mAP50-95, a classifier's top-1 accuracy); attacks on `attack_model` instead when one is given."""
+    model's mask mAP50-95, a classifier's top-1 accuracy); attacks on `attack_model` instead when one is given, made
+    with every object's class moved to the next one when `shifted` (a detector's; benchmarks/label_leak.py)."""
+    from label_leak import shifted_labels
     from yolo_advamd.validate import validate_advamd
 
-    res = validate_advamd(str(weights), data, attacks="fgsm,pgd", eps=eps, steps=EVAL_STEPS, imgsz=imgsz,
-                          attack_model=attack_model and str(attack_model),
-                          project=str(ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)  # fmt: skip
+    with shifted_labels() if shifted else nullcontext():
+        res = validate_advamd(str(weights), data, attacks="fgsm,pgd", eps=eps, steps=EVAL_STEPS, imgsz=imgsz,
+                              attack_model=attack_model and str(attack_model),
+                              project=str(ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)  # fmt: skip
     return {col: 100 * s[HEADLINE[res["task"]]] for col, s in res["rows"][0]["stats"].items()}
 
 
@@ -304,6 +308,9 @@ WEAK = {"attack": "fgsm", "eps": 1 / 255}  # AdvProp's regime: a weak attack
 AMD = {"method": "advamd", "abar_scope": "positive"}  # the paper's Ā loss: the true-class term of each object
 AUX_ONLY = {"method": "advamd", "mediate": False, "advamd_loss": False}  # Table 3's row B: the auxiliary BN alone
 VANILLA = {"method": "vanilla"}
+# a run's scores on attacks made on its arm's M_T, by record map: with the true labels (`transfer`), and with every
+# object's class moved to the next one (`leak`: a model that reads the labels off M_T's perturbations falls there)
+THROUGH_TARGET = {"transfer": False, "leak": True}
 STUDY = {
     "retrain": {
         "about": "the paper's regime: M_T retrained with its own recipe and length (30 epochs), attacks on M_T",
@@ -320,7 +327,7 @@ STUDY = {
         },
         "confirm": ("vanilla", "advamd"),
         # added after the seed-0 rows: every run is also attacked through M_T, the perturbations the `target` rows
-        # train on (a measurement only; no run's settings change)
+        # train on (THROUGH_TARGET; measurements only, no run's settings change)
         "transfer": True,
     },
     "scratch": {
@@ -518,10 +525,9 @@ def run_study(names: list[str] | None = None) -> None:
     check_study()
     records = load()
     arms = study_arms(records, names)
-    for e in records:  # runs recorded before their arm measured transfer, while their weights are on disk
-        if e["profile"] in arms and e["key"] != "start":
-            if (scores := transfer_scores(e, arms[e["profile"]])) is not None:
-                record({**e, "transfer": scores})
+    for e in records:  # runs recorded before their arm measured through M_T, while their weights are on disk
+        if e["profile"] in arms and e["key"] != "start" and (maps := target_scores(e, arms[e["profile"]])):
+            record({**e, **maps})
     while True:
         records = load()
         done = {(e["profile"], e["key"]) for e in records}
@@ -554,9 +560,7 @@ def run_study(names: list[str] | None = None) -> None:
                  "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
                  "train_seconds": seconds, "machine": machine(), "weights": stored(weights), **curves,
                  "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz)}  # fmt: skip
-        if (scores := transfer_scores(entry, a)) is not None:
-            entry["transfer"] = scores
-        record(entry)
+        record({**entry, **target_scores(entry, a)})
         report()
 
 
@@ -567,21 +571,21 @@ def arm_data(a: dict) -> str:
     return resolve_dataset(str(ROOT / a.get("data", "data/digits-det.yaml")))
 
 
-def transfer_scores(entry: dict, a: dict) -> dict | None:
-    """For a run of an arm with `transfer` that lacks them: its FGSM/PGD scores on attacks made on the arm's M_T (not
-    on the run itself), the record's `transfer` map; None when there is nothing to measure."""
+def target_scores(entry: dict, a: dict) -> dict:
+    """For a run of an arm with `transfer`: the maps of THROUGH_TARGET it lacks, its FGSM/PGD scores on attacks made on
+    the arm's M_T (not on the run itself); {} when there is nothing to measure."""
     kept = start_weights(a["start"])
-    if not a.get("transfer") or "transfer" in entry or not kept:
-        return None
+    if not a.get("transfer") or not kept or not (missing := [m for m in THROUGH_TARGET if m not in entry]):
+        return {}
     if not (weights := on_disk(entry["weights"])).is_file():
-        print(f"reproduce.py: {entry['profile']} {entry['key']} lacks its transfer scores and its weights {weights} "
-              f"are gone: left as is")  # fmt: skip
-        return None
-    name = f"{entry['profile']}-{entry['key'].replace('/', '_')}-transfer"
+        print(f"reproduce.py: {entry['profile']} {entry['key']} lacks its {' and '.join(missing)} scores and its "
+              f"weights {weights} are gone: left as is")  # fmt: skip
+        return {}
+    name = f"{entry['profile']}-{entry['key'].replace('/', '_')}"
     imgsz = entry["settings"].get("imgsz", SCHEDULE["imgsz"])
-    scores = evaluate(weights, arm_data(a), study_budgets(a, entry["name"]), name, imgsz, attack_model=kept)
-    scores.pop("benign")  # the white-box run's
-    return scores
+    eps = study_budgets(a, entry["name"])
+    maps = {m: evaluate(weights, arm_data(a), eps, f"{name}-{m}", imgsz, kept, THROUGH_TARGET[m]) for m in missing}
+    return {m: {col: v for col, v in scores.items() if col != "benign"} for m, scores in maps.items()}  # white-box's
 
 
 def epoch_curves(results_csv: Path, task: str = "detect") -> dict:
@@ -637,7 +641,7 @@ def lift_section(records: list[dict]) -> list[str]:
             lines.append(f"| {arm} | {label} | {len(b)} | {spread(b, signed=True)} | {adv[0]} | {adv[1]} | {vs} | "
                          f"{wall} | {word} |")  # fmt: skip
         notes.append(f"- `{arm}`: {a['about']}.")
-        if a.get("transfer") and (line := transfer_note(runs, a)):
+        if a.get("transfer") and (line := through_target_note(runs, a)):
             notes.append("  " + line)
         if arm == "scarce" and (first := next((c for c in controls if c["seed"] == 0 and c.get("curve")), None)):
             notes.append("  " + overfit(first))
@@ -649,22 +653,27 @@ def lift_section(records: list[dict]) -> list[str]:
     return lines + ["", *notes, ""]
 
 
-def transfer_note(runs: list[dict], a: dict) -> str:
-    """One line on an arm's transfer scores: each method's FGSM/PGD-3 mAP on attacks made on M_T, mean over seeds."""
+def through_target_note(runs: list[dict], a: dict) -> str:
+    """One line on an arm's scores on attacks made on M_T (THROUGH_TARGET): each method's FGSM/PGD-3 mAP, mean over
+    seeds, with the true labels and with shifted ones."""
     from yolo_advamd.validate import column_name
 
     parts = []
     for label in a["methods"]:
-        measured = [e["transfer"] for e in runs if e["name"] == label and "transfer" in e]
-        if not measured:
-            continue
-        scores = []
-        for eps in study_budgets(a, label):
-            fgsm, pgd = (statistics.mean(t[column_name(attack, eps)] for t in measured) for attack in ("fgsm", "pgd"))
-            scores.append(f"{fgsm:.2f} / {pgd:.2f} at ε = {eps_text(eps)}")
-        parts.append(f"{label} {', '.join(scores)} ({len(measured)} seed{'s' * (len(measured) > 1)})")
-    return ("Attacked through M_T instead (transfer: the perturbations the `attack_model=target` rows train on), FGSM "
-            "/ PGD-3 mAP50-95, mean over seeds: " + "; ".join(parts) + ".") if parts else ""  # fmt: skip
+        maps = []
+        for m in THROUGH_TARGET:
+            if not (measured := [e[m] for e in runs if e["name"] == label and m in e]):
+                continue
+            scores = []
+            for eps in study_budgets(a, label):
+                fgsm, pgd = (statistics.mean(t[column_name(attack, eps)] for t in measured) for attack in ("fgsm", "pgd"))
+                scores.append(f"{fgsm:.2f} / {pgd:.2f} at ε = {eps_text(eps)}")
+            maps.append(f"{', '.join(scores)} ({len(measured)} seed{'s' * (len(measured) > 1)})")
+        if maps:
+            parts.append(f"{label} {' → '.join(maps)}")
+    return ("Attacked through M_T instead (the perturbations the `attack_model=target` rows train on), FGSM / PGD-3 "
+            "mAP50-95, mean over seeds, with the true labels → with every object's class moved to the next one in the "
+            "attack (`benchmarks/label_leak.py`): " + "; ".join(parts) + ".") if parts else ""  # fmt: skip
 
 
 def eps_text(eps: float) -> str:

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -29,3 +30,12 @@ def test_the_attack_is_made_with_the_next_class_and_the_batch_keeps_the_true_one
     assert seen[0].flatten().tolist() == [1.0, 0.0, 2.0]  # k -> k + 1 mod nc
     assert batch["cls"].flatten().tolist() == [0.0, 2.0, 1.0]  # scored against the true labels
     assert torch.allclose(adv, torch.full_like(adv, 0.01))
+
+
+def test_shifted_labels_validates_detectors_with_the_shifted_attack_only_inside_the_block():
+    stock = validate.VALIDATORS
+    with pytest.raises(KeyboardInterrupt), label_leak.shifted_labels():
+        assert validate.VALIDATORS["detect"] is label_leak.ShiftedLabelValidator
+        assert validate.VALIDATORS["segment"] is stock["segment"]  # other tasks keep theirs
+        raise KeyboardInterrupt  # a run stopped inside the block leaves validation as it was
+    assert validate.VALIDATORS is stock

@@ -156,14 +156,17 @@ def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(f
     assert all({"vanilla", "advamd"} <= set(a["methods"]) for a in reproduce.TASKS.values())
 
 
-def test_study_records_each_run_once_with_its_arm_start_curves_and_transfer_scores(files, monkeypatch, capsys):
-    trained = []
+def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_through_m_t(files, monkeypatch, capsys):
+    trained, through_target = [], []
 
-    def fake_evaluate(weights, data, eps, name, imgsz=160, attack_model=None):
-        """White-box attacks score 20; attacks made on M_T (transfer) score 80 in FGSM, 70 in PGD."""
+    def fake_evaluate(weights, data, eps, name, imgsz=160, attack_model=None, shifted=False):
+        """White-box attacks score 20; attacks made on M_T (transfer) 80 in FGSM, 70 in PGD; with shifted labels 60."""
         if attack_model:
+            through_target.append(name)
             assert attack_model == files / "targets" / "full.pt"
-            return {"benign": 50.0, **{f"{a} eps={e:g}": s for e in eps for a, s in (("fgsm", 80.0), ("pgd", 70.0))}}
+            fgsm, pgd = (60.0, 60.0) if shifted else (80.0, 70.0)
+            return {"benign": 50.0, **{f"{a} eps={e:g}": s for e in eps for a, s in (("fgsm", fgsm), ("pgd", pgd))}}
+        assert not shifted  # labels are shifted only in attacks made on M_T
         return {"benign": 50.0, **{f"fgsm eps={e:g}": 20.0 for e in eps}}
 
     def fake_train(overrides):
@@ -192,24 +195,28 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_transfer_scor
     assert amd["curve"] == [50.0, 60.0] and amd["train_loss"] == [3.0, 1.5] and amd["eps"] == 0.01
     assert amd["epoch_seconds"] == [10.0, 10.0] and amd["machine"] == reproduce.machine()  # timed here
     assert amd["transfer"] == {"fgsm eps=0.01": 80.0, "pgd eps=0.01": 70.0}  # attacked through M_T, without benign
+    assert amd["leak"] == {"fgsm eps=0.01": 60.0, "pgd eps=0.01": 60.0}  # ... with every class moved to the next
     assert "start" not in {e["key"] for e in reproduce.load() if "transfer" in e}  # M_T on itself is white-box
     trained.clear()
     reproduce.run_study(["retrain"])  # everything recorded: nothing is trained again
     assert trained == []
     report = reproduce.report()
     assert "| retrain | advamd | 3 | +0.00 ± 0.00 | +0.00 ± 0.00 |" in report
-    assert "mean over seeds: vanilla 80.00 / 70.00 at ε = 0.01 (3 seeds); advamd 80.00 / 70.00 at ε = 0.01" in report
+    assert ("vanilla 80.00 / 70.00 at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds); advamd 80.00 / 70.00 "
+            "at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds).") in report
 
-    # a run recorded before its arm measured transfer gets it on the next pass, once, if its weights are still there
+    # a run recorded before its arm measured through M_T gets the maps it lacks on the next pass, once, if its weights
+    # are still there
     kept, gone = ({**records[f"{label}/seed0"], "key": f"{label}/seed7", "seed": 7} for label in ("advamd", "vanilla"))
-    del kept["transfer"], gone["transfer"]
+    del kept["leak"], gone["transfer"], gone["leak"]
     gone["weights"] = "runs/deleted/weights/best.pt"
     for e in (kept, gone):
         reproduce.record(e)
+    through_target.clear()
     reproduce.run_study(["retrain"])
-    assert trained == []
+    assert trained == [] and through_target == ["retrain-advamd_seed7-leak"]  # only what is missing is measured
     after = {e["key"]: e for e in reproduce.load() if e["profile"] == "retrain"}
-    assert after["advamd/seed7"]["transfer"] == {"fgsm eps=0.01": 80.0, "pgd eps=0.01": 70.0}
+    assert after["advamd/seed7"]["leak"] == {"fgsm eps=0.01": 60.0, "pgd eps=0.01": 60.0}
     assert "transfer" not in after["vanilla/seed7"] and "are gone: left as is" in capsys.readouterr().out
 
 
