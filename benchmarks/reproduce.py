@@ -324,8 +324,11 @@ STUDY = {
             "advtrain": {"method": "advtrain", **FGSM, "attack_model": "target"},
             "advamd abar_scope=all": {**AMD, **FGSM, "abar_scope": "all", "attack_model": "target"},
             "advamd current": {**AMD, **FGSM, "attack_model": "current"},
+            # round 2 (2026-12-07), fixed before its runs: which view carries the label leak (AdvAmd without the
+            # mediate view); Adv-Train and `advamd current` get seeds 1 and 2 whatever their screen
+            "advamd mediate=False": {**AMD, **FGSM, "mediate": False, "attack_model": "target"},
         },
-        "confirm": ("vanilla", "advamd"),
+        "confirm": ("vanilla", "advamd", "advtrain", "advamd current"),
         # added after the seed-0 rows: every run is also attacked through M_T, the perturbations the `target` rows
         # train on (THROUGH_TARGET; measurements only, no run's settings change)
         "transfer": True,
@@ -411,6 +414,7 @@ TASKS = {  # AdvAmd on the paper's other tasks vs a vanilla run of the same leng
 ARMS = ChainMap(STUDY, TASKS)  # every arm defined in advance, by name
 SCREEN_BAR = -0.5  # seed 0's Δ benign above this earns seeds 1 and 2
 CAPACITY = "yolov8s"  # the `capacity` arm's model, one scale up from the study's yolov8n
+ROUND_2 = {("retrain", "advamd mediate=False")}  # (arm, method) added after the capacity arm was chosen: not in its rule
 
 
 def study_key(label: str, seed: int) -> str:
@@ -448,8 +452,8 @@ def capacity_arm(records: list[dict]) -> dict:
     The rule was fixed before the scratch, scarce and later retrain screens were seen. The arm keeps its recipe; its
     start is scaled: yolov8s.yaml for yolov8n.yaml, or an M_T of CAPACITY trained as the profile's (`train_target`).
     """
-    screen = screen_deltas(records, STUDY)
-    if len(screen) < sum(len(a["methods"]) - 1 for a in STUDY.values()):  # every method but vanilla, per arm
+    screen = {run: d for run, d in screen_deltas(records, STUDY).items() if run not in ROUND_2}
+    if len(screen) < sum(len(a["methods"]) - 1 for a in STUDY.values()) - len(ROUND_2):  # every method but vanilla
         return {}
     (arm, label), delta = max(screen.items(), key=lambda kv: kv[1])
     a = STUDY[arm]
@@ -727,6 +731,10 @@ def deltas(records: list[dict], arm: str, label: str) -> dict:
 
 def recommend(records: list[dict]) -> tuple[str, str, str] | None:
     """Choose the configuration to recommend, by the rule fixed before the confirmation seeds ran.
+
+    Restated for round 2 on 2026-12-07, before its runs: a lift is a mean Δ more than one standard deviation above 0
+    over 3 seeds on benign mAP *or* on mPC (the corruption benchmark's mean over corruptions and severities), with no
+    loss beyond the spread on the other (its mean Δ not more than one standard deviation below 0).
 
     1. A lift (mean Δ benign more than one standard deviation above 0 over at least 3 seeds): the largest mean Δ
        benign among the methods with one.

@@ -144,7 +144,8 @@ def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(f
     runs = reproduce.study_plan([])
     screen = [r for r in runs if r[2] == 0]
     assert screen == [(arm, label, 0) for arm, a in reproduce.STUDY.items() for label in a["methods"]]
-    assert [r for r in runs if r[2] > 0] == [("retrain", m, s) for s in (1, 2) for m in ("vanilla", "advamd")]
+    confirmed = ("vanilla", "advamd", "advtrain", "advamd current")  # the retrain arm's `confirm`, round 2 included
+    assert [r for r in runs if r[2] > 0] == [("retrain", m, s) for s in (1, 2) for m in confirmed]
     record = {"profile": "scratch", "train_seconds": 1, "seed": 0}
     records = [{**record, "key": "vanilla/seed0", "name": "vanilla", "map": {"benign": 50.0}},
                {**record, "key": "advamd/seed0", "name": "advamd", "map": {"benign": 49.6}},  # Δ -0.4: confirmed
@@ -232,6 +233,11 @@ def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_scre
         reproduce.study_arms(records[1:], ["capacity"])
     arm = reproduce.capacity_arm(records)["capacity"]
     assert arm["start"] == "yolov8s.yaml" and list(arm["methods"]) == ["vanilla", "detadvprop"]
+    late = [e for e in records if (e["profile"], e["name"]) in reproduce.ROUND_2]  # added after the rule was applied
+    assert late and reproduce.capacity_arm([e for e in records if e not in late]) == {"capacity": arm}
+    for e in late:
+        e["map"]["benign"] = 52.0  # closer to a lift than detadvprop: the arm chosen before stays
+    assert reproduce.capacity_arm(records) == {"capacity": arm}
     assert arm["recipe"] == reproduce.STUDY["scratch"]["recipe"] and "Δ benign +0.50" in arm["about"]
 
     trained = []
