@@ -115,8 +115,8 @@ def main_val(argv: list[str] | None = None) -> int:
 
     from yolo_advamd.validate import validate_advamd
 
-    usage = ("model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] [save_json=True] "
-             "[save_adv=True]")
+    usage = ("model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] "
+             "[save_json=True] [save_adv=True]")
     return run(argv, "val_advamd.py", usage, val_keys(), job, notes=arg_notes(validate_advamd))
 
 
