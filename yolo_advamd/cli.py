@@ -97,11 +97,10 @@ def main_train(argv: list[str] | None = None) -> int:
 
 def main_val(argv: list[str] | None = None) -> int:
     """`python val_advamd.py model=best.pt data=... attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt]`."""
+    from yolo_advamd.validate import validate_advamd
 
     def job(args):
         from ultralytics.utils import DEFAULT_CFG_DICT
-
-        from yolo_advamd.validate import validate_advamd
 
         own = val_keys()
         check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)
@@ -112,8 +111,6 @@ def main_val(argv: list[str] | None = None) -> int:
 
             args["data"] = DEFAULT_DATA.get(model_task({"model": args["model"]}), DEFAULT_DATA["detect"])
         print(validate_advamd(**args)["markdown"])
-
-    from yolo_advamd.validate import validate_advamd
 
     usage = ("model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] "
              "[save_json=True] [save_adv=True]")
@@ -149,30 +146,27 @@ def signature_keys(function, cli_defaults: dict) -> dict:
 
 def main_export(argv: list[str] | None = None) -> int:
     """`python export.py model=amended.pt format=onnx|engine|torchscript|openvino|pt|state_dict ...`."""
+    from yolo_advamd.export import export_model
+
+    own = signature_keys(export_model, {})
 
     def job(args):
         from ultralytics.utils import DEFAULT_CFG_DICT
 
-        from yolo_advamd.export import export_model
-
-        own = signature_keys(export_model, {})
         check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)  # before loading the checkpoint
         if not args.get("model"):
             raise ValueError("model= is required: the checkpoint to export, e.g. model=runs/detect/train/weights/best.pt")
         print(export_model(args.pop("model"), args.pop("format", "onnx"), **args))
 
-    from yolo_advamd.export import export_model
-
     usage = "model=amended.pt format=onnx [imgsz=640 half=False ...]"
-    return run(argv, "export.py", usage, signature_keys(export_model, {}), job, notes=arg_notes(export_model))
+    return run(argv, "export.py", usage, own, job, notes=arg_notes(export_model))
 
 
 def main_attack(argv: list[str] | None = None) -> int:
     """`python attack.py model=best.pt source=images/ method=pgd eps=8/255 [data=... objective=vanish save=True]`."""
+    from yolo_advamd.attack_api import attack
 
     def job(args):
-        from yolo_advamd.attack_api import attack
-
         check_keys(attack_keys(), args)
         if not args.get("model"):
             raise ValueError("model= is required: the model to attack, e.g. model=runs/detect/train/weights/best.pt")
@@ -184,8 +178,6 @@ def main_attack(argv: list[str] | None = None) -> int:
             print(f"{len(results)} adversarial images in {results[0].files['adversarial'].parent}")
 
     usage = "model=best.pt source=images/ method=pgd eps=8/255 [steps=10 objective=loss|cls|vanish data=... save=True]"
-    from yolo_advamd.attack_api import attack
-
     return run(argv, "attack.py", usage, attack_keys(), job, ultralytics_keys=False, notes=arg_notes(attack))
 
 

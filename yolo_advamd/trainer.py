@@ -17,12 +17,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import check_terms
 from yolo_advamd.cfg import ADVAMD_KEYS, advamd_defaults, check_advamd_cfg, merge_cfg
-from yolo_advamd.checkpoint import (
-    check_local_weights,
-    freeze_target,
-    model_task,
-    resume_checkpoint,
-)
+from yolo_advamd.checkpoint import freeze_target, model_task, resume_checkpoint
 from yolo_advamd.data import check_task_data, resolve_dataset
 from yolo_advamd.loss import VIEW_ITEMS, wrap_criterion
 from yolo_advamd.nn.dual_bn import (
@@ -54,8 +49,9 @@ class AdvAmdMixin:
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the AdvAmd settings before any work, then initialize the Ultralytics trainer with them.
 
-        A `.pt` model must be on disk (nothing is downloaded) and `data` may name the embedded digits-det dataset
-        (built on first use), as on the command line.
+        A `.pt` model must be on disk (nothing is downloaded), `resume` must name an interrupted AdvAmd run
+        (`resume_checkpoint`), and the dataset's images must be on disk (`resolve_dataset`; `data` may name the embedded
+        digits-det dataset, built on first use), as on the command line: a start that fails writes nothing.
 
         Args:
             cfg (str | dict | SimpleNamespace): Base configuration; AdvAmd defaults are added to it.
@@ -70,8 +66,7 @@ class AdvAmdMixin:
         defaults = advamd_defaults(overrides.get("method"))
         checked = check_advamd_cfg({**defaults, **overrides})  # fail before any directory is made
         if overrides.get("model"):
-            check_local_weights(overrides["model"])
-            if (task := model_task({"model": overrides["model"]})) != self.task_name:
+            if (task := model_task({"model": overrides["model"]})) != self.task_name:  # a .pt must be on disk
                 raise ValueError(
                     f"model={overrides['model']} is a {task} model and {type(self).__name__} trains {self.task_name} "
                     "models: use advamd_trainer(), which picks the trainer by task"

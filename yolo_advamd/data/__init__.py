@@ -152,7 +152,7 @@ def _check_cls_dir(path):
         )
     for split in ("train", "val"):
         if (path / split).is_dir():
-            _check_split(path, split, path / split)
+            _check_split(path, split, path / split, empty_ok=True)  # empty class folders: `check_task_data` names them
     return str(path)
 
 
@@ -193,13 +193,14 @@ def _check_images(path, cfg):
         _check_split(path, split, x)
 
 
-def _check_split(path, split, x):
+def _check_split(path, split, x, empty_ok=False):
     """Refuse, before Ultralytics lists and caches a split (a folder, a text file of image paths or one image), one that
     holds no image, or a file that no image reader recognizes.
 
     Ultralytics would fail only after writing the train split's label cache ("Error loading data from ..."), or skip a
     broken file with a misleading message: its PIL opener retries an unidentified file as HEIF and reports the missing
     `pi-heif` package. Only the first 16 bytes of each file are read (PIL's format signatures), so the check is fast.
+    `empty_ok` lets a split without images pass (to be named by a more specific check).
     """
     from ultralytics.data.utils import IMG_FORMATS
 
@@ -211,7 +212,7 @@ def _check_split(path, split, x):
     else:
         files = [x]
     images = [f for f in files if f.suffix[1:].lower() in IMG_FORMATS]
-    if not images:
+    if not images and not empty_ok:
         raise FileNotFoundError(
             f"Dataset {path}: the {split} images {x} hold no image ({', '.join(sorted(IMG_FORMATS))}): put the {split} "
             f"images there, or point '{split}:' in {path} at a folder that has them."
