@@ -43,7 +43,7 @@ def dataset_copy(data: str, dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_data):
-    """A user's project directory: a finished AdvAmd run (trained by the CLI), an interrupted stock run, two datasets."""
+    """A user's project: a finished AdvAmd run (trained by the CLI), an interrupted stock run, two broken datasets."""
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     root = tmp_path_factory.mktemp("project")
@@ -57,9 +57,9 @@ def project(tmp_path_factory, tiny_data):
     def stop(trainer):
         raise Interrupt
 
-    stock = DetectionTrainer(overrides={"model": "yolov8n.yaml", "data": tiny_data, "imgsz": 64, "epochs": 2, "batch": 8,
-                                        "workers": 0, "plots": False, "val": False, "project": str(root / "runs"),
-                                        "name": "stock"})  # fmt: skip
+    stock = DetectionTrainer(overrides={"model": "yolov8n.yaml", "data": tiny_data, "imgsz": 64, "epochs": 2,
+                                        "batch": 8, "workers": 0, "plots": False, "val": False,
+                                        "project": str(root / "runs"), "name": "stock"})  # fmt: skip
     stock.add_callback("on_fit_epoch_end", stop)
     with pytest.raises(Interrupt):
         stock.train()
@@ -116,7 +116,8 @@ def test_a_broken_image_is_named_as_a_broken_file_not_a_missing_package(project)
                       f"project={project / 'runs'}", "name=fin", "exist_ok=True")  # fmt: skip
     first = next((project / "data/broken/images/train").iterdir())
     assert message == (f"Dataset data/broken/digits-det.yaml: 1 train file(s) are not images (corrupt, missing or "
-                       f"another kind of file), e.g. {first}: replace them, or delete them with their label files.")  # fmt: skip
+                       f"another kind of file), e.g. {first}: replace them, or delete them with their label "
+                       "files.")  # fmt: skip
 
 
 @pytest.mark.parametrize("program", ["train_advamd.py", "val_advamd.py"])
@@ -128,7 +129,8 @@ def test_a_missing_model_is_named_without_task_guessing_warnings(project, progra
 def test_an_unknown_export_format_lists_every_format_and_offers_no_cloud(project):
     message = refused(project, "export.py", "model=runs/fin/weights/best.pt", "format=bogus")
     assert message.startswith("format=bogus is not an export format: choose one of pt, state_dict, torchscript, onnx,")
-    assert "(did you mean format=onnx?)" in refused(project, "export.py", "model=runs/fin/weights/best.pt", "format=onxx")
+    typo = refused(project, "export.py", "model=runs/fin/weights/best.pt", "format=onxx")
+    assert "(did you mean format=onnx?)" in typo
 
 
 def test_val_advamd_prints_its_table_once(project, tiny_data):
