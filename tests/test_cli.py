@@ -106,6 +106,18 @@ def test_cli_help_lists_every_method_and_the_advamd_keys_with_their_meaning(tmp_
     assert "hyps/detadvprop.yaml" in r.stdout and "hyps/udfa.yaml" in r.stdout
 
 
+@pytest.mark.parametrize("program", ["val_advamd.py", "attack.py", "export.py"])
+def test_val_attack_and_export_help_give_every_key_its_meaning(program, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / program), "help"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0
+    keys = r.stdout.split("keys (key=value, defaults shown):\n")[1].split("\n\n")[0].splitlines()
+    assert len(keys) >= 2
+    for line in keys:
+        key, _, note = line.strip().partition(" # ")
+        assert "=" in key and len(note) > 10, line
+    assert any(line.strip().startswith("model=") and "checkpoint" in line for line in keys)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -121,6 +121,41 @@ def freeze_target(model: nn.Module) -> nn.Module:
     return target
 
 
+def resume_checkpoint(resume: bool | str | Path) -> tuple[Path, dict]:
+    """Return the checkpoint that `resume=` continues and its training settings, refusing one that cannot be resumed.
+
+    `resume=True` takes the newest `last*.pt` under the working directory, as Ultralytics does; a path must exist
+    (Ultralytics would silently resume the newest run instead). A finished run (its final strip set `epoch=-1`) and a
+    checkpoint without AdvAmd settings (stock Ultralytics) are refused here, before the trainer makes a run directory.
+
+    Args:
+        resume (bool | str | Path): The `resume=` argument: True or a `last.pt` path.
+
+    Returns:
+        (tuple[Path, dict]): The checkpoint's path and its `train_args`.
+
+    Raises:
+        FileNotFoundError: If there is no such checkpoint.
+        ValueError: If its training is finished or it is not an AdvAmd checkpoint, saying to fine-tune it instead.
+    """
+    from ultralytics.nn.tasks import torch_safe_load
+    from ultralytics.utils.files import get_latest_run
+
+    path = Path(get_latest_run() if resume is True else str(resume))
+    if not path.is_file() or path.suffix != ".pt":
+        found = "found no last.pt under the working directory" if resume is True else "is not a checkpoint on disk"
+        raise FileNotFoundError(f"resume={resume} {found}: pass the last.pt of an interrupted run, e.g. "
+                                "resume=runs/detect/train/weights/last.pt")  # fmt: skip
+    ckpt, _ = torch_safe_load(str(path))
+    args = ckpt.get("train_args") or {}
+    if not 0 < ckpt.get("epoch", -1) + 1 < args.get("epochs", 0):  # Ultralytics' own test, made in its trainer
+        raise ValueError(f"training of {path} is finished: nothing to resume (use model={path} to fine-tune it)")
+    if "method" not in args:
+        raise ValueError(f"{path} is not an AdvAmd checkpoint (its settings name no method=), so it cannot be resumed "
+                         f"here: use model={path} to fine-tune it")  # fmt: skip
+    return path, args
+
+
 def task_of(model: nn.Module) -> str:
     """Return the task of a model from its class ("segment", "classify", "pose", "obb", "detect", ...).
 
@@ -146,6 +181,10 @@ def model_task(overrides: dict) -> str:
 
     Returns:
         (str): "detect", "segment", "classify", ...
+
+    Raises:
+        FileNotFoundError: If the model or resumed checkpoint is a `.pt` that is not on disk (before Ultralytics could
+            guess a task from its name).
     """
     from ultralytics.nn.tasks import guess_model_task, torch_safe_load, yaml_model_load
 
@@ -153,7 +192,7 @@ def model_task(overrides: dict) -> str:
         return str(overrides["task"])
     resume = overrides.get("resume")
     model = str(resume if isinstance(resume, (str, Path)) and resume else overrides.get("model") or "yolov8n.yaml")
-    if model.endswith(".pt") and Path(model).is_file():
+    if check_local_weights(model, key="resume" if model == str(resume) else "model"):  # a .pt on disk, else refused
         ckpt, _ = torch_safe_load(model)  # as Ultralytics loads it (ULTRALYTICS_SAFE_LOAD, legacy modules)
         if not isinstance(net := ckpt.get("ema") or ckpt.get("model"), nn.Module):
             raise ValueError(f"{model} holds no model (a weights-only file from export format=state_dict?): pass the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 
 import torch
@@ -40,7 +41,6 @@ DEFAULT_DATA = {  # the embedded dataset of each task, when data= is not given
 }
 VAL_CLI_DEFAULTS = {"data": "the task's embedded set (data/digits-det.yaml, -seg, -cls)", "attacks": "fgsm,pgd",
                     "eps": "0.01,0.1"}  # val_advamd.py's own defaults for yolo_advamd.validate_advamd()
-EXPORT_KEYS = {"model": None, "format": "onnx (engine, torchscript, openvino, pt: stock checkpoint, state_dict)"}
 ATTACK_CLI_DEFAULTS = {"eps": "8/255", "save": True}  # attack.py's own defaults for yolo_advamd.attack()
 
 
@@ -97,11 +97,10 @@ def main_train(argv: list[str] | None = None) -> int:
 
 def main_val(argv: list[str] | None = None) -> int:
     """`python val_advamd.py model=best.pt data=... attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt]`."""
+    from yolo_advamd.validate import validate_advamd
 
     def job(args):
         from ultralytics.utils import DEFAULT_CFG_DICT
-
-        from yolo_advamd.validate import validate_advamd
 
         own = val_keys()
         check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)
@@ -113,7 +112,9 @@ def main_val(argv: list[str] | None = None) -> int:
             args["data"] = DEFAULT_DATA.get(model_task({"model": args["model"]}), DEFAULT_DATA["detect"])
         print(validate_advamd(**args)["markdown"])
 
-    return run(argv, "val_advamd.py", "model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] [save_json=True] [save_adv=True]", val_keys(), job)
+    usage = ("model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] "
+             "[save_json=True] [save_adv=True]")
+    return run(argv, "val_advamd.py", usage, val_keys(), job, notes=arg_notes(validate_advamd))
 
 
 def val_keys() -> dict:
@@ -121,6 +122,19 @@ def val_keys() -> dict:
     from yolo_advamd.validate import validate_advamd
 
     return signature_keys(validate_advamd, VAL_CLI_DEFAULTS)
+
+
+def arg_notes(function) -> dict:
+    """The meaning of each argument of `function`, one line each, from its docstring's Google-style `Args:` section."""
+    notes, key = {}, None
+    for line in inspect.getdoc(function).partition("\nArgs:\n")[2].splitlines():
+        if not line.startswith("    "):  # the next section
+            break
+        if entry := re.fullmatch(r"    (?:\*\*)?(\w+) \(.+?\): (.*)", line):
+            key, notes[entry[1]] = entry[1], entry[2]
+        elif key:
+            notes[key] += " " + line.strip()
+    return notes
 
 
 def signature_keys(function, cli_defaults: dict) -> dict:
@@ -132,26 +146,27 @@ def signature_keys(function, cli_defaults: dict) -> dict:
 
 def main_export(argv: list[str] | None = None) -> int:
     """`python export.py model=amended.pt format=onnx|engine|torchscript|openvino|pt|state_dict ...`."""
+    from yolo_advamd.export import export_model
+
+    own = signature_keys(export_model, {})
 
     def job(args):
         from ultralytics.utils import DEFAULT_CFG_DICT
 
-        from yolo_advamd.export import export_model
-
-        check_keys({**DEFAULT_CFG_DICT, **EXPORT_KEYS}, args, listed=EXPORT_KEYS)  # before loading the checkpoint
+        check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)  # before loading the checkpoint
         if not args.get("model"):
             raise ValueError("model= is required: the checkpoint to export, e.g. model=runs/detect/train/weights/best.pt")
         print(export_model(args.pop("model"), args.pop("format", "onnx"), **args))
 
-    return run(argv, "export.py", "model=amended.pt format=onnx [imgsz=640 half=False ...]", EXPORT_KEYS, job)
+    usage = "model=amended.pt format=onnx [imgsz=640 half=False ...]"
+    return run(argv, "export.py", usage, own, job, notes=arg_notes(export_model))
 
 
 def main_attack(argv: list[str] | None = None) -> int:
     """`python attack.py model=best.pt source=images/ method=pgd eps=8/255 [data=... objective=vanish save=True]`."""
+    from yolo_advamd.attack_api import attack
 
     def job(args):
-        from yolo_advamd.attack_api import attack
-
         check_keys(attack_keys(), args)
         if not args.get("model"):
             raise ValueError("model= is required: the model to attack, e.g. model=runs/detect/train/weights/best.pt")
@@ -163,7 +178,7 @@ def main_attack(argv: list[str] | None = None) -> int:
             print(f"{len(results)} adversarial images in {results[0].files['adversarial'].parent}")
 
     usage = "model=best.pt source=images/ method=pgd eps=8/255 [steps=10 objective=loss|cls|vanish data=... save=True]"
-    return run(argv, "attack.py", usage, attack_keys(), job, ultralytics_keys=False)
+    return run(argv, "attack.py", usage, attack_keys(), job, ultralytics_keys=False, notes=arg_notes(attack))
 
 
 def attack_keys() -> dict:

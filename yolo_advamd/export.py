@@ -202,6 +202,28 @@ def load_state_dict_file(path: str | Path) -> nn.Module:
     return model.float().eval()
 
 
+def check_format(format: str) -> str:
+    """Return an export format in lower case, or refuse one that neither we nor Ultralytics' exporter know.
+
+    Ultralytics' own refusal comes after loading the model and after a line offering to export "in the cloud", and its
+    list of formats lacks ours (`OWN_FORMATS`).
+
+    Raises:
+        ValueError: Naming the closest format and every valid one.
+    """
+    from difflib import get_close_matches
+
+    from ultralytics.engine.exporter import export_formats
+
+    fmt = str(format).lower()
+    valid = [*OWN_FORMATS, *(f for f in export_formats()["Argument"] if f != "-")]  # "-": PyTorch, the input itself
+    if fmt not in valid:
+        close = get_close_matches(fmt, valid, n=1)
+        hint = f" (did you mean format={close[0]}?)" if close else ""
+        raise ValueError(f"format={format} is not an export format{hint}: choose one of {', '.join(valid)}")
+    return fmt
+
+
 def export_model(model: str | Path, format: str = "onnx", **overrides) -> str:
     """Strip the auxiliary BN and all AdvAmd state from a checkpoint and export the plain model.
 
@@ -216,14 +238,15 @@ def export_model(model: str | Path, format: str = "onnx", **overrides) -> str:
         (str): Path of the exported file or directory, beside `model`.
 
     Raises:
+        ValueError: If `format` is not an export format.
         FileNotFoundError: If `model` is not on disk.
         ModuleNotFoundError: If the format needs a package that is not installed (yolo-advamd never installs one).
     """
     from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
 
+    fmt = check_format(format)
     path = check_local_weights(model, "pass the one to export, e.g. model=runs/detect/train/weights/best.pt")
-    fmt = str(format).lower()
     if fmt in OWN_FORMATS:
         if overrides:
             raise ValueError(f"format={fmt} takes no export options: remove {sorted(overrides)}")

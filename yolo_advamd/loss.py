@@ -121,6 +121,9 @@ def wrap_criterion(model):
     return model
 
 
+VIEW_ITEMS = ("med_loss", "adv_loss", "align_loss")  # the loss items of the extra views (`item_name`)
+
+
 def item_name(view: str, align: bool) -> str:
     """Return the loss column of an extra view: `med_loss`, `adv_loss`, or `align_loss` for UDFA's adversarial view."""
     return "align_loss" if align else f"{view}_loss"

@@ -17,9 +17,9 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import check_terms
 from yolo_advamd.cfg import ADVAMD_KEYS, advamd_defaults, check_advamd_cfg, merge_cfg
-from yolo_advamd.checkpoint import check_local_weights, freeze_target, model_task
+from yolo_advamd.checkpoint import freeze_target, model_task, resume_checkpoint
 from yolo_advamd.data import check_task_data, resolve_dataset
-from yolo_advamd.loss import wrap_criterion
+from yolo_advamd.loss import VIEW_ITEMS, wrap_criterion
 from yolo_advamd.nn.dual_bn import (
     convert_dual_bn,
     dual_bn_overhead,
@@ -49,8 +49,9 @@ class AdvAmdMixin:
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the AdvAmd settings before any work, then initialize the Ultralytics trainer with them.
 
-        A `.pt` model must be on disk (nothing is downloaded) and `data` may name the embedded digits-det dataset
-        (built on first use), as on the command line.
+        A `.pt` model must be on disk (nothing is downloaded), `resume` must name an interrupted AdvAmd run
+        (`resume_checkpoint`), and the dataset's images must be on disk (`resolve_dataset`; `data` may name the embedded
+        digits-det dataset, built on first use), as on the command line: a start that fails writes nothing.
 
         Args:
             cfg (str | dict | SimpleNamespace): Base configuration; AdvAmd defaults are added to it.
@@ -58,11 +59,14 @@ class AdvAmdMixin:
             _callbacks (dict, optional): Ultralytics callbacks.
         """
         overrides = merge_cfg(overrides or {})
+        data = overrides.get("data")
+        if overrides.get("resume"):  # Ultralytics would fall back to another run, or fail after making a directory
+            path, saved = resume_checkpoint(overrides["resume"])
+            overrides["resume"], data = str(path), data or saved.get("data")
         defaults = advamd_defaults(overrides.get("method"))
         checked = check_advamd_cfg({**defaults, **overrides})  # fail before any directory is made
         if overrides.get("model"):
-            check_local_weights(overrides["model"])
-            if (task := model_task({"model": overrides["model"]})) != self.task_name:
+            if (task := model_task({"model": overrides["model"]})) != self.task_name:  # a .pt must be on disk
                 raise ValueError(
                     f"model={overrides['model']} is a {task} model and {type(self).__name__} trains {self.task_name} "
                     "models: use advamd_trainer(), which picks the trainer by task"
@@ -73,9 +77,11 @@ class AdvAmdMixin:
                 f"method=udfa aligns the model with a teacher, the starting checkpoint, and model={overrides.get('model')} "
                 "has none: pass a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt"
             )
-        if overrides.get("data"):
-            overrides["data"] = resolve_dataset(overrides["data"])
-            check_task_data(self.task_name, overrides["data"])
+        if data:  # the dataset's images checked before the run's directory is made
+            data = resolve_dataset(data)
+            check_task_data(self.task_name, data)
+            if overrides.get("data"):
+                overrides["data"] = data
         super().__init__({**defaults, **cfg2dict(cfg)}, overrides, _callbacks)
         check_advamd_cfg(vars(self.args))  # resolves per-attack defaults in place, saved with train_args
         if self.args.attack_model == "auto":
@@ -118,6 +124,17 @@ class AdvAmdMixin:
             return super().get_validator()
         finally:
             self.args = args
+
+    def label_loss_items(self, loss_items=None, prefix="train"):
+        """Label the loss items like Ultralytics; the validation columns leave out the extra views' losses, which the
+        validator (benign images, stock loss) does not compute and would log as 0."""
+        items = super().label_loss_items(loss_items, prefix)
+        if prefix != "val":
+            return items
+        extra = {f"val/{name}" for name in VIEW_ITEMS}
+        if loss_items is None:  # the column names
+            return [k for k in items if k not in extra]
+        return {k: v for k, v in items.items() if k not in extra}
 
     def setup_advamd(self):
         """Build the attack stage and the frozen target M_T, then calibrate Ā (paper Algorithm 1, stage 1)."""
@@ -304,6 +321,8 @@ def advamd_trainer(overrides: dict, _callbacks: dict | None = None) -> AdvAmdMix
     Raises:
         ValueError: For a task AdvAmd does not train, naming the supported ones.
     """
+    if overrides.get("resume"):  # the checkpoint on disk and resumable, before its task is read
+        overrides = {**overrides, "resume": str(resume_checkpoint(overrides["resume"])[0])}
     task = model_task(overrides)
     if task not in TRAINERS:
         raise ValueError(f"task={task} is not supported: AdvAmd trains {', '.join(TRAINERS)} models")

@@ -426,7 +426,7 @@ def validate_advamd(
         "save_dir": str(save_dir),
     }
     results["markdown"] = write_table(results, save_dir)
-    LOGGER.info(f"\n{results['markdown']}\nResults saved to {colorstr('bold', save_dir)}")
+    LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}")  # the table is the caller's to print, once
     return results
 
 

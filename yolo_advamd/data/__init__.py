@@ -143,12 +143,16 @@ def _build_from_yaml(path, cfg):
 
 
 def _check_cls_dir(path):
-    """Return a classification dataset directory as given, or raise if Ultralytics would find no `train` images in it."""
+    """Return a classification dataset directory as given, or raise if Ultralytics would find no `train` images in it
+    (or a `train` or `val` file that is not an image, `_check_split`)."""
     if not (path / "train").is_dir():
         raise FileNotFoundError(
             f"data={path} is a directory without a 'train' folder: a classification dataset needs "
             f"train/<class>/*.png and val/<class>/*.png, or use the embedded data=data/digits-cls.yaml."
         )
+    for split in ("train", "val"):
+        if (path / split).is_dir():
+            _check_split(path, split, path / split, empty_ok=True)  # empty class folders: `check_task_data` names them
     return str(path)
 
 
@@ -163,9 +167,10 @@ def _dataset_root(path, cfg):
 
 
 def _check_images(path, cfg):
-    """Raise FileNotFoundError, saying where and how, if a data YAML's train or val images are not on disk."""
+    """Raise, saying where and how, if a data YAML's train or val images are not on disk, or a split holds no image or
+    a file that is not an image (`_check_split`)."""
     root = _dataset_root(path, cfg)
-    missing = []
+    missing, found = [], []
     for split in ("train", "val"):
         entries = cfg.get(split) or []
         for entry in [entries] if isinstance(entries, str) else entries:
@@ -174,6 +179,7 @@ def _check_images(path, cfg):
                 x = (root / entry[3:]).resolve()  # Ultralytics' fallback for '../' entries
             if not x.exists():
                 missing.append(f"{split}: {x}")
+            found.append((split, x))
     if missing:
         how = cfg.get("how_to_get") or (
             f"Put the images there (YOLO labels in a 'labels' directory beside 'images'), or edit 'path:' in {path}."
@@ -183,3 +189,52 @@ def _check_images(path, cfg):
             f"yolo-advamd downloads nothing. {how.strip()} "
             f"To run offline without it, use the embedded default data=data/digits-det.yaml."
         )
+    for split, x in found:
+        _check_split(path, split, x)
+
+
+def _check_split(path, split, x, empty_ok=False):
+    """Refuse, before Ultralytics lists and caches a split (a folder, a text file of image paths or one image), one that
+    holds no image, or a file that no image reader recognizes.
+
+    Ultralytics would fail only after writing the train split's label cache ("Error loading data from ..."), or skip a
+    broken file with a misleading message: its PIL opener retries an unidentified file as HEIF and reports the missing
+    `pi-heif` package. Only the first 16 bytes of each file are read (PIL's format signatures), so the check is fast.
+    `empty_ok` lets a split without images pass (to be named by a more specific check).
+    """
+    from ultralytics.data.utils import IMG_FORMATS
+
+    if x.is_dir():
+        files = x.rglob("*")
+    elif x.suffix == ".txt":  # one image path per line, './' relative to the file, as Ultralytics reads it
+        lines = x.read_text(encoding="utf-8-sig").split()
+        files = (x.parent / line[2:] if line.startswith("./") else Path(line) for line in lines)
+    else:
+        files = [x]
+    images = [f for f in files if f.suffix[1:].lower() in IMG_FORMATS]
+    if not images and not empty_ok:
+        raise FileNotFoundError(
+            f"Dataset {path}: the {split} images {x} hold no image ({', '.join(sorted(IMG_FORMATS))}): put the {split} "
+            f"images there, or point '{split}:' in {path} at a folder that has them."
+        )
+    if bad := [f for f in images if not _is_image(f)]:
+        raise ValueError(
+            f"Dataset {path}: {len(bad)} {split} file(s) are not images (corrupt, missing or another kind of file), "
+            f"e.g. {bad[0]}: replace them, or delete them with their label files."
+        )
+
+
+def _is_image(file):
+    """Return True if an image reader of PIL recognizes the file's signature (or no reader could: HEIF without its
+    plugin); False for a missing file or one no reader recognizes."""
+    from PIL import Image
+
+    Image.init()
+    if file.suffix.lower() not in Image.registered_extensions():
+        return True  # e.g. .heic, read by a plugin Ultralytics loads on demand
+    try:
+        with open(file, "rb") as f:
+            prefix = f.read(16)
+    except OSError:
+        return False
+    return any(accept and accept(prefix) for _, accept in Image.OPEN.values())
