@@ -179,13 +179,25 @@ def test_segmenter_and_classifier_validate_under_two_corruptions_and_two_severit
     assert (Path(out["save_dir"]) / "corruptions.png").is_file()
 
 
-def no_val(tmp_path: Path, digits) -> Path:
-    """A copy of the digits data YAML whose val folder holds no image."""
+def test_mpc_averages_the_common_corruptions_and_leaves_held_out_ones_out():
+    """As in the benchmark: the held-out corruptions are reported, not averaged into mPC; rPC = mPC / P."""
+    stats = {"benign": {"s": 0.8}, "fog s1": {"s": 0.6}, "fog s2": {"s": 0.4}, "spatter s1": {"s": 0.0},
+             "spatter s2": {"s": 0.0}}  # fmt: skip
+    out = corruptions.robustness(stats, ["fog", "spatter"], [1, 2])
+    assert out == {"mPC": {"s": pytest.approx(0.5)}, "rPC": {"s": pytest.approx(0.625)}}
+    assert corruptions.robustness(stats, ["spatter"], [1, 2])["mPC"] == {"s": 0.0}  # only held-out ones: theirs
+    assert "held-out spatter not included" in corruptions.mpc_note(["fog", "spatter"], [1, 2])
+
+
+def bad_data(tmp_path: Path, digits, case: str) -> Path:
+    """A copy of the digits data YAML whose val folder holds no image (`no-val`) or one 20 px image (`small`)."""
     cfg = yaml.safe_load(Path(digits["data"]).read_text())
-    (tmp_path / "empty").mkdir()
-    cfg["val"] = str(tmp_path / "empty")
-    (tmp_path / "no-val.yaml").write_text(yaml.safe_dump(cfg))
-    return tmp_path / "no-val.yaml"
+    (tmp_path / "val" / "images").mkdir(parents=True)
+    if case == "small":
+        cv2.imwrite(str(tmp_path / "val" / "images" / "a.png"), np.full((20, 20, 3), 128, np.uint8))
+    cfg["val"] = str(tmp_path / "val" / "images")
+    (tmp_path / f"{case}.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / f"{case}.yaml"
 
 
 @pytest.mark.parametrize(
@@ -196,11 +208,12 @@ def no_val(tmp_path: Path, digits) -> Path:
         ({"corruptions": "fog", "severities": "0,1"}, r"severities=0,1 has 0: severities are whole numbers 1 to 5"),
         ({"corruptions": "fog", "severities": 6}, r"severities=6 has 6"),
         ({"corruptions": "fog", "data": "no-val"}, r"corruptions= corrupts the val images and data=.* has none"),
+        ({"corruptions": "fog", "data": "small"}, r"corruptions= needs images of at least 32 px .*/a.png is 20x20: use larger"),
     ],
 )
 def test_bad_corruption_settings_are_refused_before_any_work(digits, cache, tmp_path, kwargs, match):
-    if kwargs.get("data") == "no-val":
-        kwargs["data"] = str(no_val(tmp_path, digits))
+    if kwargs.get("data") in {"no-val", "small"}:
+        kwargs["data"] = str(bad_data(tmp_path, digits, kwargs["data"]))
     kwargs = {"data": str(digits["data"]), "attacks": "", "imgsz": 64, **kwargs}
     with pytest.raises(ValueError, match=match):
         validate_advamd(digits["stock"], project=str(tmp_path / "runs"), name="bad", **kwargs)

@@ -21,9 +21,9 @@ any run, order or process.
 
 Labels stay valid: the corruptions change pixel values in place or blur them by a few pixels, except
 `elastic_transform`, which moves pixels along a smooth random field (its scale is 1% of the image side): 99% of pixels
-move by at most ~3 px (severity 1) to ~8 px (severity 5), the farthest by ~6 to ~15 px, at 160 and at 640 px
-(`benchmarks/corruption_speed.py` measures it). Labels are not moved (as in COCO-C), so at high severities a box edge
-can be off by a few pixels, which costs small objects IoU at the strict thresholds of mAP50-95.
+move by at most ~4 px (severity 1) to ~8 px (severity 5), the farthest by ~6 to ~14 px, alike at 160 and at 640 px
+(measured by `benchmarks/corruption_speed.py`). Labels are not moved (as in COCO-C), so an object's edge can sit a few
+pixels off its box: that costs small objects IoU at the strict thresholds of mAP50-95, and is part of the corruption.
 
 Examples:
     >>> names, severities = parse_corruptions("common"), parse_severities("1,2,3,4,5")

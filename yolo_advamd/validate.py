@@ -521,13 +521,23 @@ def table_rows(results: dict, metric: str, columns: list[str] | None = None) -> 
     header = ["model", "attacked model", *columns]
     lines = [header]
     for row in results["rows"]:
-        name = row["name"] if row["role"] == "model" else f"baseline: {row['name']}"
-        lines.append([name, row["attacked_by"], *(f"{100 * row['stats'][c].get(key, nan):.2f}" for c in columns)])
+        values = (f"{100 * row['stats'][c].get(key, nan):.2f}" for c in columns)
+        lines.append([row_label(row), row["attacked_by"], *values])
     if results["delta"]:
-        model, base = (r["name"] for r in results["rows"])
         diff = results["delta"]
-        lines.append([f"Δ ({model} − {base})", "", *(f"{100 * diff[c].get(key, nan):+.2f}" for c in columns)])
+        lines.append([delta_label(results), "", *(f"{100 * diff[c].get(key, nan):+.2f}" for c in columns)])
     return lines
+
+
+def row_label(row: dict) -> str:
+    """Return a results row's name in the tables: the model's, or `baseline: <name>`."""
+    return row["name"] if row["role"] == "model" else f"baseline: {row['name']}"
+
+
+def delta_label(results: dict) -> str:
+    """Return the name of the Δ row: `Δ (<model> − <baseline>)`."""
+    model, base = (r["name"] for r in results["rows"])
+    return f"Δ ({model} − {base})"
 
 
 def write_table(results: dict, save_dir: str | Path) -> str:
@@ -581,10 +591,9 @@ def corruption_blocks(results: dict, metric: str, plot_file: Path) -> list[str]:
     and draw them as heatmaps into `plot_file`."""
     key, c = TABLE_METRICS[results["task"]][metric], results["corruptions"]
     names, severities = c["names"], c["severities"]
-    grids = {(row["name"] if row["role"] == "model" else f"baseline: {row['name']}"):
-             grid(row["stats"], names, severities, key) for row in results["rows"]}  # fmt: skip
+    grids = {row_label(row): grid(row["stats"], names, severities, key) for row in results["rows"]}
     if results["delta"]:
-        grids[f"Δ ({' − '.join(r['name'] for r in results['rows'])})"] = grid(results["delta"], names, severities, key)
+        grids[delta_label(results)] = grid(results["delta"], names, severities, key)
     blocks = [mpc_note(names, severities)]
     for title, values in grids.items():
         sign = "+" if title.startswith("Δ") else ""
