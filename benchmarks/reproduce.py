@@ -169,6 +169,21 @@ def evaluate(weights: Path, data: str, eps: list[float], name: str, imgsz: int =
         res = validate_advamd(str(weights), data, attacks="fgsm,pgd", eps=eps, steps=EVAL_STEPS, imgsz=imgsz,
                               attack_model=attack_model and str(attack_model),
                               project=str(ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)  # fmt: skip
+    return headline_scores(res)
+
+
+def evaluate_corruptions(weights: Path, data: str, name: str, imgsz: int = 160) -> dict:
+    """Scores (%) of `weights` on val under the COCO-C benchmark's 15 common corruptions × severities 1-5, per table
+    column (`benign`, one per corrupted set, `mPC`, `rPC`), the headline score as in `evaluate`."""
+    from yolo_advamd.validate import validate_advamd
+
+    res = validate_advamd(str(weights), data, attacks="", corruptions="common", imgsz=imgsz,
+                          project=str(ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)  # fmt: skip
+    return headline_scores(res)
+
+
+def headline_scores(res: dict) -> dict:
+    """The model's headline score (`HEADLINE`, %) per column of a `validate_advamd` result."""
     return {col: 100 * s[HEADLINE[res["task"]]] for col, s in res["rows"][0]["stats"].items()}
 
 
@@ -311,6 +326,9 @@ VANILLA = {"method": "vanilla"}
 # a run's scores on attacks made on its arm's M_T, by record map: with the true labels (`transfer`), and with every
 # object's class moved to the next one (`leak`: a model that reads the labels off M_T's perturbations falls there)
 THROUGH_TARGET = {"transfer": False, "leak": True}
+MPC_NOTE = (" Δ mPC: the same under common corruptions, the COCO-C benchmark's mPC (mAP50-95 averaged over its 15 "
+            "corruptions × severities 1-5 of val, `val_advamd.py corruptions=common`); the vanilla row gives its "
+            "absolute mPC.")  # in the report once a run has a corruption map
 STUDY = {
     "retrain": {
         "about": "the paper's regime: M_T retrained with its own recipe and length (30 epochs), attacks on M_T",
@@ -529,8 +547,8 @@ def run_study(names: list[str] | None = None) -> None:
     check_study()
     records = load()
     arms = study_arms(records, names)
-    for e in records:  # runs recorded before their arm measured through M_T, while their weights are on disk
-        if e["profile"] in arms and e["key"] != "start" and (maps := target_scores(e, arms[e["profile"]])):
+    for e in records:  # runs recorded before their arm measured through M_T or corruptions, while their weights exist
+        if e["profile"] in arms and e["key"] != "start" and (maps := added_scores(e, arms[e["profile"]])):
             record({**e, **maps})
     while True:
         records = load()
@@ -564,7 +582,7 @@ def run_study(names: list[str] | None = None) -> None:
                  "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
                  "train_seconds": seconds, "machine": machine(), "weights": stored(weights), **curves,
                  "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz)}  # fmt: skip
-        record({**entry, **target_scores(entry, a)})
+        record({**entry, **added_scores(entry, a)})
         report()
 
 
@@ -592,6 +610,25 @@ def target_scores(entry: dict, a: dict) -> dict:
     return {m: {col: v for col, v in scores.items() if col != "benign"} for m, scores in maps.items()}  # white-box's
 
 
+def added_scores(entry: dict, a: dict) -> dict:
+    """The maps a study run of arm `a` lacks: through M_T (`target_scores`), under corruptions (`corruption_scores`)."""
+    return {**target_scores(entry, a), **corruption_scores(entry, a)}
+
+
+def corruption_scores(entry: dict, a: dict) -> dict:
+    """For a study run of arm `a` without one: its `corruption` map (`evaluate_corruptions`: mPC, rPC and the score
+    per corrupted set); {} when it has one or its weights are gone."""
+    if "corruption" in entry:
+        return {}
+    if not (weights := on_disk(entry["weights"])).is_file():
+        print(f"reproduce.py: {entry['profile']} {entry['key']} lacks its corruption scores and its weights {weights} "
+              "are gone: left as is")  # fmt: skip
+        return {}
+    name = f"{entry['profile']}-{entry['key'].replace('/', '_')}-corruption"
+    imgsz = entry["settings"].get("imgsz", SCHEDULE["imgsz"])
+    return {"corruption": evaluate_corruptions(weights, arm_data(a), name, imgsz)}
+
+
 def epoch_curves(results_csv: Path, task: str = "detect") -> dict:
     """The val score (%, the task's `HEADLINE`), the benign training loss (its items, e.g. box + cls + dfl) and the
     wall seconds per epoch, from a run's results.csv."""
@@ -616,9 +653,9 @@ def lift_section(records: list[dict]) -> list[str]:
              "there is none: two machines of one kind ran the same recipe's epochs 2.0× apart). Other jobs "
              "shared the 2 cores at times and slowed some epochs several times over; a median epoch ignores them "
              "while they are under half of a run's epochs. Each record in the results file names the commit of the "
-             "code that made it.", "",
-             "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | vs M_T | wall × vanilla | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "code that made it." + (MPC_NOTE if (mpc := any("corruption" in e for e in records)) else ""), "",
+             "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 |" + " Δ mPC |" * mpc
+             + " vs M_T | wall × vanilla | verdict |", "|---|---|---|---|---|---|---|---|---|" + "---|" * mpc]  # fmt: skip
     notes, arms = [], study_arms(records)
     for arm, a in arms.items():
         entries = [e for e in records if e["profile"] == arm]
@@ -627,7 +664,9 @@ def lift_section(records: list[dict]) -> list[str]:
         controls = [e for e in runs if e["name"] == "vanilla"]
         if controls:
             benign = [c["map"]["benign"] for c in controls]
+            mpcs = [c["corruption"]["mPC"] for c in controls if "corruption" in c]
             lines.append(f"| {arm} | vanilla (absolute) | {len(benign)} | {spread(benign)} | | | "
+                         + f"{spread(mpcs) if mpcs else ''} | " * mpc
                          + (f"{statistics.mean(benign) - start['map']['benign']:+.2f}" if start else "") + " | 1.00 | |")
         for label in a["methods"]:
             pairs = [(e, c) for e in runs if e["name"] == label != "vanilla" and (c := control(runs, e))]
@@ -642,8 +681,8 @@ def lift_section(records: list[dict]) -> list[str]:
             mean, sd = statistics.mean(b), (statistics.stdev(b) if len(b) > 1 else None)
             word = ("1 seed: no verdict" if sd is None else "**lift**" if mean > sd else "below" if mean < -sd
                     else "within the spread")  # fmt: skip
-            lines.append(f"| {arm} | {label} | {len(b)} | {spread(b, signed=True)} | {adv[0]} | {adv[1]} | {vs} | "
-                         f"{wall} | {word} |")  # fmt: skip
+            lines.append(f"| {arm} | {label} | {len(b)} | {spread(b, signed=True)} | {adv[0]} | {adv[1]} | "
+                         + f"{spread(d['mpc'], signed=True) if d['mpc'] else ''} | " * mpc + f"{vs} | {wall} | {word} |")
         notes.append(f"- `{arm}`: {a['about']}.")
         if a.get("transfer") and (line := through_target_note(runs, a)):
             notes.append("  " + line)
@@ -714,14 +753,17 @@ def write_recommended(a: dict, arm: str, label: str, why: str) -> None:
 
 
 def deltas(records: list[dict], arm: str, label: str) -> dict:
-    """The per-seed Δ of a study method vs the same-seed vanilla run: `benign`, `fgsm` and `pgd` (at its own ε)."""
+    """The per-seed Δ of a study method vs the same-seed vanilla run: `benign`, `fgsm` and `pgd` (at its own ε), and
+    `mpc` (under corruptions, where both have a corruption map)."""
     from yolo_advamd.validate import column_name
 
     runs = [e for e in records if e["profile"] == arm and e["key"] != "start"]
-    out = {"benign": [], "fgsm": [], "pgd": []}
+    out = {"benign": [], "fgsm": [], "pgd": [], "mpc": []}
     for e in (e for e in runs if e["name"] == label != "vanilla"):
         if c := control(runs, e):
             out["benign"].append(e["map"]["benign"] - c["map"]["benign"])
+            if "corruption" in e and "corruption" in c:
+                out["mpc"].append(e["corruption"]["mPC"] - c["corruption"]["mPC"])
             for attack in ("fgsm", "pgd"):
                 col = column_name(attack, e["eps"]) if e.get("eps") else None
                 if col in e["map"] and col in c["map"]:

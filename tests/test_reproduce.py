@@ -182,6 +182,7 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
     monkeypatch.setattr(reproduce, "ROOT", files)
     monkeypatch.setattr(reproduce, "train", fake_train)
     monkeypatch.setattr(reproduce, "evaluate", fake_evaluate)
+    monkeypatch.setattr(reproduce, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 60.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     monkeypatch.setitem(reproduce.STUDY, "retrain", {**reproduce.STUDY["retrain"], "methods": {
         k: reproduce.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})  # fmt: skip
@@ -221,6 +222,56 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
     assert "transfer" not in after["vanilla/seed7"] and "are gone: left as is" in capsys.readouterr().out
 
 
+def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_and_the_report_its_delta(files,
+                                                                                                  monkeypatch, capsys):
+    """Every study run gets mPC / rPC (COCO-C) once: new runs when they finish, older ones on the next pass if their
+    weights are on disk; "Where does it lift?" then shows Δ mPC vs the same-seed vanilla run (and none before)."""
+    measured = []
+
+    def fake_corruptions(weights, data, name, imgsz=160):
+        """mPC 30 for vanilla runs, 33 for the others."""
+        measured.append(name)
+        mpc = 30.0 if "vanilla" in name else 33.0
+        return {"benign": 50.0, "fog s1": mpc, "mPC": mpc, "rPC": 100 * mpc / 50}
+
+    def fake_train(overrides):
+        run = files / "runs" / overrides["name"]
+        (run / "weights").mkdir(parents=True, exist_ok=True)
+        (run / "weights" / "best.pt").touch()
+        (run / "results.csv").write_text("epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,10,1.0,0.5\n")
+        return run / "weights" / "best.pt", 10.0
+
+    monkeypatch.setattr(reproduce, "ROOT", files)
+    monkeypatch.setattr(reproduce, "train", fake_train)
+    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n, imgsz=160, *a: {"benign": 50.0})
+    monkeypatch.setattr(reproduce, "evaluate_corruptions", fake_corruptions)
+    monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
+    scratch = {**reproduce.STUDY["scratch"], "methods": {k: reproduce.STUDY["scratch"]["methods"][k]
+                                                         for k in ("vanilla", "detadvprop")}}  # fmt: skip
+    monkeypatch.setitem(reproduce.STUDY, "scratch", scratch)
+    old = [{"profile": "scratch", "key": f"{label}/seed0", "name": label, "seed": 0, "settings": {}, "attack": "fgsm",
+            "eps": 1 / 255, "weights": f"runs/old-{label}/weights/best.pt", "train_seconds": 1, "epoch_seconds": [1.0],
+            "map": {"benign": 50.0}} for label in ("vanilla", "detadvprop")]  # fmt: skip
+    for e in old:
+        reproduce.record(e)
+    assert "Δ mPC" not in reproduce.report()  # no corruption map yet: the report as before
+    (files / "runs" / "old-vanilla" / "weights").mkdir(parents=True)
+    (files / "runs" / "old-vanilla" / "weights" / "best.pt").touch()  # detadvprop's weights are gone
+    reproduce.run_study(["scratch"])
+    assert measured[0] == "scratch-vanilla_seed0-corruption" and "are gone: left as is" in capsys.readouterr().out
+    records = {e["key"]: e for e in reproduce.load() if e["profile"] == "scratch"}
+    assert records["vanilla/seed0"]["corruption"]["mPC"] == 30.0 and "corruption" not in records["detadvprop/seed0"]
+    assert records["detadvprop/seed1"]["corruption"] == {"benign": 50.0, "fog s1": 33.0, "mPC": 33.0, "rPC": 66.0}
+    assert len(measured) == 5  # vanilla seed 0 backfilled, then the 4 new runs (seeds 1, 2) once each
+    measured.clear()
+    reproduce.run_study(["scratch"])
+    assert measured == []  # every map recorded (or its weights gone): nothing measured again
+    report = reproduce.report()
+    assert "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | Δ mPC | vs M_T |" in report
+    assert "| scratch | vanilla (absolute) | 3 | 50.00 ± 0.00 | | | 30.00 ± 0.00 |  | 1.00 | |" in report
+    assert "| scratch | detadvprop | 3 | +0.00 ± 0.00 |  |  | +3.00 ± 0.00 |  | 1.00 |" in report  # seeds 1, 2 only
+
+
 def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_screen_is_in(files, monkeypatch):
     def screen(best: tuple[str, str]) -> list[dict]:
         return [{"profile": arm, "key": f"{label}/seed0", "name": label, "seed": 0, "train_seconds": 1, "attack": "fgsm",
@@ -253,6 +304,7 @@ def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_scre
     monkeypatch.setattr(reproduce, "ROOT", files)
     monkeypatch.setattr(reproduce, "train", fake_train)
     monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n, imgsz=160: {"benign": 40.0})
+    monkeypatch.setattr(reproduce, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 75.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     for e in screen(("teacher", "udfa")):  # from M_T: the capacity arm trains an M_T of yolov8s first, and keeps it
         reproduce.record(e)

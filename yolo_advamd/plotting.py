@@ -1,8 +1,10 @@
-"""Pictures of AdvAmd training: benign, mediate and adversarial views beside the amplified perturbation."""
+"""Pictures: AdvAmd training's benign, mediate and adversarial views beside the amplified perturbation, and the
+validation score per corruption × severity."""
 
 from __future__ import annotations
 
 import cv2
+import numpy as np
 import torch
 from ultralytics.utils.plotting import plot_images
 
@@ -51,3 +53,41 @@ def plot_views(batch: dict, fname, on_plot=None, max_images: int = 4):
     if on_plot:
         on_plot(fname)
     return grid
+
+
+def plot_corruptions(grids: dict, names: list[str], severities: list[int], metric: str, fname) -> None:
+    """Draw scores per corruption × severity as heatmaps side by side, one per model (and Δ), values in %.
+
+    Args:
+        grids (dict[str, np.ndarray]): Title -> (corruption, severity) array of fractions; a title starting with Δ is
+            drawn on a diverging scale centred on 0.
+        names (list[str]): The corruptions, top to bottom.
+        severities (list[int]): The severities, left to right.
+        metric (str): The score's name, for the colour bar.
+        fname (str | Path): Output PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(grids), figsize=(1.2 + 0.9 * len(severities) * len(grids) + 2.2 * len(grids),
+                                                      1.2 + 0.35 * len(names)), squeeze=False)  # fmt: skip
+    for ax, (title, values) in zip(axes[0], grids.items()):
+        values = 100 * values
+        delta = title.startswith("Δ")
+        limit = max(abs(values).max(), 1e-9) if delta else None
+        image = ax.imshow(values, cmap="RdBu" if delta else "viridis", aspect="auto",
+                          vmin=-limit if delta else 0, vmax=limit if delta else max(values.max(), 1e-9))  # fmt: skip
+        for (i, j), v in np.ndenumerate(values):
+            shade = image.norm(v)  # dark cells: viridis' low end, RdBu's two ends
+            dark = abs(shade - 0.5) > 0.3 if delta else shade < 0.6
+            ax.text(j, i, f"{v:{'+' if delta else ''}.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")  # fmt: skip
+        ax.set_xticks(range(len(severities)), [f"s{s}" for s in severities])
+        ax.set_yticks(range(len(names)), names)
+        ax.set_title(title, fontsize=8)
+        fig.colorbar(image, ax=ax, label=metric, fraction=0.05)
+    fig.tight_layout()
+    fig.savefig(fname, dpi=120)
+    plt.close(fig)

@@ -8,6 +8,10 @@ on the ground truth as the objective (for segmentation the full seg loss, for cl
 Detection adds COCO scoring: `eval_json` scores `save_json` predictions with pycocotools (Ultralytics 8.4 uses
 faster-coco-eval, which it would try to pip-install), so nothing is ever installed.
 
+With `corruptions=` each model is also scored on the val set under common corruptions (`yolo_advamd.corruptions`:
+the COCO-C protocol, cached corrupted copies of the split read through the validator's `images`), and the table gains
+the benchmark's mPC and rPC.
+
 Models are always evaluated, and attacked, through the main BN (the paper's footnote 8): the auxiliary BN and all
 AdvAmd state are stripped from every model before use.
 
@@ -46,7 +50,21 @@ from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import attack_batch, check_terms
 from yolo_advamd.attacks.settings import attack_settings, parse_eps
 from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
+from yolo_advamd.corruptions import (
+    MPC,
+    RPC,
+    SEVERITIES,
+    corrupted_sets,
+    corruption_split,
+    grid,
+    mpc_note,
+    parse_corruptions,
+    parse_severities,
+    robustness,
+)
+from yolo_advamd.corruptions import column_name as corruption_column
 from yolo_advamd.data import resolve_dataset
+from yolo_advamd.plotting import plot_corruptions
 
 BENIGN = "benign"
 WHITE_BOX = "adversarial validation needs the model's gradients (exported formats such as ONNX cannot be attacked)"
@@ -67,6 +85,7 @@ class AdversarialValidation:
     """An Ultralytics validator on adversarial images: each batch is attacked white-box before inference.
 
     With `attack=None` it is the task's stock validator (benign images). Mixed in before the task's validator class.
+    With `images` it scores that folder (a corrupted copy of the split, same layout and labels) instead of the split.
 
     Attributes:
         attack (Attack | None): The attack applied to every batch before inference.
@@ -74,6 +93,7 @@ class AdversarialValidation:
             the model under test; transfer: another model), on the validation device.
         terms (str): The attacked part of the loss: "all", "cls", "box" (box + dfl) or "max" (the stronger of a cls and
             a box attack, per image); a classifier's is its cross-entropy.
+        images (Path | None): The images to score instead of the split's (`corrupted_sets`), or None.
 
     Examples:
         >>> v = AdvDetectionValidator(args=dict(data="coco.yaml"), attack=build_attack("fgsm", eps=0.01),
@@ -82,12 +102,16 @@ class AdversarialValidation:
     """
 
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, attack=None,
-                 attack_model: nn.Module | None = None, terms: str = "all"):  # fmt: skip
+                 attack_model: nn.Module | None = None, terms: str = "all", images: Path | None = None):  # fmt: skip
         """Initialize the validator; see the class attributes for the AdvAmd arguments."""
         super().__init__(dataloader, save_dir, args, _callbacks)
         if attack is not None and attack_model is None:
             raise ValueError("an attack needs attack_model=: the fp32 eval-mode model whose gradients it follows")
-        self.attack, self.attack_model, self.terms = attack, attack_model, terms
+        self.attack, self.attack_model, self.terms, self.images = attack, attack_model, terms, images
+
+    def get_dataloader(self, dataset_path, batch_size: int):
+        """Return Ultralytics' val dataloader, on `images` instead of the split's when given."""
+        return super().get_dataloader(str(self.images) if self.images else dataset_path, batch_size)
 
     def preprocess(self, batch: dict) -> dict:
         """Preprocess like Ultralytics, then replace `img` by its adversarial version."""
@@ -323,6 +347,8 @@ def validate_advamd(
     random_start: bool | None = None,
     attack_terms: str = "all",
     seed: int = 0,
+    corruptions: str | list[str] | None = None,
+    severities: str | list[int] = SEVERITIES,
     **overrides,
 ) -> dict:
     """Validate a model (detect, segment, classify) on the benign val set and on its adversarial versions; write the table.
@@ -359,12 +385,17 @@ def validate_advamd(
         attack_terms (str): The attacked part of the detection loss: `all` (box + cls + dfl), `cls`, `box` (box + dfl)
             or `max` (the stronger of a cls and a box attack, per image).
         seed (int): Seed of the attacks' randomness.
+        corruptions (str | list[str] | None): Also score each model under common corruptions (COCO-C protocol):
+            `common` (the benchmark's 15), `all` (with the 4 held-out ones) or names, comma-separated or a list; the
+            table adds mPC and rPC, and `corruptions.png` the score per corruption × severity.
+        severities (str | list[int]): The corruption severities, 1 to 5.
         **overrides (Any): Ultralytics val settings (`conf`, `iou`, `max_det`, `split`, `quantize`, `workers`,
             `plots`, `fraction`, ...), checked by Ultralytics (deprecated keys such as `half` are mapped).
 
     Returns:
         (dict): `columns`, `rows` (per model: `name`, `attacked_by`, `stats` per column), `delta` (with a
-            baseline), `settings`, `save_dir`, and the rendered `markdown` table.
+            baseline), `corruptions` (names, severities and set columns), `settings`, `save_dir`, and the rendered
+            `markdown` table.
     """
     attacks = [a.lower() for a in as_list(attacks or [], str, "attacks") if a.lower() != "none"]
     eps = as_list(eps, parse_eps, "eps")
@@ -372,6 +403,7 @@ def validate_advamd(
         raise ValueError("eps is empty: give at least one budget for the attacks, e.g. eps=0.01,0.1")
     attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start, "seed": seed}
     build_attacks(attacks, eps, **attack_kwargs)  # every setting checked before any work
+    corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)
     check_dict_alignment(DEFAULT_CFG_DICT, overrides)  # Ultralytics' own check: SyntaxError with suggestions
     for key, m in (("model", model), ("baseline", baseline), ("attack_model", attack_model)):
         if m is not None and not isinstance(m, nn.Module):
@@ -383,6 +415,7 @@ def validate_advamd(
     check_terms(attack_terms, classifier=task == "classify")
     attacker = models.pop("attack_model", None)
     data = resolve_dataset(data)
+    val_split = corruption_split(data, task, overrides.get("split") or "val") if corruptions else None
     save_dir = get_save_dir(
         IterableSimpleNamespace(project=project, name=name or "exp", task="advamd_val", mode="val", exist_ok=exist_ok)
     )
@@ -393,35 +426,45 @@ def validate_advamd(
         net, label, train_args = attacker
         transfer = (attack_copy(net, train_args, dev), f"{label} (transfer)")
     settings = {"data": str(data), "attacks": attacks, "eps": eps, **attack_kwargs, "attack_terms": attack_terms,
-                "attack_model": transfer and transfer[1], "batch": batch, "imgsz": imgsz, **overrides}  # fmt: skip
+                "attack_model": transfer and transfer[1], "corruptions": corruptions, "severities": severities,
+                "batch": batch, "imgsz": imgsz, **overrides}  # fmt: skip
+    sets = corrupted_sets(val_split, corruptions, severities) if corruptions else {}
     val_args = {**overrides, "data": data, "imgsz": imgsz, "batch": batch, "device": device, "save_json": save_json,
                 "plots": overrides.get("plots", False), "mode": "val"}  # fmt: skip
     rows = []
     for role, (net, label, train_args) in models.items():
         victim, attacked_by = transfer or (attack_copy(net, train_args, dev), f"{label} (white-box)")
         row = {"name": label, "role": role, "attacked_by": attacked_by, "stats": {}}
-        runs = {BENIGN: None, **build_attacks(attacks, eps, **attack_kwargs)}  # fresh attacks: same seeds per row
-        loader = None  # built by the first run, shared by the others
-        for i, (column, attack) in enumerate(runs.items(), 1):
+        attack_runs = build_attacks(attacks, eps, **attack_kwargs)  # fresh attacks: same seeds per row
+        runs = [(BENIGN, None, None), *((c, a, None) for c, a in attack_runs.items()),
+                *((corruption_column(*ns), None, images) for ns, images in sets.items())]  # fmt: skip
+        loader = None  # built by the first run, shared by the others on the split's own images
+        for i, (column, attack, images) in enumerate(runs, 1):
             LOGGER.info(f"\n{colorstr('bold', f'{role} {label}')}: {column} ({i}/{len(runs)})")
             run_dir = save_dir / role / column.replace(" ", "_")
             validator = VALIDATORS[task](
-                dataloader=loader,
+                dataloader=None if images else loader,
                 save_dir=run_dir,
                 args={**val_args, "imgsz": imgsz or train_args.get("imgsz", 640)},
                 attack=attack,
                 attack_model=victim,
                 terms=attack_terms,
+                images=images,
                 **({"adv_dir": run_dir / "adversarial"} if save_adv and attack is not None else {}),
             )
             row["stats"][column] = {k: float(v) for k, v in validator(model=net).items()}
-            loader = validator.dataloader
+            loader = loader if images else validator.dataloader
+        if sets:
+            row["stats"].update(robustness(row["stats"], corruptions, severities))
         rows.append(row)
+    set_columns = [corruption_column(*ns) for ns in sets]
     results = {
         "task": task,
-        "columns": [BENIGN] + [column_name(a, e) for a in attacks for e in eps],
+        "columns": [BENIGN, *(column_name(a, e) for a in attacks for e in eps), *set_columns,
+                    *((MPC, RPC) if sets else ())],  # fmt: skip
         "rows": rows,
         "delta": delta(rows),
+        "corruptions": {"names": corruptions, "severities": severities, "columns": set_columns},
         "settings": settings,
         "save_dir": str(save_dir),
     }
@@ -470,19 +513,31 @@ def delta(rows: list[dict]) -> dict | None:
     }
 
 
-def table_rows(results: dict, metric: str) -> list[list[str]]:
-    """Return one metric's table (header first): rows for the model, the baseline and Δ, values in percent."""
-    key, columns, nan = TABLE_METRICS[results.get("task", "detect")][metric], results["columns"], float("nan")
+def table_rows(results: dict, metric: str, columns: list[str] | None = None) -> list[list[str]]:
+    """Return one metric's table (header first) over `columns` (all when None): rows for the model, the baseline
+    and Δ, values in percent."""
+    key, nan = TABLE_METRICS[results.get("task", "detect")][metric], float("nan")
+    columns = columns or results["columns"]
     header = ["model", "attacked model", *columns]
     lines = [header]
     for row in results["rows"]:
-        name = row["name"] if row["role"] == "model" else f"baseline: {row['name']}"
-        lines.append([name, row["attacked_by"], *(f"{100 * row['stats'][c].get(key, nan):.2f}" for c in columns)])
+        values = (f"{100 * row['stats'][c].get(key, nan):.2f}" for c in columns)
+        lines.append([row_label(row), row["attacked_by"], *values])
     if results["delta"]:
-        model, base = (r["name"] for r in results["rows"])
         diff = results["delta"]
-        lines.append([f"Δ ({model} − {base})", "", *(f"{100 * diff[c].get(key, nan):+.2f}" for c in columns)])
+        lines.append([delta_label(results), "", *(f"{100 * diff[c].get(key, nan):+.2f}" for c in columns)])
     return lines
+
+
+def row_label(row: dict) -> str:
+    """Return a results row's name in the tables: the model's, or `baseline: <name>`."""
+    return row["name"] if row["role"] == "model" else f"baseline: {row['name']}"
+
+
+def delta_label(results: dict) -> str:
+    """Return the name of the Δ row: `Δ (<model> − <baseline>)`."""
+    model, base = (r["name"] for r in results["rows"])
+    return f"Δ ({model} − {base})"
 
 
 def write_table(results: dict, save_dir: str | Path) -> str:
@@ -491,8 +546,10 @@ def write_table(results: dict, save_dir: str | Path) -> str:
     The tables follow the paper's Table 1: one column per attack × ε after the benign one, one row per model (and
     baseline) naming the model the attacks were computed on, and the Δ row (model − baseline). Values in % for the
     task (`TABLE_METRICS`): detection mAP50-95 and mAP50 (and with `save_json` the pycocotools AP50-95 and AP50),
-    segmentation mask and box mAP, classification top-1 and top-5 accuracy. The CSV holds the same
-    tables with a `metric` column; the JSON holds every statistic of every run as fractions.
+    segmentation mask and box mAP, classification top-1 and top-5 accuracy. With corruptions the tables end with
+    mPC and rPC, and the task's score (the first metric) follows per corruption × severity, also drawn in
+    `corruptions.png`. The CSV holds the same tables with a `metric` column and every corrupted set's column; the
+    JSON holds every statistic of every run as fractions.
 
     Args:
         results (dict): The output of `validate_advamd` (without `markdown`).
@@ -505,17 +562,43 @@ def write_table(results: dict, save_dir: str | Path) -> str:
     first = results["rows"][0]["stats"][BENIGN]
     metrics = [m for m, key in TABLE_METRICS[results.get("task", "detect")].items() if key in first]
     blocks, records = [], []
+    sets = results.get("corruptions", {}).get("columns") or []
     for metric in metrics:
-        lines = table_rows(results, metric)
-        md = ["| " + " | ".join(line) + " |" for line in lines]
-        md.insert(1, "|" + "---|" * len(lines[0]))
-        blocks.append(f"**{metric} (%)**\n\n" + "\n".join(md))
-        records += [[metric, *line] for line in lines[1:]]
+        lines = table_rows(results, metric, [c for c in results["columns"] if c not in sets])
+        blocks.append(f"**{metric} (%)**\n\n" + markdown_table(lines))
+        records += [[metric, *line] for line in table_rows(results, metric)[1:]]
     with open(save_dir / "results.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([["metric", *table_rows(results, metrics[0])[0]], *records])
+    if sets:
+        blocks += corruption_blocks(results, metrics[0], save_dir / "corruptions.png")
     (save_dir / "results.json").write_text(
         json.dumps({k: v for k, v in results.items() if k != "markdown"}, indent=2, default=str)
     )
     markdown = "\n\n".join(blocks) + "\n"
     (save_dir / "results.md").write_text(markdown, encoding="utf-8")
     return markdown
+
+
+def markdown_table(lines: list[list[str]]) -> str:
+    """Return rows (header first) as a Markdown table."""
+    md = ["| " + " | ".join(line) + " |" for line in lines]
+    md.insert(1, "|" + "---|" * len(lines[0]))
+    return "\n".join(md)
+
+
+def corruption_blocks(results: dict, metric: str, plot_file: Path) -> list[str]:
+    """Return the Markdown tables of the task's score per corruption × severity (per model, and Δ with a baseline)
+    and draw them as heatmaps into `plot_file`."""
+    key, c = TABLE_METRICS[results["task"]][metric], results["corruptions"]
+    names, severities = c["names"], c["severities"]
+    grids = {row_label(row): grid(row["stats"], names, severities, key) for row in results["rows"]}
+    if results["delta"]:
+        grids[delta_label(results)] = grid(results["delta"], names, severities, key)
+    blocks = [mpc_note(names, severities)]
+    for title, values in grids.items():
+        sign = "+" if title.startswith("Δ") else ""
+        lines = [["corruption", *(f"s{s}" for s in severities), "mean"]]
+        lines += [[n, *(f"{100 * v:{sign}.2f}" for v in (*r, r.mean()))] for n, r in zip(names, values)]
+        blocks.append(f"**{metric} (%) per corruption × severity: {title}**\n\n" + markdown_table(lines))
+    plot_corruptions(grids, names, severities, f"{metric} (%)", plot_file)
+    return blocks

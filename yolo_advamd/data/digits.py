@@ -159,21 +159,38 @@ def build_digits(name=NAME, root=None, seed=0, n_train=2000, n_val=500, imgsz=No
     target = dataset_dir(name, seed, n_train, n_val, imgsz, root)
     if is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp = temp_build_dir(target)
     try:
         _write_dataset(tmp, target, name, seed, n_train, n_val, imgsz)
-        if target.exists() and not is_complete(target):
-            shutil.rmtree(target)  # an unfinished directory at the target (not made by this code's rename)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not is_complete(target):  # not a concurrent build that finished first
-                raise
+        publish(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def temp_build_dir(target):
+    """Make and return a temporary directory beside `target` to build it in, after removing stale ones.
+
+    Its name carries this process's id, so that `remove_stale_temps` can tell the directories of dead processes.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+
+
+def publish(tmp, target):
+    """Rename a finished build `tmp` (its completion marker written last) to `target`, atomically.
+
+    An unfinished directory at the target is replaced; a complete one, built concurrently by another process, wins.
+    """
+    if target.exists() and not is_complete(target):
+        shutil.rmtree(target)  # an unfinished directory at the target (not made by this code's rename)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not is_complete(target):  # not a concurrent build that finished first
+            raise
 
 
 def build_digits_det(root=None, seed=0, n_train=2000, n_val=500, imgsz=160):
@@ -192,7 +209,7 @@ def build_digits_det(root=None, seed=0, n_train=2000, n_val=500, imgsz=160):
     return build_digits(NAME, root, seed, n_train, n_val, imgsz)
 
 
-def _remove_stale_temps(target):
+def remove_stale_temps(target):
     """Remove temporary build directories of `target` whose owning process no longer runs."""
     for tmp in target.parent.glob(f".{target.name}.tmp-*"):
         try:
