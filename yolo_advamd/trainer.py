@@ -147,6 +147,8 @@ class AdvAmdMixin:
             vulnerability=self.vulnerability,
             terms=args.attack_terms,
             attack_aux_bn=args.method == "detadvprop" and args.attack_model == "current",  # Det-AdvProp's Algorithm 1
+            attack_labels=args.attack_labels,
+            attack_conf=args.attack_conf,
         )
         self.guard = ViewGuard(model)  # view batches pick their BN; a non-finite view leaves BN statistics alone
         if state.get("vulnerability") is not None:

@@ -4,7 +4,8 @@ Every evaluation runs the task's own Ultralytics validator (dataloader, letterbo
 through a subclass (`VALIDATORS`: detection, segmentation, classification) whose `preprocess` replaces each batch's
 images by their adversarial version (`AdversarialValidation`), attacked white-box on the device against an fp32,
 eval-mode copy of the model under test (or, in the transfer setting, of `attack_model`), with the model's own loss
-on the ground truth as the objective (for segmentation the full seg loss, for classification the cross-entropy).
+on the ground truth as the objective (for segmentation the full seg loss, for classification the cross-entropy), or
+with `attack_labels=pred` on the attacked model's own predictions (`attacks.targets`); scores stay on the ground truth.
 Detection adds COCO scoring: `eval_json` scores `save_json` predictions with pycocotools (Ultralytics 8.4 uses
 faster-coco-eval, which it would try to pip-install), so nothing is ever installed.
 
@@ -44,7 +45,8 @@ from ultralytics.utils.torch_utils import select_device
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import attack_batch, check_terms
-from yolo_advamd.attacks.settings import attack_settings, parse_eps
+from yolo_advamd.attacks.settings import attack_settings, check_attack_labels, parse_eps
+from yolo_advamd.attacks.targets import attack_targets
 from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
 from yolo_advamd.data import resolve_dataset
 
@@ -74,6 +76,9 @@ class AdversarialValidation:
             the model under test; transfer: another model), on the validation device.
         terms (str): The attacked part of the loss: "all", "cls", "box" (box + dfl) or "max" (the stronger of a cls and
             a box attack, per image); a classifier's is its cross-entropy.
+        attack_labels (str): The attack's targets: "gt" (the batch's ground truth) or "pred" (the attacked model's
+            predictions on the clean images).
+        attack_conf (float): Confidence above which a prediction is a target with `attack_labels="pred"`.
 
     Examples:
         >>> v = AdvDetectionValidator(args=dict(data="coco.yaml"), attack=build_attack("fgsm", eps=0.01),
@@ -82,12 +87,14 @@ class AdversarialValidation:
     """
 
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, attack=None,
-                 attack_model: nn.Module | None = None, terms: str = "all"):  # fmt: skip
+                 attack_model: nn.Module | None = None, terms: str = "all", attack_labels: str = "gt",
+                 attack_conf: float = 0.25):  # fmt: skip
         """Initialize the validator; see the class attributes for the AdvAmd arguments."""
         super().__init__(dataloader, save_dir, args, _callbacks)
         if attack is not None and attack_model is None:
             raise ValueError("an attack needs attack_model=: the fp32 eval-mode model whose gradients it follows")
         self.attack, self.attack_model, self.terms = attack, attack_model, terms
+        self.attack_labels, self.attack_conf = check_attack_labels(attack_labels, attack_conf), attack_conf
 
     def preprocess(self, batch: dict) -> dict:
         """Preprocess like Ultralytics, then replace `img` by its adversarial version."""
@@ -106,8 +113,13 @@ class AdversarialValidation:
         with torch.inference_mode(False), torch.enable_grad():
             clean = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             clean["img"] = clean["img"].float()
-            result, _ = attack_batch(self.attack, self.attack_model, clean, self.terms)
+            result, _ = attack_batch(self.attack, self.attack_model, self.targets(clean), self.terms)
             return (clean["img"] + result.delta.detach()).clamp_(*self.attack.clip)
+
+    def targets(self, batch: dict) -> dict:
+        """Return the batch the attack takes its targets from: `batch` (ground truth) or the attacked model's
+        predictions on its images (`attack_labels`)."""
+        return attack_targets(self.attack_model, batch, self.attack_labels, self.attack_conf)
 
 
 class AdvSegmentationValidator(AdversarialValidation, SegmentationValidator):
@@ -322,6 +334,8 @@ def validate_advamd(
     step_size: float | None = None,
     random_start: bool | None = None,
     attack_terms: str = "all",
+    attack_labels: str = "gt",
+    attack_conf: float = 0.25,
     seed: int = 0,
     **overrides,
 ) -> dict:
@@ -358,6 +372,9 @@ def validate_advamd(
         random_start (bool | None): Start from a random point of the ε-ball; True for pgd only when None.
         attack_terms (str): The attacked part of the detection loss: `all` (box + cls + dfl), `cls`, `box` (box + dfl)
             or `max` (the stronger of a cls and a box attack, per image).
+        attack_labels (str): The attacks' targets: `gt` (the ground truth) or `pred` (the attacked model's own
+            predictions on the clean images: detections above `attack_conf` after NMS, a classifier's top-1).
+        attack_conf (float): Confidence in (0, 1) above which a prediction is a target with `attack_labels=pred`.
         seed (int): Seed of the attacks' randomness.
         **overrides (Any): Ultralytics val settings (`conf`, `iou`, `max_det`, `split`, `quantize`, `workers`,
             `plots`, `fraction`, ...), checked by Ultralytics (deprecated keys such as `half` are mapped).
@@ -372,6 +389,7 @@ def validate_advamd(
         raise ValueError("eps is empty: give at least one budget for the attacks, e.g. eps=0.01,0.1")
     attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start, "seed": seed}
     build_attacks(attacks, eps, **attack_kwargs)  # every setting checked before any work
+    attack_labels = check_attack_labels(attack_labels, attack_conf)
     check_dict_alignment(DEFAULT_CFG_DICT, overrides)  # Ultralytics' own check: SyntaxError with suggestions
     for key, m in (("model", model), ("baseline", baseline), ("attack_model", attack_model)):
         if m is not None and not isinstance(m, nn.Module):
@@ -393,7 +411,8 @@ def validate_advamd(
         net, label, train_args = attacker
         transfer = (attack_copy(net, train_args, dev), f"{label} (transfer)")
     settings = {"data": str(data), "attacks": attacks, "eps": eps, **attack_kwargs, "attack_terms": attack_terms,
-                "attack_model": transfer and transfer[1], "batch": batch, "imgsz": imgsz, **overrides}  # fmt: skip
+                "attack_labels": attack_labels, "attack_conf": attack_conf, "attack_model": transfer and transfer[1],
+                "batch": batch, "imgsz": imgsz, **overrides}  # fmt: skip
     val_args = {**overrides, "data": data, "imgsz": imgsz, "batch": batch, "device": device, "save_json": save_json,
                 "plots": overrides.get("plots", False), "mode": "val"}  # fmt: skip
     rows = []
@@ -412,6 +431,8 @@ def validate_advamd(
                 attack=attack,
                 attack_model=victim,
                 terms=attack_terms,
+                attack_labels=attack_labels,
+                attack_conf=attack_conf,
                 **({"adv_dir": run_dir / "adversarial"} if save_adv and attack is not None else {}),
             )
             row["stats"][column] = {k: float(v) for k, v in validator(model=net).items()}
