@@ -788,13 +788,13 @@ def recommend(records: list[dict]) -> tuple[str, str, str] | None:
 
 
 def tasks_section(records: list[dict]) -> list[str]:
-    """The report of the other tasks (`TASKS`): each method's scores and its Δ against the vanilla run, one seed."""
+    """The report of the other tasks (`TASKS`): each run's scores and its Δ against the vanilla run of its seed."""
     from yolo_advamd.validate import column_name
 
     lines = ["## Other tasks: segmentation and classification", "",
-             "From scratch, one seed per arm (`cls-r2`: three, one row each, Δ against the vanilla run of the same seed), so a "
-             "Δ under about a point is within the noise seen on detection. Scores in "
-             "%: mask mAP50-95 for segmentation, top-1 accuracy for classification; FGSM and PGD-3 at ε = 0.01.", "",
+             "From scratch, one seed per arm (`cls-r2`: three, one row each, Δ against the vanilla run of the same "
+             "seed), so a Δ under about a point is within the noise seen on detection. Scores in %: mask mAP50-95 "
+             "for segmentation, top-1 accuracy for classification; FGSM and PGD-3 at ε = 0.01.", "",
              "| task | method | benign | FGSM | PGD-3 | Δ benign | Δ FGSM | Δ PGD-3 | train min |", "|---" * 9 + "|"]  # fmt: skip
     for arm, a in TASKS.items():
         runs = [e for e in records if e["profile"] == arm]

@@ -104,8 +104,9 @@ def test_pred_does_not_reuse_the_benign_gradient_and_attacks_the_predictions():
     with torch.no_grad():
         model.model[-1].cv3[0][-1].bias.fill_(-0.5)
     g = torch.Generator().manual_seed(1)
-    batch = {"img": torch.rand(2, 3, 64, 64, generator=g), "cls": torch.tensor([[1.0], [2.0]]),
-             "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.6, 0.2, 0.4]]), "batch_idx": torch.tensor([0.0, 1.0])}  # fmt: skip
+    boxes = torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.6, 0.2, 0.4]])
+    batch = {"img": torch.rand(2, 3, 64, 64, generator=g), "cls": torch.tensor([[1.0], [2.0]]), "bboxes": boxes,
+             "batch_idx": torch.tensor([0.0, 1.0])}  # fmt: skip
     stage = AttackStage(build_attack("fgsm", eps=EPS), 0.5, "current", model=model, attack_labels="pred")
     assert not stage.reuses_gradient
     assert AttackStage(build_attack("fgsm", eps=EPS), 0.5, "current", model=model).reuses_gradient

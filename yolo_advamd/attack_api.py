@@ -301,7 +301,7 @@ def attack(
                 if labels:
                     targets = labels(path, image.shape)
                     batch = target_batch(preprocess(x), targets, params)
-                else:  # its own detections on the clean input, boxes only as data='s labels (a seg loss's detection terms)
+                else:  # its detections on the clean input, boxes only as data='s labels (a seg loss's detection terms)
                     batch = predicted_targets(victim, {"img": preprocess(x)}, conf, iou)
                     targets = original_targets(batch, params, image.shape)
                 inner = DetectionObjective(victim, batch, terms="cls" if objective == "cls" else "all")

@@ -26,7 +26,9 @@ def attack_targets(model: nn.Module, batch: dict, labels: str = "gt", conf: floa
 
 
 @torch.no_grad()
-def predicted_targets(model: nn.Module, batch: dict, conf: float = 0.25, iou: float = PRED_IOU, max_det: int = 300) -> dict:
+def predicted_targets(
+    model: nn.Module, batch: dict, conf: float = 0.25, iou: float = PRED_IOU, max_det: int = 300
+) -> dict:
     """Return `batch` with its targets replaced by `model`'s own predictions on `batch["img"]`, in the batch's layout.
 
     A classifier's target is its top-1 class (`cls` (B,)). A detector's are its detections above `conf` after NMS, as
@@ -36,8 +38,9 @@ def predicted_targets(model: nn.Module, batch: dict, conf: float = 0.25, iou: fl
     ordered by decreasing mask area so smaller ones lie on top, as Ultralytics builds it; else (n, h, w)), and the
     matching `sem_masks` when the batch has them.
 
-    The model runs as it is, in train mode on batch statistics (the function an attack on it differentiates), without
-    side effects (`frozen`); a detection head in train mode decodes its output for this pass (`decoded`).
+    The model runs in its own mode (a model being trained: on batch statistics, the function an attack on it
+    differentiates) without side effects (`frozen`); a detection head in train mode decodes its output for this pass
+    (`decoded`).
 
     Args:
         model (nn.Module): The attacked Ultralytics model (classifier, detector or segmentation model), fp32.
@@ -47,7 +50,7 @@ def predicted_targets(model: nn.Module, batch: dict, conf: float = 0.25, iou: fl
         max_det (int): Most detections kept per image.
 
     Returns:
-        (dict): A new batch: the entries of `batch` with `cls` (and `bboxes`, `batch_idx`, `masks`, `sem_masks`) replaced.
+        (dict): A new batch: `batch`'s entries, with `cls` (and `bboxes`, `batch_idx`, `masks`, `sem_masks`) replaced.
     """
     from ultralytics.nn.tasks import ClassificationModel
     from ultralytics.utils.nms import non_max_suppression
@@ -61,7 +64,8 @@ def predicted_targets(model: nn.Module, batch: dict, conf: float = 0.25, iou: fl
         return {**batch, "cls": logits.argmax(1)}
     head = model.model[-1]
     decoded_out, proto = preds[0] if isinstance(preds[0], tuple) else (preds[0], None)  # segment: (decoded, proto)
-    dets = non_max_suppression(decoded_out, conf, iou, max_det=max_det, nc=head.nc, end2end=getattr(head, "end2end", False))
+    end2end = getattr(head, "end2end", False)
+    dets = non_max_suppression(decoded_out, conf, iou, max_det=max_det, nc=head.nc, end2end=end2end)
     h, w = img.shape[-2:]
     for d in dets:
         clip_boxes(d[:, :4], (h, w))
@@ -79,7 +83,7 @@ def predicted_targets(model: nn.Module, batch: dict, conf: float = 0.25, iou: fl
     return out
 
 
-def instance_masks(proto: torch.Tensor, dets: torch.Tensor, imgsz: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def instance_masks(proto: torch.Tensor, dets: torch.Tensor, imgsz: tuple, size: tuple) -> torch.Tensor:
     """Return the (n, *size) float masks of one image's detections (boxes, conf, cls, mask coefficients), cropped to
     their boxes, at the batch's mask resolution `size` (Ultralytics' `process_mask` at its prototypes' resolution)."""
     from ultralytics.utils.ops import process_mask
@@ -96,8 +100,8 @@ def mask_layout(masks: list[torch.Tensor], cls: list[torch.Tensor], overlap: boo
     The overlap map gives each pixel the index + 1 of the last (smallest) object covering it, as Ultralytics'
     `polygons2masks_overlap`; `sem_masks` give each pixel that object's class (0 where none), as its `Format` does.
     """
-    index = [(m * torch.arange(1, len(m) + 1, device=m.device).view(-1, 1, 1)).amax(0) if len(m) else m.new_zeros(m.shape[1:])
-             for m in masks]  # fmt: skip
+    index = [(m * torch.arange(1, len(m) + 1, device=m.device).view(-1, 1, 1)).amax(0) if len(m)
+             else m.new_zeros(m.shape[1:]) for m in masks]  # fmt: skip
     out = {"masks": torch.stack(index) if overlap else torch.cat(masks)}
     if semantic:
         out["sem_masks"] = torch.stack([torch.cat([c.new_zeros(1), c])[i.long()] for i, c in zip(index, cls)]).float()
