@@ -77,6 +77,8 @@ class AdvAmdMixin:
             overrides["data"] = resolve_dataset(overrides["data"])
             check_task_data(self.task_name, overrides["data"])
         super().__init__({**defaults, **cfg2dict(cfg)}, overrides, _callbacks)
+        for key, value in advamd_defaults(self.args.method).items():  # resumed from before a setting existed
+            vars(self.args).setdefault(key, value)
         check_advamd_cfg(vars(self.args))  # resolves per-attack defaults in place, saved with train_args
         if self.args.attack_model == "auto":
             self.args.attack_model = "target" if str(self.args.model).endswith(".pt") else "current"
