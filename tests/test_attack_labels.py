@@ -192,7 +192,7 @@ def test_training_with_pred_targets_runs_for_every_task(tmp_path, monkeypatch, t
     data = {"detect": tiny_data}
     if task != "detect":
         monkeypatch.setenv("YOLO_ADVAMD_DATA", str(tmp_path / "cache"))
-        builder = f"builder: digits-{task[:3]}\nseed: 3\nn_train: 16\nn_val: 8\nimgsz: 64\n"
+        builder = f"builder: digits-{task[:3].replace('cla', 'cls')}\nseed: 3\nn_train: 20\nn_val: 10\nimgsz: 64\n"
         (tmp_path / "data.yaml").write_text(builder)
         data[task] = str(tmp_path / "data.yaml")
     calls = []
