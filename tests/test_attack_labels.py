@@ -206,16 +206,29 @@ def test_training_with_pred_targets_runs_for_every_task(tmp_path, monkeypatch, t
     assert (trainer.save_dir / "weights" / "last.pt").is_file() and torch.isfinite(trainer.abar).all()
 
 
+def test_validation_attacks_the_predictions_of_the_attacked_model(digits, tmp_path):
+    """With attack_labels=pred the validator's adversarial images are the attack on the model's predictions."""
+    from yolo_advamd.validate import AdvDetectionValidator
+
+    model, batch = victim(digits["stock"]), val_batch(digits["data"])
+    for labels, targets in (("gt", batch), ("pred", predicted_targets(model, batch, 0.5))):
+        validator = AdvDetectionValidator(save_dir=tmp_path, args={"data": str(digits["data"]), "imgsz": 64},
+                                          attack=build_attack("fgsm", eps=EPS), attack_model=model,
+                                          attack_labels=labels, attack_conf=0.5)  # fmt: skip
+        expected = build_attack("fgsm", eps=EPS)(batch["img"], objective_for(model, targets))
+        torch.testing.assert_close(validator.adversarial(batch), expected.adv, atol=0, rtol=0)
+
+
 def test_val_cli_with_pred_targets_scores_on_the_ground_truth(tmp_path, digits):
     """`val_advamd.py attack_labels=pred`: the attacks on the model's own predictions still lower its mAP against
     the ground truth, and the run's settings say which targets were used."""
     import json
 
-    r = subprocess.run([sys.executable, str(ROOT / "val_advamd.py"), f"model={digits['stock']}",
-                        f"data={digits['data']}", "attacks=fgsm", "eps=8/255", "imgsz=64", "attack_labels=pred",
+    r = subprocess.run([sys.executable, str(ROOT / "val_advamd.py"), f"model={digits['stock']}", f"data={digits['data']}",
+                        "attacks=fgsm", "eps=8/255", "imgsz=64", "attack_labels=pred", "attack_conf=0.5",
                         f"project={tmp_path}", "name=val"], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads((tmp_path / "val" / "results.json").read_text())
-    assert out["settings"]["attack_labels"] == "pred" and out["settings"]["attack_conf"] == 0.25
+    assert out["settings"]["attack_labels"] == "pred" and out["settings"]["attack_conf"] == 0.5
     stats = out["rows"][0]["stats"]
     assert stats["fgsm eps=0.0313725"]["metrics/mAP50-95(B)"] < stats["benign"]["metrics/mAP50-95(B)"] - 0.1
