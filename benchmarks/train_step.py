@@ -374,9 +374,12 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
               "forward of each result to keep the stronger per image).")
     for gt, pred in (("fgsm", "fgsm-pred"), ("fgsm-current", "fgsm-current-pred")):
         if gt in by and pred in by:
-            extra = by[pred]["time"] - by[gt]["time"]
+            step, attack = by[pred]["time"] - by[gt]["time"], by[pred]["parts"]["attack"] - by[gt]["parts"]["attack"]
+            unit = stock["time"] if stock else float("nan")
             print(f"attack_labels=pred ({pred}): {by[pred]['time'] / by[gt]['time']:.2f}x the {gt} step "
-                  f"({1000 * extra:+.0f} ms, {extra / stock['time'] if stock else float('nan'):+.2f} stock steps).")
+                  f"({1000 * step:+.0f} ms, {step / unit:+.2f} stock steps); its attack part {1000 * attack:+.0f} ms "
+                  f"({attack / unit:+.2f} stock steps: the prediction pass and NMS, and with `current` the attack "
+                  "pass the benign gradient no longer stands in for).")
     print("Memory: peak MB = peak memory growth over the pre-step baseline (CPU: RSS, includes allocator caching); "
           "graph MB = peak bytes held by autograd graphs for backward.")
     print("Parts: attack = AttackStage call, views = the views trained inside preprocess_batch (forward + backward), "
