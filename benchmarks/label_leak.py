@@ -8,13 +8,14 @@ on the second, where a model that is merely robust to them scores about the same
 Usage:
     python benchmarks/label_leak.py models=runs/a/weights/best.pt,runs/b/weights/best.pt \
         attack_model=docs/results/targets/full.pt data=data/digits-det.yaml imgsz=160 eps=0.01
+
+Every `validate_advamd` setting passes through: with `attack_labels=pred` the attacks are made on M_T's own
+predictions instead of the true labels (and shifted from those), a perturbation that carries no label to read.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-
-import torch
 
 import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 from yolo_advamd import validate
@@ -25,11 +26,13 @@ DEFAULTS = {"attack_model": "docs/results/targets/full.pt", "data": "data/digits
 
 
 class ShiftedLabelValidator(validate.AdvDetectionValidator):
-    """Attack with every object's class replaced by the next one; validate against the true labels."""
+    """Attack with every target's class replaced by the next one; validate against the true labels."""
 
-    def adversarial(self, batch: dict) -> torch.Tensor:
-        """Return the batch attacked on `attack_model` as if each object were of the next class."""
-        return super().adversarial({**batch, "cls": (batch["cls"] + 1) % len(self.data["names"])})
+    def targets(self, batch: dict) -> dict:
+        """Return the attack's targets (the true labels, or with `attack_labels=pred` the attacked model's
+        predictions), each object moved to the next class."""
+        targets = super().targets(batch)
+        return {**targets, "cls": (targets["cls"] + 1) % len(self.data["names"])}
 
 
 @contextmanager

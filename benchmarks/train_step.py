@@ -9,6 +9,10 @@ directory), then measures each configuration in its own subprocess, so that ever
   PGD and DeepFool run `--attack-steps` steps (3 by default).
 - `fgsm-max`: AdvAmd with `attack_terms=max` on M_T; `detadvprop` and `udfa`: those methods from their hyp files
   (FGSM on the model being trained).
+- `fgsm-pred`, `fgsm-current-pred`: `fgsm` and `fgsm-current` with `attack_labels=pred` (the attack's targets are the
+  attacked model's predictions: one more no-grad forward and NMS per batch; on the current model FGSM can no longer
+  reuse the benign pass's gradient, which is on the ground truth). Start from a checkpoint that detects
+  (`--checkpoint docs/results/targets/full.pt`) for realistic targets: the default 1-epoch one predicts few.
 
 Each trainer is built through its public constructor, set up by `_setup_train()` and the `on_train_start` callbacks
 (AdvAmd: the attack stage, the frozen target and the Ā calibration), put in train mode, and then the body of
@@ -54,6 +58,8 @@ METHODS = {  # name: AdvAmd overrides (None: stock DetectionTrainer)
     "pgd": {"hyp": "hyps/advamd-pgd.yaml", "attack_model": "target"},
     "deepfool": {"hyp": "hyps/advamd-deepfool.yaml", "attack_model": "target"},
     "fgsm-max": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "target", "attack_terms": "max"},  # two attacks
+    "fgsm-pred": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "target", "attack_labels": "pred"},
+    "fgsm-current-pred": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "current", "attack_labels": "pred"},
     "detadvprop": {"hyp": "hyps/detadvprop.yaml"},
     "udfa": {"hyp": "hyps/udfa.yaml"},
 }
@@ -278,6 +284,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         "attack_steps": getattr(trainer.args, "steps", None) if method != "stock" else None,
         "attack_model": getattr(trainer.args, "attack_model", None),
         "attack_terms": getattr(trainer.args, "attack_terms", None),
+        "attack_labels": getattr(trainer.args, "attack_labels", None),
         "time": statistics.median(times),
         "times": times,
         "parts": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
@@ -340,18 +347,19 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         f"\n{args.model} imgsz={args.imgsz} batch={args.batch} device={r0['device']} threads={r0['threads']}, "
         f"median of {args.steps} steps after {args.warmup} warm-up, memory: {r0['memory_source']}"
     )
-    head = f"{'method':14s}{'attack':>14s}{'ms/step':>9s}{'x stock':>8s}{'floor':>7s}"
+    head = f"{'method':18s}{'attack':>16s}{'ms/step':>9s}{'x stock':>8s}{'floor':>7s}"
     head += f"{'peak MB':>9s}{'x stock':>8s}{'graph MB':>9s}{'x stock':>8s}"
     print(head + "".join(f"{p:>11s}" for p in ("preprocess", *PARTS)) + "   (ms, median per part)")
     for r in results:
         attack = "" if r["attack"] is None else f"{r['attack']}-{r['attack_steps']}"
         attack += {"current": " cur", "target": " tgt"}.get(r["attack_model"], "")
         attack += " max" if r["attack_terms"] == "max" else ""
+        attack += " pred" if r.get("attack_labels") == "pred" else ""
         t = r["time"] / stock["time"] if stock else float("nan")
         m = r["memory"] / stock["memory"] if stock and stock["memory"] > 0 else float("nan")
         g = r["graph"] / stock["graph"] if stock and stock["graph"] > 0 else float("nan")
         floor = f">={FLOORS[r['method']]:.1f}" if r["method"] in FLOORS else ""
-        row = f"{r['method']:14s}{attack:>14s}{1000 * r['time']:9.0f}{t:8.2f}{floor:>7s}"
+        row = f"{r['method']:18s}{attack:>16s}{1000 * r['time']:9.0f}{t:8.2f}{floor:>7s}"
         row += f"{r['memory'] / 2**20:9.0f}{m:8.2f}{r['graph'] / 2**20:9.0f}{g:8.2f}"
         print(row + "".join(f"{1000 * r['parts'][p]:11.0f}" for p in ("preprocess", *PARTS)))
     print(
@@ -364,6 +372,14 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         ratio = by["fgsm-max"]["parts"]["attack"] / by["fgsm"]["parts"]["attack"]
         print(f"attack_terms=max: its attack part costs {ratio:.2f} FGSM attacks (a cls and a box attack, then one "
               "forward of each result to keep the stronger per image).")
+    for gt, pred in (("fgsm", "fgsm-pred"), ("fgsm-current", "fgsm-current-pred")):
+        if gt in by and pred in by:
+            step, attack = by[pred]["time"] - by[gt]["time"], by[pred]["parts"]["attack"] - by[gt]["parts"]["attack"]
+            unit = stock["time"] if stock else float("nan")
+            print(f"attack_labels=pred ({pred}): {by[pred]['time'] / by[gt]['time']:.2f}x the {gt} step "
+                  f"({1000 * step:+.0f} ms, {step / unit:+.2f} stock steps); its attack part {1000 * attack:+.0f} ms "
+                  f"({attack / unit:+.2f} stock steps: the prediction pass and NMS, and with `current` the attack "
+                  "pass the benign gradient no longer stands in for).")
     print("Memory: peak MB = peak memory growth over the pre-step baseline (CPU: RSS, includes allocator caching); "
           "graph MB = peak bytes held by autograd graphs for backward.")
     print("Parts: attack = AttackStage call, views = the views trained inside preprocess_batch (forward + backward), "

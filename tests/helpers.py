@@ -43,13 +43,14 @@ def digits_data(base: Path) -> Path:
     return build_digits_det(root=base / "digits", seed=1, n_train=2, n_val=16, imgsz=IMGSZ) / "digits-det.yaml"
 
 
-def val_batch(data: Path, task: str = "detect", imgsz: int = IMGSZ) -> dict:
-    """The whole val split of `data` as one preprocessed batch (letterboxed to `imgsz`, float in [0, 1], masks too)."""
+def val_batch(data: Path, task: str = "detect", imgsz: int = IMGSZ, **settings) -> dict:
+    """The whole val split of `data` as one preprocessed batch (letterboxed to `imgsz`, float in [0, 1], masks too, in
+    the layout Ultralytics `settings` such as `overlap_mask` ask for)."""
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
 
     info = check_det_dataset(str(data))
-    cfg = get_cfg(overrides={"imgsz": imgsz, "task": task})
+    cfg = get_cfg(overrides={"imgsz": imgsz, "task": task, **settings})
     dataset = build_yolo_dataset(cfg, info["val"], 16, info, mode="val", stride=32)
     batch = next(iter(build_dataloader(dataset, 16, 0, shuffle=False)))
     return {**batch, "img": batch["img"].float() / 255}

@@ -152,8 +152,9 @@ def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(f
                {**record, "key": "detadvprop/seed0", "name": "detadvprop", "map": {"benign": 49.4}}]  # Δ -0.6: not
     confirmed = [r for r in reproduce.study_plan(records) if r[0] == "scratch" and r[2] > 0]
     assert confirmed == [("scratch", m, s) for s in (1, 2) for m in ("vanilla", "advamd")]
-    tasks = reproduce.study_plan([], reproduce.TASKS)  # the other tasks: vanilla, AdvAmd and variants, seed 0 only
-    assert tasks == [(t, m, 0) for t, a in reproduce.TASKS.items() for m in a["methods"]]
+    tasks = reproduce.study_plan([], reproduce.TASKS)  # the other tasks: every method at seed 0, or at the arm's seeds
+    assert tasks == [(t, m, 0) for t, a in reproduce.TASKS.items() for m in a["methods"]] + [
+        ("cls-r2", m, s) for s in (1, 2) for m in ("vanilla", "advamd", "aux-BN only", "advamd attack_labels=pred")]
     assert all({"vanilla", "advamd"} <= set(a["methods"]) for a in reproduce.TASKS.values())
 
 

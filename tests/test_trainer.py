@@ -103,8 +103,13 @@ def test_finetune_from_checkpoint_attacks_frozen_target_and_resume_restores_it(t
     for k, v in target_at_start.items():  # M_T is the starting model, not the one being trained
         assert torch.equal(v.half().float(), base_weights[k]), k
 
+    ckpt = torch_load(first.last, map_location="cpu")  # as written before attack_labels existed
+    for key in ("attack_labels", "attack_conf"):
+        del ckpt["train_args"][key]
+    torch.save(ckpt, first.last)
     resumed = train({"resume": str(first.last)})  # as `python train_advamd.py resume=.../last.pt` does
     assert resumed.start_epoch == 1 and resumed.args.data == first.args.data  # not the embedded default dataset
+    assert (resumed.args.attack_labels, resumed.args.attack_conf) == ("gt", 0.25)  # a newer setting at its default
     assert (resumed.args.attack, resumed.args.steps, resumed.args.eps) == ("pgd", 2, 0.02)
     for k, v in resumed.stage.target.state_dict().items():
         assert torch.equal(v, target_at_start[k]), k

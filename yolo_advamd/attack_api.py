@@ -37,6 +37,7 @@ from yolo_advamd.attacks.objectives import (
     VanishObjective,
 )
 from yolo_advamd.attacks.settings import attack_settings
+from yolo_advamd.attacks.targets import predicted_targets
 from yolo_advamd.checkpoint import attack_copy, load_model, task_of
 from yolo_advamd.images import center_crop, iter_images, letterbox, to_image, to_tensor
 
@@ -284,7 +285,11 @@ def attack(
         x = to_tensor(image, next(victim.parameters()).device)
         if task == "classify":  # the classifier's resize and center crop; its top-1 (or the folder's class) as label
             preprocess = partial(center_crop, size=size)
-            targets = labels(path, image.shape) if labels else {"source": "predictions", "cls": [before.probs.top1]}
+            if labels:
+                targets = labels(path, image.shape)
+            else:
+                top1 = predicted_targets(victim, {"img": preprocess(x)})["cls"]
+                targets = {"source": "predictions", "cls": top1.tolist()}
             inner = ClassifierObjective(victim, torch.as_tensor(targets["cls"], device=x.device))
         else:  # detection and segmentation: the letterbox, boxes as targets (the detection terms of a seg loss)
             params = geometry.get_params({"img": image})
@@ -293,8 +298,12 @@ def attack(
                 targets = {"source": "none", "cls": np.zeros(0, int), "xyxy": np.zeros((0, 4), np.float32)}
                 inner = VanishObjective(victim)
             else:
-                targets = labels(path, image.shape) if labels else prediction_targets(before)
-                batch = target_batch(preprocess(x), targets, params)
+                if labels:
+                    targets = labels(path, image.shape)
+                    batch = target_batch(preprocess(x), targets, params)
+                else:  # its detections on the clean input, boxes only as data='s labels (a seg loss's detection terms)
+                    batch = predicted_targets(victim, {"img": preprocess(x)}, conf, iou)
+                    targets = original_targets(batch, params, image.shape)
                 inner = DetectionObjective(victim, batch, terms="cls" if objective == "cls" else "all")
         outcome = adversary(x, PreprocessedObjective(inner, preprocess))
         adv = to_image((x + outcome.delta).clamp(0, 1))
@@ -388,10 +397,15 @@ def predict(predictor, image: np.ndarray, path: str):
     return result
 
 
-def prediction_targets(results) -> dict:
-    """Return the model's own post-NMS detections as attack targets (pseudo-labels)."""
-    boxes = results.boxes
-    return {"source": "predictions", "cls": boxes.cls.cpu().numpy().astype(int), "xyxy": boxes.xyxy.cpu().numpy()}
+def original_targets(batch: dict, params: dict, shape: tuple) -> dict:
+    """Return a one-image batch's targets (the inverse of `target_batch`): classes, and boxes in the pixels of the
+    original image of `shape` (H, W, 3), as `AdversarialResult.targets` reports them."""
+    from ultralytics.utils.ops import scale_boxes, xywh2xyxy
+
+    h, w = batch["img"].shape[-2:]
+    xyxy = xywh2xyxy(batch["bboxes"] * batch["bboxes"].new_tensor([w, h, w, h]))
+    xyxy = scale_boxes((h, w), xyxy, shape[:2], ratio_pad=(params["ratio"], (params["left"], params["top"])))
+    return {"source": "predictions", "cls": batch["cls"].view(-1).long().cpu().numpy(), "xyxy": xyxy.cpu().numpy()}
 
 
 def target_batch(img: torch.Tensor, targets: dict, params: dict) -> dict:

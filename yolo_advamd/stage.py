@@ -13,7 +13,8 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.fgsm import FGSM
 from yolo_advamd.attacks.objectives import Objective, attack_batch, check_terms, objective_for
-from yolo_advamd.attacks.settings import is_number
+from yolo_advamd.attacks.settings import check_attack_labels, is_number
+from yolo_advamd.attacks.targets import attack_targets
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.nn.dual_bn import aux_bn
 from yolo_advamd.vulnerability import Vulnerability
@@ -41,10 +42,15 @@ class AttackStage:
     One implementation serves both uses: call it on a batch already on the device (a trainer, right after
     `preprocess_batch`), or wrap a dataloader's collate function with `wrap_collate`.
 
+    Targets: the attack pushes against the batch's ground truth (`attack_labels="gt"`, the paper's) or against the
+    attacked model's own predictions on x (`"pred"`: detections above `attack_conf` after NMS, a classifier's top-1;
+    see `attacks.targets`), which costs one no-grad forward and NMS per batch.
+
     Flip statistics: with `collect_stats=True` and a `vulnerability`, each call adds, for every ground-truth object,
     its true class, its benign class and its class after the attack (argmax of the per-object class logits) to the
-    `Vulnerability`. The attack result's `clean_logits` / `adv_logits` are used when the attack computed them at no
-    extra cost; a missing one costs one extra no-grad forward of the attacked model (on x or on `img_adv`).
+    `Vulnerability`, whatever the attack's targets. The attack result's `clean_logits` / `adv_logits` are used when
+    the attack computed them, on the ground truth, at no extra cost; a missing one costs one extra no-grad forward of
+    the attacked model (on x or on `img_adv`).
 
     Attributes:
         attack (Attack): The attack (FGSM, PGD, DeepFool, ...) that returns δ.
@@ -57,6 +63,8 @@ class AttackStage:
             "max" (a cls and a box attack, per image the stronger one; see `attack_batch`).
         collect_stats (bool): Whether calls feed `vulnerability` (switch on for calibration and Ā refresh only).
         attack_aux_bn (bool): Whether the current model is attacked through its auxiliary BNs (Det-AdvProp).
+        attack_labels (str): "gt" or "pred", the attack's targets.
+        attack_conf (float): Confidence above which a prediction is a target with `attack_labels="pred"`.
 
     Examples:
         >>> stage = AttackStage(build_attack("fgsm", eps=0.01), DEFAULT_PHI["fgsm"], "target", model=model)
@@ -74,6 +82,8 @@ class AttackStage:
         terms: str = "all",
         collect_stats: bool = False,
         attack_aux_bn: bool = False,
+        attack_labels: str = "gt",
+        attack_conf: float = 0.25,
     ):
         """Set up the stage; in "target" mode without `target`, freeze a copy of `model` now.
 
@@ -89,6 +99,8 @@ class AttackStage:
             collect_stats (bool): Feed flip statistics to `vulnerability` on each call.
             attack_aux_bn (bool): Attack the current model through its auxiliary BNs (AdvProp's and Det-AdvProp's Algorithm 1:
                 adversarial examples are made with the auxiliary BN, the one their loss trains).
+            attack_labels (str): "gt" (the ground truth) or "pred" (the attacked model's predictions on clean images).
+            attack_conf (float): Confidence in (0, 1) above which a prediction is a target with `attack_labels="pred"`.
         """
         if attack_model not in ATTACK_MODELS:
             raise ValueError(
@@ -97,6 +109,7 @@ class AttackStage:
             )
         check_phi(phi)
         check_terms(terms)
+        attack_labels = check_attack_labels(attack_labels, attack_conf)
         if attack_model == "target" and target is None:
             if model is None:
                 raise ValueError("attack_model='target' needs model= (to freeze a copy of) or target= (a frozen copy)")
@@ -115,6 +128,8 @@ class AttackStage:
         self.terms = terms
         self.collect_stats = collect_stats
         self.attack_aux_bn = attack_aux_bn
+        self.attack_labels = attack_labels
+        self.attack_conf = float(attack_conf)
 
     def attacked(self, model: nn.Module | None = None) -> nn.Module:
         """Return the model to attack: the target copy, or the current model (`model`, else the held reference)."""
@@ -133,10 +148,12 @@ class AttackStage:
 
         The current model's training loss at the clean images, in train mode, is this stage's objective (Ultralytics
         assigns anchors from detached predictions, so its input gradient is the fixed-assignment one), and FGSM
-        only needs its sign: pass that gradient as `stage(batch, grad=...)` and the attack costs nothing.
+        only needs its sign: pass that gradient as `stage(batch, grad=...)` and the attack costs nothing. Not with
+        `attack_labels="pred"`: the training loss is on the ground truth, the attack on the predictions.
         """
         return (
             self.attack_model == "current"
+            and self.attack_labels == "gt"
             and not self.attack_aux_bn
             and isinstance(self.attack, FGSM)
             and not self.attack.random_start
@@ -165,25 +182,28 @@ class AttackStage:
         out = dict(batch)
         with aux_bn(attacked) if self.attack_aux_bn else contextlib.nullcontext():  # flips counted through that BN too
             if grad is None:
-                result, objective = attack_batch(self.attack, attacked, batch, self.terms)
+                targets = attack_targets(attacked, batch, self.attack_labels, self.attack_conf)
+                result, objective = attack_batch(self.attack, attacked, targets, self.terms)
             else:
                 objective = objective_for(attacked, batch, self.terms)
                 result = self.attack.step(img, grad.float())
             out["img_adv"] = result.adv.detach().to(img.dtype)  # clip(x + delta)
             out["img_med"] = (img + self.phi * result.delta.detach().to(img.dtype)).clamp_(*self.attack.clip)
-            if self.collect_stats:
+            if self.collect_stats and self.attack_labels == "pred":  # flips count against the ground truth
+                self.update_stats(objective_for(attacked, batch), img, out["img_adv"])
+            elif self.collect_stats:
                 self.update_stats(objective, img, out["img_adv"], result)
         return out
 
     @torch.no_grad()
     def update_stats(
-        self, objective: Objective, img: torch.Tensor, adv: torch.Tensor, result: AttackResult
+        self, objective: Objective, img: torch.Tensor, adv: torch.Tensor, result: AttackResult | None = None
     ) -> None:
-        """Add the batch's flips to `vulnerability`, reusing the attack's logits and computing only missing ones."""
+        """Add the batch's flips to `vulnerability`: the objects of `objective` (the ground truth), reusing the logits
+        of the attack's `result` (made on that objective) and computing only missing ones."""
         if self.vulnerability is None:
             raise ValueError("collect_stats=True needs stage.vulnerability = Vulnerability(nc) for the statistics")
-        clean_logits = result.clean_logits
-        adv_logits = result.adv_logits
+        clean_logits, adv_logits = (result.clean_logits, result.adv_logits) if result else (None, None)
         if clean_logits is None or adv_logits is None:
             with objective.frozen():
                 clean_logits = objective.object_logits(img) if clean_logits is None else clean_logits

@@ -83,6 +83,8 @@ class AdvAmdMixin:
             if overrides.get("data"):
                 overrides["data"] = data
         super().__init__({**defaults, **cfg2dict(cfg)}, overrides, _callbacks)
+        for key, value in advamd_defaults(self.args.method).items():  # resumed from before a setting existed
+            vars(self.args).setdefault(key, value)
         check_advamd_cfg(vars(self.args))  # resolves per-attack defaults in place, saved with train_args
         if self.args.attack_model == "auto":
             self.args.attack_model = "target" if str(self.args.model).endswith(".pt") else "current"
@@ -164,6 +166,8 @@ class AdvAmdMixin:
             vulnerability=self.vulnerability,
             terms=args.attack_terms,
             attack_aux_bn=args.method == "detadvprop" and args.attack_model == "current",  # Det-AdvProp's Algorithm 1
+            attack_labels=args.attack_labels,
+            attack_conf=args.attack_conf,
         )
         self.guard = ViewGuard(model)  # view batches pick their BN; a non-finite view leaves BN statistics alone
         if state.get("vulnerability") is not None:

@@ -4,7 +4,8 @@ Every evaluation runs the task's own Ultralytics validator (dataloader, letterbo
 through a subclass (`VALIDATORS`: detection, segmentation, classification) whose `preprocess` replaces each batch's
 images by their adversarial version (`AdversarialValidation`), attacked white-box on the device against an fp32,
 eval-mode copy of the model under test (or, in the transfer setting, of `attack_model`), with the model's own loss
-on the ground truth as the objective (for segmentation the full seg loss, for classification the cross-entropy).
+on the ground truth as the objective (for segmentation the full seg loss, for classification the cross-entropy), or
+with `attack_labels=pred` on the attacked model's own predictions (`attacks.targets`); scores stay on the ground truth.
 Detection adds COCO scoring: `eval_json` scores `save_json` predictions with pycocotools (Ultralytics 8.4 uses
 faster-coco-eval, which it would try to pip-install), so nothing is ever installed.
 
@@ -48,7 +49,8 @@ from ultralytics.utils.torch_utils import select_device
 
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import attack_batch, check_terms
-from yolo_advamd.attacks.settings import attack_settings, parse_eps
+from yolo_advamd.attacks.settings import attack_settings, check_attack_labels, parse_eps
+from yolo_advamd.attacks.targets import attack_targets
 from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
 from yolo_advamd.corruptions import (
     MPC,
@@ -94,6 +96,9 @@ class AdversarialValidation:
         terms (str): The attacked part of the loss: "all", "cls", "box" (box + dfl) or "max" (the stronger of a cls and
             a box attack, per image); a classifier's is its cross-entropy.
         images (Path | None): The images to score instead of the split's (`corrupted_sets`), or None.
+        attack_labels (str): The attack's targets: "gt" (the batch's ground truth) or "pred" (the attacked model's
+            predictions on the clean images).
+        attack_conf (float): Confidence above which a prediction is a target with `attack_labels="pred"`.
 
     Examples:
         >>> v = AdvDetectionValidator(args=dict(data="coco.yaml"), attack=build_attack("fgsm", eps=0.01),
@@ -102,12 +107,14 @@ class AdversarialValidation:
     """
 
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, attack=None,
-                 attack_model: nn.Module | None = None, terms: str = "all", images: Path | None = None):  # fmt: skip
+                 attack_model: nn.Module | None = None, terms: str = "all", attack_labels: str = "gt",
+                 attack_conf: float = 0.25, images: Path | None = None):  # fmt: skip
         """Initialize the validator; see the class attributes for the AdvAmd arguments."""
         super().__init__(dataloader, save_dir, args, _callbacks)
         if attack is not None and attack_model is None:
             raise ValueError("an attack needs attack_model=: the fp32 eval-mode model whose gradients it follows")
         self.attack, self.attack_model, self.terms, self.images = attack, attack_model, terms, images
+        self.attack_labels, self.attack_conf = check_attack_labels(attack_labels, attack_conf), attack_conf
 
     def get_dataloader(self, dataset_path, batch_size: int):
         """Return Ultralytics' val dataloader, on `images` instead of the split's when given."""
@@ -130,8 +137,13 @@ class AdversarialValidation:
         with torch.inference_mode(False), torch.enable_grad():
             clean = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             clean["img"] = clean["img"].float()
-            result, _ = attack_batch(self.attack, self.attack_model, clean, self.terms)
+            result, _ = attack_batch(self.attack, self.attack_model, self.targets(clean), self.terms)
             return (clean["img"] + result.delta.detach()).clamp_(*self.attack.clip)
+
+    def targets(self, batch: dict) -> dict:
+        """Return the batch the attack takes its targets from: `batch` (ground truth) or the attacked model's
+        predictions on its images (`attack_labels`)."""
+        return attack_targets(self.attack_model, batch, self.attack_labels, self.attack_conf)
 
 
 class AdvSegmentationValidator(AdversarialValidation, SegmentationValidator):
@@ -346,6 +358,8 @@ def validate_advamd(
     step_size: float | None = None,
     random_start: bool | None = None,
     attack_terms: str = "all",
+    attack_labels: str = "gt",
+    attack_conf: float = 0.25,
     seed: int = 0,
     corruptions: str | list[str] | None = None,
     severities: str | list[int] = SEVERITIES,
@@ -384,6 +398,9 @@ def validate_advamd(
         random_start (bool | None): Start from a random point of the ε-ball; True for pgd only when None.
         attack_terms (str): The attacked part of the detection loss: `all` (box + cls + dfl), `cls`, `box` (box + dfl)
             or `max` (the stronger of a cls and a box attack, per image).
+        attack_labels (str): The attacks' targets: `gt` (the ground truth) or `pred` (the attacked model's own
+            predictions on the clean images: detections above `attack_conf` after NMS, a classifier's top-1).
+        attack_conf (float): Confidence in (0, 1) above which a prediction is a target with `attack_labels=pred`.
         seed (int): Seed of the attacks' randomness.
         corruptions (str | list[str] | None): Also score each model under common corruptions (COCO-C protocol):
             `common` (the benchmark's 15), `all` (with the 4 held-out ones) or names, comma-separated or a list; the
@@ -404,6 +421,7 @@ def validate_advamd(
     attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start, "seed": seed}
     build_attacks(attacks, eps, **attack_kwargs)  # every setting checked before any work
     corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)
+    attack_labels = check_attack_labels(attack_labels, attack_conf)
     check_dict_alignment(DEFAULT_CFG_DICT, overrides)  # Ultralytics' own check: SyntaxError with suggestions
     for key, m in (("model", model), ("baseline", baseline), ("attack_model", attack_model)):
         if m is not None and not isinstance(m, nn.Module):
@@ -426,8 +444,9 @@ def validate_advamd(
         net, label, train_args = attacker
         transfer = (attack_copy(net, train_args, dev), f"{label} (transfer)")
     settings = {"data": str(data), "attacks": attacks, "eps": eps, **attack_kwargs, "attack_terms": attack_terms,
-                "attack_model": transfer and transfer[1], "corruptions": corruptions, "severities": severities,
-                "batch": batch, "imgsz": imgsz, **overrides}  # fmt: skip
+                "attack_labels": attack_labels, "attack_conf": attack_conf, "attack_model": transfer and transfer[1],
+                "corruptions": corruptions, "severities": severities, "batch": batch, "imgsz": imgsz,
+                **overrides}  # fmt: skip
     sets = corrupted_sets(val_split, corruptions, severities) if corruptions else {}
     val_args = {**overrides, "data": data, "imgsz": imgsz, "batch": batch, "device": device, "save_json": save_json,
                 "plots": overrides.get("plots", False), "mode": "val"}  # fmt: skip
@@ -450,6 +469,8 @@ def validate_advamd(
                 attack_model=victim,
                 terms=attack_terms,
                 images=images,
+                attack_labels=attack_labels,
+                attack_conf=attack_conf,
                 **({"adv_dir": run_dir / "adversarial"} if save_adv and attack is not None else {}),
             )
             row["stats"][column] = {k: float(v) for k, v in validator(model=net).items()}

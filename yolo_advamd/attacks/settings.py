@@ -9,6 +9,8 @@ Rules:
     - `steps`: a whole number >= 1; default per attack (`DEFAULT_STEPS`); FGSM is exactly one step.
     - `step_size`: a number > 0, or None for the attack's default; DeepFool computes its own.
     - `random_start`: True for PGD, False otherwise, by default; DeepFool starts at the clean images.
+    - `attack_labels`: "gt" (the ground truth) or "pred" (the attacked model's own predictions, `attacks.targets`);
+      `attack_conf`, the confidence above which a prediction is a target, in (0, 1).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 
 ATTACK_NAMES = ("fgsm", "pgd", "deepfool")
 DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 5}  # a DeepFool step costs ~(candidates - 1) input backwards
+ATTACK_LABELS = ("gt", "pred")
 
 
 def is_number(x) -> bool:
@@ -81,6 +84,18 @@ def check_step_size(step_size) -> float | None:
     if not is_number(step_size) or step_size <= 0:
         raise ValueError(f"step_size={step_size} must be > 0, or empty for the attack's default")
     return float(step_size)
+
+
+def check_attack_labels(labels, conf) -> str:
+    """Return `attack_labels` normalized if it and `attack_conf` are valid, else raise naming the key and the fix."""
+    name = str(labels).lower()
+    if name not in ATTACK_LABELS:
+        raise ValueError(f"attack_labels={labels} is not valid: choose gt (the ground truth, the paper's) or pred (the "
+                         "attacked model's own predictions on the clean images)")  # fmt: skip
+    if not is_number(conf) or not 0 < conf < 1:
+        raise ValueError(f"attack_conf={conf} is outside (0, 1): it is the confidence above which a prediction is an "
+                         "attack target with attack_labels=pred, e.g. attack_conf=0.25")  # fmt: skip
+    return name
 
 
 def attack_settings(

@@ -11,7 +11,7 @@ from ultralytics.cfg import merge_equals_args, parse_key_value_pair
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML
 
 from yolo_advamd.attacks.objectives import ATTACK_TERMS
-from yolo_advamd.attacks.settings import attack_settings, is_number
+from yolo_advamd.attacks.settings import attack_settings, check_attack_labels, is_number
 from yolo_advamd.stage import ATTACK_MODELS, DEFAULT_PHI, check_phi
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
@@ -115,6 +115,7 @@ def check_advamd_cfg(cfg: dict) -> dict:
             raise ValueError(f"{key}={cfg[key]} is not valid: choose one of {', '.join(map(str, choices))}")
     attack = {k: cfg[k] for k in ("attack", "eps", "norm", "steps", "step_size", "random_start")}
     cfg.update(attack_settings(**attack))  # eps parsed (8/255 too) and checked, per-attack steps and random start
+    cfg["attack_labels"] = check_attack_labels(cfg["attack_labels"], cfg["attack_conf"])
     if cfg["phi"] is None:
         cfg["phi"] = DEFAULT_PHI[cfg["attack"]]
     check_phi(cfg["phi"])
