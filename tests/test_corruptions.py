@@ -190,12 +190,14 @@ def test_mpc_averages_the_common_corruptions_and_leaves_held_out_ones_out():
 
 
 def bad_data(tmp_path: Path, digits, case: str) -> Path:
-    """A copy of the digits data YAML whose val folder holds no image (`no-val`) or one 20 px image (`small`)."""
+    """A copy of the digits data YAML whose test folder holds no image (`no-test`; an empty val split is refused for
+    every validation, `data.resolve_dataset`) or whose val folder holds one 20 px image (`small`)."""
     cfg = yaml.safe_load(Path(digits["data"]).read_text())
-    (tmp_path / "val" / "images").mkdir(parents=True)
+    split = "test" if case == "no-test" else "val"
+    (tmp_path / split / "images").mkdir(parents=True)
     if case == "small":
         cv2.imwrite(str(tmp_path / "val" / "images" / "a.png"), np.full((20, 20, 3), 128, np.uint8))
-    cfg["val"] = str(tmp_path / "val" / "images")
+    cfg[split] = str(tmp_path / split / "images")
     (tmp_path / f"{case}.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / f"{case}.yaml"
 
@@ -207,12 +209,13 @@ def bad_data(tmp_path: Path, digits, case: str) -> Path:
                                   r"gaussian_noise, shot_noise"),
         ({"corruptions": "fog", "severities": "0,1"}, r"severities=0,1 has 0: severities are whole numbers 1 to 5"),
         ({"corruptions": "fog", "severities": 6}, r"severities=6 has 6"),
-        ({"corruptions": "fog", "data": "no-val"}, r"corruptions= corrupts the val images and data=.* has none"),
+        ({"corruptions": "fog", "data": "no-test", "split": "test"}, r"corruptions= corrupts the test images and "
+                                                                    r"data=.* has none"),
         ({"corruptions": "fog", "data": "small"}, r"corruptions= needs images of at least 32 px .*/a.png is 20x20: use larger"),
     ],
 )
 def test_bad_corruption_settings_are_refused_before_any_work(digits, cache, tmp_path, kwargs, match):
-    if kwargs.get("data") in {"no-val", "small"}:
+    if kwargs.get("data") in {"no-test", "small"}:
         kwargs["data"] = str(bad_data(tmp_path, digits, kwargs["data"]))
     kwargs = {"data": str(digits["data"]), "attacks": "", "imgsz": 64, **kwargs}
     with pytest.raises(ValueError, match=match):
