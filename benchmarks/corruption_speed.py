@@ -1,4 +1,4 @@
-"""Cost of the corruption benchmark (`val_advamd.py corruptions=`), against stock Ultralytics validation, in one process.
+"""Cost of the corruption benchmark (`val_advamd.py corruptions=`) against stock Ultralytics validation, one process.
 
 1. Per corruption, at each image size (digits-det scenes built at that size): the mean time to corrupt one image over
    severities 1-5 (`corrupt_image`, the package's function with our seeding; one process), and its ratio to the time
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -118,28 +119,37 @@ def elastic_displacement(sizes: list[int], seeds: int = 8) -> None:
 
 
 def wall_time(model: str, names: list[str], severities: list[int], imgsz: int) -> None:
-    """Print the wall time of building and validating the corrupted sets of digits-det val against a clean validation."""
+    """Print the wall time of building and validating digits-det val's corrupted sets against a clean validation."""
     data = resolve_dataset("data/digits-det.yaml")  # the user's cache: built once
     with tempfile.TemporaryDirectory() as tmp:
         common = {"attacks": "", "imgsz": imgsz, "project": tmp, "exist_ok": True, "verbose": False}
-        validate_advamd(model, data, name="warmup", **common)
-        t = time.perf_counter()
-        validate_advamd(model, data, name="clean", **common)
-        clean = time.perf_counter() - t
+
+        def clean_seconds() -> float:
+            """Time one clean validation."""
+            t = time.perf_counter()
+            validate_advamd(model, data, name="clean", **common)
+            return time.perf_counter() - t
+
+        clean_seconds()  # warm-up
+        cleans = [clean_seconds()]
         os.environ["YOLO_ADVAMD_DATA"] = str(Path(tmp) / "cache")  # a cold cache for the corrupted sets
         split = corruption_split(data, "detect")
         t = time.perf_counter()
         corrupted_sets(split, names, severities)
         build = time.perf_counter() - t
+        cleans.append(clean_seconds())
         t = time.perf_counter()
         out = validate_advamd(model, data, name="corrupted", corruptions=names, severities=severities, **common)
         validate = time.perf_counter() - t
+        cleans.append(clean_seconds())
+    clean = statistics.median(cleans)  # before, between and after: a load spike on the shared cores moves one only
     n, sets = len(split.images), len(names) * len(severities)
     print(f"\nWall time on digits-det val ({n} images, {imgsz} px), {os.cpu_count()} cores, {model}:\n")
     print("| what | s | × one clean validation |\n|---|---|---|")
-    for what, seconds in (("one clean validation (stock Ultralytics inside validate_advamd)", clean),
+    for what, seconds in ((f"one clean validation (median of {', '.join(f'{c:.1f}' for c in cleans)} s)", clean),
                           (f"building the {sets} corrupted sets (cold cache, {n * sets} images)", build),
                           (f"validating clean + the {sets} sets (warm cache)", validate),
+                          ("  of which one validation, on average", validate / (sets + 1)),
                           ("total, cold cache", build + validate)):  # fmt: skip
         print(f"| {what} | {seconds:.1f} | {seconds / clean:.1f} |")
     print(f"\nmPC {100 * out['rows'][0]['stats']['mPC']['metrics/mAP50-95(B)']:.2f}, "
