@@ -802,8 +802,7 @@ def recommend(records: list[dict]) -> tuple[str, str, str] | None:
     over 3 seeds on benign mAP *or* on mPC (the corruption benchmark's mean over corruptions and severities), with no
     loss beyond the spread on the other (its mean Δ not more than one standard deviation below 0).
 
-    1. A lift (mean Δ benign more than one standard deviation above 0 over at least 3 seeds): the largest mean Δ
-       benign among the methods with one.
+    1. A lift (`lift`): the largest mean Δ among the methods with one, on benign mAP or on mPC.
     2. Otherwise robustness at the least benign cost: among the methods whose mean Δ FGSM is above 0 (robustness
        gained against the vanilla run, at the ε they trained with), the largest mean Δ benign, preferring methods
        measured over 3 seeds; ties by the larger Δ FGSM.
@@ -811,23 +810,40 @@ def recommend(records: list[dict]) -> tuple[str, str, str] | None:
     Returns:
         (tuple | None): (arm, method, the reason in words), or None before any study run is recorded.
     """
-    rows = []
+    rows, lifts = [], []
     for arm, a in study_arms(records).items():
         for label in a["methods"]:
             if (d := deltas(records, arm, label))["benign"]:
                 b, f = d["benign"], d["fgsm"]
-                sd = statistics.stdev(b) if len(b) > 1 else None
-                rows.append((arm, label, len(b), statistics.mean(b), sd, statistics.mean(f) if f else float("nan")))
-    lifts = [r for r in rows if r[2] >= 3 and r[4] is not None and r[3] > r[4]]
+                rows.append((arm, label, len(b), statistics.mean(b), statistics.mean(f) if f else float("nan")))
+                lifts += [(statistics.mean(d[k]), arm, label, why) for k in ("benign", "mpc") if (why := lift(d, k))]
     if lifts:
-        arm, label, n, mean, sd, _ = max(lifts, key=lambda r: r[3])
-        return arm, label, f"a benign lift of {mean:+.2f} ± {sd:.2f} over {n} seeds, the largest measured"
-    robust = [r for r in rows if r[5] > 0]
+        _, arm, label, why = max(lifts)
+        return arm, label, why
+    robust = [r for r in rows if r[4] > 0]
     if not robust:
         return None
-    arm, label, n, mean, _, fgsm = max(robust, key=lambda r: (r[2] >= 3, r[3], r[5]))
+    arm, label, n, mean, fgsm = max(robust, key=lambda r: (r[2] >= 3, r[3], r[4]))
     return arm, label, (f"no lift anywhere yet; of the methods that gain robustness (Δ FGSM > 0) it has the best Δ "
                         f"benign: {mean:+.2f}, Δ FGSM {fgsm:+.2f} over {n} seed(s)")  # fmt: skip
+
+
+def lift(d: dict, key: str) -> str:
+    """Say whether the per-seed Δ `d[key]` (`benign` or `mpc`) is a lift by the round-2 rule, in words, or "": a mean
+    more than one standard deviation above 0 over at least 3 seeds, with the other's mean Δ not more than one standard
+    deviation below 0 (where it is measured over 2 seeds or more)."""
+    v, other = d[key], d["mpc" if key == "benign" else "benign"]
+    if len(v) < 3 or statistics.mean(v) <= statistics.stdev(v):
+        return ""
+    name, other_name = {"benign": ("a benign", "mPC"), "mpc": ("an mPC", "benign")}[key]
+    if len(other) < 2:
+        checked = f"{other_name} not measured over 2 seeds"
+    elif (mo := statistics.mean(other)) < -(so := statistics.stdev(other)):
+        return ""
+    else:
+        checked = f"{other_name} {mo:+.2f} ± {so:.2f}"
+    return (f"{name} lift of {statistics.mean(v):+.2f} ± {statistics.stdev(v):.2f} over {len(v)} seeds, the largest "
+            f"measured ({checked})")
 
 
 def tasks_section(records: list[dict]) -> list[str]:

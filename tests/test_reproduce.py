@@ -397,3 +397,22 @@ def test_recommendation_follows_the_fixed_rule_and_writes_a_loadable_hyp(files):
     hyp = reproduce.RECOMMENDED.read_text()
     assert hyp.startswith("# Recommended by benchmarks/reproduce.py") and "method: advtrain" in hyp
     assert resolve_advamd_cfg({"hyp": str(reproduce.RECOMMENDED)})["method"] == "advtrain"  # a valid hyp file
+
+
+def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other(files):
+    """A lift on benign or on mPC (the corruption benchmark), over 3 seeds, never bought with a loss beyond the spread
+    on the other; the largest mean Δ wins."""
+
+    def run(name, seed, benign, mpc):
+        reproduce.record({"profile": "retrain", "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": 0.01,
+                          "attack": "fgsm", "train_seconds": 10, "map": {"benign": benign, "fgsm eps=0.01": 40.0},
+                          "corruption": {"mPC": mpc, "rPC": mpc / benign}})  # fmt: skip
+
+    for seed, (a, b, c) in enumerate(((0.9, 1.9, -0.15), (1.1, 2.1, 0.05), (1.0, 2.0, -0.05))):
+        run("vanilla", seed, 80.0, 50.0)
+        run("advtrain", seed, 80.0 + 3 * a, 50.0 - b)  # benign +3.0 ± 0.3, but mPC -2.0 ± 0.1: no lift
+        run("advamd", seed, 80.0 + c, 50.0 + b)  # mPC +2.0 ± 0.1 at benign -0.05 ± 0.10 (within the spread): a lift
+    arm, label, why = reproduce.recommend(reproduce.load())
+    assert (arm, label) == ("retrain", "advamd")
+    assert why == "an mPC lift of +2.00 ± 0.10 over 3 seeds, the largest measured (benign -0.05 ± 0.10)"
+    assert reproduce.lift(reproduce.deltas(reproduce.load(), "retrain", "advtrain"), "benign") == ""
