@@ -28,10 +28,10 @@ DEFAULTS = {"attack_model": "docs/results/targets/full.pt", "data": "data/digits
 class ShiftedLabelValidator(validate.AdvDetectionValidator):
     """Attack with every target's class replaced by the next one; validate against the true labels."""
 
-    def targets(self, batch: dict) -> dict:
+    def attack_targets_of(self, batch: dict) -> dict:
         """Return the attack's targets (the true labels, or with `attack_labels=pred` the attacked model's
         predictions), each object moved to the next class."""
-        targets = super().targets(batch)
+        targets = super().attack_targets_of(batch)
         return {**targets, "cls": (targets["cls"] + 1) % len(self.data["names"])}
 
 

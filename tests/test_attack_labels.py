@@ -206,13 +206,16 @@ def test_training_with_pred_targets_runs_for_every_task(tmp_path, monkeypatch, t
     assert (trainer.save_dir / "weights" / "last.pt").is_file() and torch.isfinite(trainer.abar).all()
 
 
-def test_validation_attacks_the_predictions_of_the_attacked_model(digits, tmp_path):
+@pytest.mark.parametrize("task", ["detect", "classify"])
+def test_validation_attacks_the_predictions_of_the_attacked_model(digits, fitted_tasks, tmp_path, task):
     """With attack_labels=pred the validator's adversarial images are the attack on the model's predictions."""
-    from yolo_advamd.validate import AdvDetectionValidator
+    from yolo_advamd.validate import VALIDATORS
 
-    model, batch = victim(digits["stock"]), val_batch(digits["data"])
+    d = {"detect": {**digits, "ckpt": digits["stock"], "imgsz": 64}, "classify": fitted_tasks["classify"]}[task]
+    model = victim(d["ckpt"])
+    batch = val_batch(d["data"]) if task == "detect" else folder_batch(d["data"])
     for labels, targets in (("gt", batch), ("pred", predicted_targets(model, batch, 0.5))):
-        validator = AdvDetectionValidator(save_dir=tmp_path, args={"data": str(digits["data"]), "imgsz": 64},
+        validator = VALIDATORS[task](save_dir=tmp_path, args={"data": str(d["data"]), "imgsz": d["imgsz"]},
                                           attack=build_attack("fgsm", eps=EPS), attack_model=model,
                                           attack_labels=labels, attack_conf=0.5)  # fmt: skip
         expected = build_attack("fgsm", eps=EPS)(batch["img"], objective_for(model, targets))

@@ -137,10 +137,10 @@ class AdversarialValidation:
         with torch.inference_mode(False), torch.enable_grad():
             clean = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             clean["img"] = clean["img"].float()
-            result, _ = attack_batch(self.attack, self.attack_model, self.targets(clean), self.terms)
+            result, _ = attack_batch(self.attack, self.attack_model, self.attack_targets_of(clean), self.terms)
             return (clean["img"] + result.delta.detach()).clamp_(*self.attack.clip)
 
-    def targets(self, batch: dict) -> dict:
+    def attack_targets_of(self, batch: dict) -> dict:
         """Return the batch the attack takes its targets from: `batch` (ground truth) or the attacked model's
         predictions on its images (`attack_labels`)."""
         return attack_targets(self.attack_model, batch, self.attack_labels, self.attack_conf)
