@@ -374,7 +374,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         if method in by and "pgd" in by:
             ratio = by[method]["time"] / by["pgd"]["time"]
             print(f"{method}: {ratio:.2f}x the AdvAmd-PGD step with as many attack steps (issue 29 target: "
-                  f"<= {DEEPFOOL_TARGET:.0f}x).")    if "fgsm" in by and "fgsm-max" in by:
+                  f"<= {DEEPFOOL_TARGET:.0f}x).")
+    if "fgsm" in by and "fgsm-max" in by:
         ratio = by["fgsm-max"]["parts"]["attack"] / by["fgsm"]["parts"]["attack"]
         print(f"attack_terms=max: its attack part costs {ratio:.2f} FGSM attacks (a cls and a box attack, then one "
               "forward of each result to keep the stronger per image).")

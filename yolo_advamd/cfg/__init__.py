@@ -97,8 +97,7 @@ def check_advamd_cfg(cfg: dict) -> dict:
     """Validate AdvAmd settings before any work and fill the per-attack defaults (steps, phi, random_start).
 
     The attack's own settings (eps, also as a fraction such as 8/255, norm, steps, step size, random start, DeepFool's
-    variant) are
-    resolved by `yolo_advamd.attacks.settings.attack_settings`, as in validation and the attack API.
+    variant) are resolved by `yolo_advamd.attacks.settings.attack_settings`, as in validation and the attack API.
 
     Args:
         cfg (dict): Settings holding at least every AdvAmd key (other keys are ignored).
