@@ -124,15 +124,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=("detector", "classifier", "crowded80"),
                         default=["detector", "classifier", "crowded80"], help="models to measure")  # fmt: skip
+    parser.add_argument("--cache", default=None, help="keep the data and fitted models here (default: a temp dir)")
     args = parser.parse_args()
     use_all_cores()
     with tempfile.TemporaryDirectory(prefix="advamd-deepfool-") as tmp:
-        base = Path(tmp)
+        base = Path(args.cache or tmp)
         rows, failed = [], []
-        for name, setup in setups(base, args.models).items():
+        for name in args.models:
+            setup = setups(base, [name])[name]
             print(f"Measuring {name} ...", flush=True)
-            results = {v: strength(setup, v, base / name) for v in DEEPFOOL_VARIANTS}
+            results = {v: strength(setup, v, Path(tmp) / name) for v in DEEPFOOL_VARIANTS}
             rows += [(name, v, r) for v, r in results.items()]
+            print(f"{name}: {results}", flush=True)
             if misses := verdict(results["fast"], results["exact"]):
                 failed.append(f"{name}: {', '.join(misses)}")
     e1, e2 = (f"{e:.4g}" for e in EPS)

@@ -33,8 +33,8 @@ Examples:
     $ python benchmarks/train_step.py --steps 5 --warmup 1 --methods stock fgsm fgsm-current
     $ python benchmarks/train_step.py --objects 20 --nc 80 --methods stock pgd deepfool deepfool-exact  # crowded scenes
 
-With `--objects N --nc C` the data are 64 synthetic scenes of N objects of C classes (`benchmarks/scenes.py`) instead
-of `--data`, and the starting checkpoint trains on all of them.
+With `--objects N --nc C` the data are synthetic scenes of N objects of C classes (`benchmarks/scenes.py`, one batch
+per step) instead of `--data`, and the starting checkpoint trains on all of them.
 """
 
 from __future__ import annotations
@@ -298,20 +298,23 @@ def worker(method: str, args: argparse.Namespace) -> dict:
 
 
 def make_checkpoint(args: argparse.Namespace) -> str:
-    """Train yolov8n for one vanilla epoch on 5% of the dataset into `args.project`; return its last.pt."""
+    """Train yolov8n for one vanilla epoch on 5% of the dataset (all synthetic scenes) into `args.project`; return
+    its last.pt."""
     import yolo_advamd  # noqa: F401
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     from yolo_advamd.cli import use_all_cores
 
     use_all_cores()
+    fraction = 1.0 if args.objects else 0.05
+    print(f"Training the starting checkpoint (1 epoch, fraction={fraction}) ...", flush=True)
     overrides = {
         "model": args.model,
         "data": args.data,
         "imgsz": args.imgsz,
         "batch": args.batch,
         "epochs": 1,
-        "fraction": 1.0 if args.objects else 0.05,
+        "fraction": fraction,
         "plots": False,
         "val": False,
         "workers": 0,
@@ -422,10 +425,10 @@ def main() -> None:
         if args.objects:
             from scenes import crowded_scenes
 
-            args.data = str(crowded_scenes(Path(tmp) / "scenes", 64, args.imgsz, args.nc, args.objects))
+            n = args.batch * (args.warmup + args.steps)  # one batch per step
+            args.data = str(crowded_scenes(Path(tmp) / "scenes", n, args.imgsz, args.nc, args.objects))
         args.data = str(resolve_dataset(args.data))
         if args.checkpoint is None:
-            print("Training the starting checkpoint (1 epoch, fraction=0.05) ...", flush=True)
             args.checkpoint = make_checkpoint(args)
         results = []
         for method in args.methods:

@@ -20,7 +20,7 @@ import math
 ATTACK_NAMES = ("fgsm", "pgd", "deepfool")
 DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 5}
 DEEPFOOL_VARIANTS = ("fast", "exact")  # the first is the default (see yolo_advamd/attacks/deepfool.py)
-DEFAULT_CANDIDATES = {"fast": 4, "exact": 10}  # DeepFool's classes per object, the true one included
+DEFAULT_CANDIDATES = {"fast": 5, "exact": 10}  # DeepFool's classes per object, the true one included
 
 
 def is_number(x) -> bool:
