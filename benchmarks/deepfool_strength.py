@@ -25,8 +25,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 import tempfile
 import time
@@ -90,10 +88,9 @@ def strength(setup: dict, variant: str, base: Path) -> dict:
             adv = (batch["img"] + result.delta.clamp(-eps, eps)).clamp(0, 1)
             flipped = objective.object_logits(adv).argmax(1) != objective.labels
             flips[eps] = float((flipped & clean).sum() / clean.sum().clamp(min=1))
-    with contextlib.redirect_stdout(io.StringIO()):
-        table = validate_advamd(setup["ckpt"], str(setup["data"]), attacks="deepfool", eps=list(EPS), deepfool=variant,
-                                imgsz=setup["imgsz"], batch=16, device="cpu", project=str(base / "val"), name=variant,
-                                plots=False, verbose=False)  # fmt: skip
+    table = validate_advamd(setup["ckpt"], str(setup["data"]), attacks="deepfool", eps=list(EPS), deepfool=variant,
+                            imgsz=setup["imgsz"], batch=16, device="cpu", project=str(base / "val"), name=variant,
+                            plots=False, verbose=False)  # fmt: skip
     key = next(iter(TABLE_METRICS[table["task"]].values()))  # mAP50-95, or top-1 accuracy
     stats = table["rows"][0]["stats"]
     return {
