@@ -4,10 +4,14 @@ For yolov8n at each image size (batch 16 by default, synthetic images and boxes)
 stock training step (forward + backward through `DetectionModel.loss`), FGSM, PGD-3, PGD-10 and DeepFool, and each
 as a ratio to the stock step. FGSM costs one forward and one input-only backward pass: about 0.7 of a stock step.
 DeepFool attacks objects whose labels are the model's own predictions (all correct at the start, the costly case)
-and runs a fixed number of steps: each step costs one forward and (candidates - 1) * objects-per-image backward passes.
+and runs a fixed number of steps, in each variant: `fast` (each step one forward and one backward pass), `exact`
+(each step one forward and (candidates - 1) * objects-per-image backward passes), and the exact one with its
+backward passes batched (`torch.autograd.grad(..., is_grads_batched=True)`, vmap over the backward, in chunks of
+`--vjp-chunk` vector-Jacobian products): the same FLOPs, vectorized.
 
 Examples:
     $ python benchmarks/attack_speed.py --imgsz 160 320 --batch 16 --repeats 3
+    $ python benchmarks/attack_speed.py --imgsz 160 --nc 80 --objects 20 --repeats 1   # about a COCO scene
 """
 
 from __future__ import annotations
@@ -22,8 +26,24 @@ import torch
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_advamd.attacks import build_attack
+from yolo_advamd.attacks import DeepFool, build_attack
 from yolo_advamd.attacks.objectives import DetectionObjective
+
+
+class BatchedDeepFool(DeepFool):
+    """The exact DeepFool with its per-(object rank, candidate) input gradients computed `chunk` at a time by one
+    batched backward (`is_grads_batched=True`) instead of one backward each."""
+
+    chunk = 8
+
+    def candidate_gradients(self, margins, adv, pairs):
+        """Yield the gradient of each pair, from batched backward passes of `chunk` pairs."""
+        for start in range(0, len(pairs), self.chunk):
+            chunk = pairs[start : start + self.chunk]
+            v = torch.zeros(len(chunk), *margins.shape, dtype=margins.dtype, device=margins.device)
+            for i, (idx, j) in enumerate(chunk):
+                v[i, idx, j] = 1.0
+            yield from torch.autograd.grad(margins, adv, v, retain_graph=True, is_grads_batched=True)[0]
 
 
 def synthetic_batch(batch: int, imgsz: int, objects: int, nc: int) -> dict:
@@ -73,17 +93,25 @@ def bench(imgsz: int, args: argparse.Namespace) -> None:
     rows["FGSM"] = median_time(lambda: attack("fgsm", batch), args.repeats)
     rows["PGD-3"] = median_time(lambda: attack("pgd", batch, steps=3), args.repeats)
     rows["PGD-10"] = median_time(lambda: attack("pgd", batch, steps=10), args.repeats)
-    rows[f"DeepFool-{args.deepfool_steps}"] = median_time(
-        lambda: attack("deepfool", fooled, steps=args.deepfool_steps), args.repeats
+    steps = args.deepfool_steps
+    for variant in ("fast", "exact"):
+        rows[f"DeepFool-{steps} {variant}"] = median_time(
+            lambda: attack("deepfool", fooled, steps=steps, deepfool=variant), args.repeats
+        )
+    BatchedDeepFool.chunk = args.vjp_chunk
+    batched = BatchedDeepFool(eps=args.eps, steps=steps, variant="exact")
+    rows[f"DeepFool-{steps} exact, batched"] = median_time(
+        lambda: batched(fooled["img"], DetectionObjective(model, fooled)), args.repeats
     )
     stock = rows["stock training step"]
     print(
-        f"\n{args.model} imgsz={imgsz} batch={args.batch} objects/image={args.objects} attacked in {args.mode} mode, "
-        f"eps={args.eps}, {torch.get_num_threads()} threads, median of {args.repeats}"
+        f"\n{args.model} imgsz={imgsz} batch={args.batch} objects/image={args.objects} nc={args.nc} attacked in "
+        f"{args.mode} mode, eps={args.eps}, {torch.get_num_threads()} threads (CPU shared with other jobs), median of "
+        f"{args.repeats}; batched: {args.vjp_chunk} vector-Jacobian products per backward"
     )
-    print(f"{'':22s}{'ms':>10s}{'x stock':>10s}")
+    print(f"{'':30s}{'ms':>10s}{'x stock':>10s}")
     for name, t in rows.items():
-        print(f"{name:22s}{1000 * t:10.0f}{t / stock:10.2f}")
+        print(f"{name:30s}{1000 * t:10.0f}{t / stock:10.2f}")
 
 
 def main() -> None:
@@ -97,6 +125,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=3, help="boxes per image")
     parser.add_argument("--eps", type=float, default=0.01, help="L-inf budget")
     parser.add_argument("--deepfool-steps", type=int, default=3, help="DeepFool steps (many backwards each)")
+    parser.add_argument("--vjp-chunk", type=int, default=8, help="vector-Jacobian products per batched backward")
     parser.add_argument("--mode", choices=("eval", "train"), default="eval", help="attack the model in this mode")
     args = parser.parse_args()
     for imgsz in args.imgsz:

@@ -6,6 +6,7 @@ directory), then measures each configuration in its own subprocess, so that ever
 - `stock`: Ultralytics' `DetectionTrainer` from the checkpoint.
 - `fgsm`, `fgsm-current`, `pgd`, `deepfool`: `AdvAmdTrainer` from the checkpoint (the hyps/advamd-*.yaml settings),
   attacking the frozen target M_T (`attack_model=target`), or the model being trained (`fgsm-current`).
+  `deepfool` is the default (fast) variant, `deepfool-exact` the paper's (`deepfool=exact`).
   PGD and DeepFool run `--attack-steps` steps (3 by default).
 - `fgsm-max`: AdvAmd with `attack_terms=max` on M_T; `detadvprop` and `udfa`: those methods from their hyp files
   (FGSM on the model being trained).
@@ -34,6 +35,10 @@ the benign pass's input gradient); peak memory at most 1.3x stock (one graph at 
 Examples:
     $ python benchmarks/train_step.py                          # yolov8n, 160 px, batch 16, all methods
     $ python benchmarks/train_step.py --steps 5 --warmup 1 --methods stock fgsm fgsm-current
+    $ python benchmarks/train_step.py --objects 20 --nc 80 --methods stock pgd deepfool deepfool-exact  # crowded scenes
+
+With `--objects N --nc C` the data are synthetic scenes of N objects of C classes (`benchmarks/scenes.py`, one batch
+per step) instead of `--data`, and the starting checkpoint trains on all of them.
 """
 
 from __future__ import annotations
@@ -57,13 +62,15 @@ METHODS = {  # name: AdvAmd overrides (None: stock DetectionTrainer)
     "fgsm-current": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "current"},
     "pgd": {"hyp": "hyps/advamd-pgd.yaml", "attack_model": "target"},
     "deepfool": {"hyp": "hyps/advamd-deepfool.yaml", "attack_model": "target"},
+    "deepfool-exact": {"hyp": "hyps/advamd-deepfool.yaml", "attack_model": "target", "deepfool": "exact"},
     "fgsm-max": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "target", "attack_terms": "max"},  # two attacks
     "fgsm-pred": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "target", "attack_labels": "pred"},
     "fgsm-current-pred": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "current", "attack_labels": "pred"},
     "detadvprop": {"hyp": "hyps/detadvprop.yaml"},
     "udfa": {"hyp": "hyps/udfa.yaml"},
 }
-ITERATIVE = ("pgd", "deepfool")  # methods whose steps --attack-steps sets
+ITERATIVE = ("pgd", "deepfool", "deepfool-exact")  # methods whose steps --attack-steps sets
+DEEPFOOL_TARGET = 3.0  # issue 29: an AdvAmd-DeepFool step at most 3x an AdvAmd-PGD step with as many attack steps
 FLOORS = {"fgsm": 3.7, "fgsm-current": 3.0}  # time floors x stock from the issue; memory ceiling: 1.3x stock
 MEMORY_CEILING = 1.3
 PARTS = ("attack", "views", "loop", "optimizer")  # per-step breakdown of AdvAmd steps
@@ -285,6 +292,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         "attack_model": getattr(trainer.args, "attack_model", None),
         "attack_terms": getattr(trainer.args, "attack_terms", None),
         "attack_labels": getattr(trainer.args, "attack_labels", None),
+        "deepfool": getattr(trainer.args, "deepfool", None),
         "time": statistics.median(times),
         "times": times,
         "parts": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
@@ -297,20 +305,23 @@ def worker(method: str, args: argparse.Namespace) -> dict:
 
 
 def make_checkpoint(args: argparse.Namespace) -> str:
-    """Train yolov8n for one vanilla epoch on 5% of the dataset into `args.project`; return its last.pt."""
+    """Train yolov8n for one vanilla epoch on 5% of the dataset (all synthetic scenes) into `args.project`; return
+    its last.pt."""
     import yolo_advamd  # noqa: F401
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     from yolo_advamd.cli import use_all_cores
 
     use_all_cores()
+    fraction = 1.0 if args.objects else 0.05
+    print(f"Training the starting checkpoint (1 epoch, fraction={fraction}) ...", flush=True)
     overrides = {
         "model": args.model,
         "data": args.data,
         "imgsz": args.imgsz,
         "batch": args.batch,
         "epochs": 1,
-        "fraction": 0.05,
+        "fraction": fraction,
         "plots": False,
         "val": False,
         "workers": 0,
@@ -344,10 +355,11 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     stock = next((r for r in results if r["method"] == "stock"), None)
     r0 = results[0]
     print(
-        f"\n{args.model} imgsz={args.imgsz} batch={args.batch} device={r0['device']} threads={r0['threads']}, "
+        f"\n{args.model} imgsz={args.imgsz} batch={args.batch} data={Path(args.data).name} device={r0['device']} "
+        f"threads={r0['threads']} (CPU shared with other jobs), "
         f"median of {args.steps} steps after {args.warmup} warm-up, memory: {r0['memory_source']}"
     )
-    head = f"{'method':18s}{'attack':>16s}{'ms/step':>9s}{'x stock':>8s}{'floor':>7s}"
+    head = f"{'method':18s}{'attack':>20s}{'ms/step':>9s}{'x stock':>8s}{'floor':>7s}"
     head += f"{'peak MB':>9s}{'x stock':>8s}{'graph MB':>9s}{'x stock':>8s}"
     print(head + "".join(f"{p:>11s}" for p in ("preprocess", *PARTS)) + "   (ms, median per part)")
     for r in results:
@@ -355,11 +367,12 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         attack += {"current": " cur", "target": " tgt"}.get(r["attack_model"], "")
         attack += " max" if r["attack_terms"] == "max" else ""
         attack += " pred" if r.get("attack_labels") == "pred" else ""
+        attack += " exact" if r.get("deepfool") == "exact" else ""
         t = r["time"] / stock["time"] if stock else float("nan")
         m = r["memory"] / stock["memory"] if stock and stock["memory"] > 0 else float("nan")
         g = r["graph"] / stock["graph"] if stock and stock["graph"] > 0 else float("nan")
         floor = f">={FLOORS[r['method']]:.1f}" if r["method"] in FLOORS else ""
-        row = f"{r['method']:18s}{attack:>16s}{1000 * r['time']:9.0f}{t:8.2f}{floor:>7s}"
+        row = f"{r['method']:18s}{attack:>20s}{1000 * r['time']:9.0f}{t:8.2f}{floor:>7s}"
         row += f"{r['memory'] / 2**20:9.0f}{m:8.2f}{r['graph'] / 2**20:9.0f}{g:8.2f}"
         print(row + "".join(f"{1000 * r['parts'][p]:11.0f}" for p in ("preprocess", *PARTS)))
     print(
@@ -368,6 +381,11 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         f"{1.1 * FLOORS['fgsm-current']:.2f}x); peak memory <= {MEMORY_CEILING}x stock for every method."
     )
     by = {r["method"]: r for r in results}
+    for method in ("deepfool", "deepfool-exact"):
+        if method in by and "pgd" in by:
+            ratio = by[method]["time"] / by["pgd"]["time"]
+            print(f"{method}: {ratio:.2f}x the AdvAmd-PGD step with as many attack steps (issue 29 target: "
+                  f"<= {DEEPFOOL_TARGET:.0f}x).")
     if "fgsm" in by and "fgsm-max" in by:
         ratio = by["fgsm-max"]["parts"]["attack"] / by["fgsm"]["parts"]["attack"]
         print(f"attack_terms=max: its attack part costs {ratio:.2f} FGSM attacks (a cls and a box attack, then one "
@@ -398,6 +416,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--attack-steps", type=int, default=3, help="PGD and DeepFool steps")
     parser.add_argument("--model", default="yolov8n.yaml", help="Ultralytics model YAML of the starting checkpoint")
     parser.add_argument("--data", default="data/digits-det.yaml", help="dataset YAML")
+    parser.add_argument("--objects", type=int, default=None, help="use synthetic scenes of this many objects instead")
+    parser.add_argument("--nc", type=int, default=80, help="classes of the synthetic scenes (with --objects)")
     parser.add_argument("--device", default="", help="Ultralytics device, e.g. cpu or 0")
     parser.add_argument("--checkpoint", default=None, help="starting checkpoint (default: train one, 1 epoch)")
     parser.add_argument("--project", default=None, help=argparse.SUPPRESS)
@@ -416,11 +436,15 @@ def main() -> None:
     from yolo_advamd.data import resolve_dataset
 
     os.chdir(ROOT)
-    args.data = str(resolve_dataset(args.data))
     with tempfile.TemporaryDirectory(prefix="advamd-train-step-") as tmp:
         args.project = tmp
+        if args.objects:
+            from scenes import crowded_scenes
+
+            n = args.batch * (args.warmup + args.steps)  # one batch per step
+            args.data = str(crowded_scenes(Path(tmp) / "scenes", n, args.imgsz, args.nc, args.objects))
+        args.data = str(resolve_dataset(args.data))
         if args.checkpoint is None:
-            print("Training the starting checkpoint (1 epoch, fraction=0.05) ...", flush=True)
             args.checkpoint = make_checkpoint(args)
         results = []
         for method in args.methods:

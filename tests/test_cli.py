@@ -50,6 +50,8 @@ def test_unknown_key_is_rejected_with_suggestion():
         ({"step_size": -0.1}, r"step_size=-0\.1 must be > 0"),
         ({"attack": "fgsm", "steps": 3}, r"steps=3 does not fit attack=fgsm"),
         ({"attack": "deepfool", "random_start": True}, r"DeepFool starts at the clean images"),
+        ({"attack": "deepfool", "deepfool": "slow"}, r"deepfool=slow is not valid: choose fast .* or exact"),
+        ({"attack": "pgd", "deepfool": "exact"}, r"deepfool=exact chooses DeepFool's variant: attack=pgd has none"),
     ],
 )
 def test_bad_setting_names_key_value_and_range(bad, message):
@@ -60,6 +62,7 @@ def test_bad_setting_names_key_value_and_range(bad, message):
 def test_per_attack_defaults_follow_the_paper():
     assert settings(attack="fgsm")["phi"] == 0.7
     assert settings(attack="deepfool")["phi"] == 0.6
+    assert settings(attack="deepfool")["deepfool"] == "exact" and settings(attack="fgsm")["deepfool"] is None
     pgd = settings(attack="pgd")
     assert (pgd["phi"], pgd["steps"], pgd["random_start"]) == (0.5, 10, True)
     assert settings(attack="pgd", phi=0.3)["phi"] == 0.3

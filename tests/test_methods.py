@@ -146,6 +146,19 @@ def test_advamd_trains_with_each_attack_terms_and_abar_scope_from_the_command_li
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("switch, variant", [(None, "exact"), ("deepfool=fast", "fast")])
+def test_advamd_deepfool_trains_with_the_exact_variant_unless_deepfool_fast(tmp_path, tiny_data, switch, variant):
+    from yolo_advamd.cli import train
+
+    run = tiny(tmp_path, tiny_data, "run")
+    argv = [f"{k}={v}" for k, v in run.items() if k not in {"data", "model"}] + ["attack=deepfool", "steps=2"]
+    trainer = train({**parse_cli(argv + ([switch] if switch else [])), "data": run["data"]})  # as train_advamd.py
+    assert trainer.args.deepfool == variant and trainer.stage.attack.variant == variant
+    row = results(trainer.save_dir)[0]
+    assert all(0 < float(row[f"train/{k}"]) < 100 for k in ("box_loss", "cls_loss", "med_loss", "adv_loss"))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method, column", [("detadvprop", "adv_loss"), ("udfa", "align_loss")])
 def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tiny_data, method, column):
     from yolo_advamd.export import export_model, pickled_globals

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_advamd.validate as validate
+from yolo_advamd.attacks import DeepFool
 from yolo_advamd.checkpoint import load_model
 from yolo_advamd.validate import validate_advamd
 
@@ -113,6 +115,31 @@ def test_white_box_attacks_lower_map_and_the_table_is_written_like_table_1(setup
     assert "| model | attacked model | benign |" in (save_dir / "results.md").read_text()
 
 
+def test_deepfool_is_exact_by_default_and_fast_with_deepfool_fast_from_the_api_and_the_cli(setup, monkeypatch):
+    """The API runs the exact DeepFool by default and the fast one with deepfool=fast; val_advamd.py deepfool=fast
+    gives the API's fast table."""
+    steps = []
+    for variant in ("fast", "exact"):
+        method = getattr(DeepFool, f"{variant}_step")
+        spy = lambda self, *a, _step=method, _name=variant: steps.append(_name) or _step(self, *a)  # noqa: E731
+        monkeypatch.setattr(DeepFool, f"{variant}_step", spy)
+    column = "deepfool eps=0.0313725"
+    exact = run(setup, "deepfool-exact", attacks="deepfool", eps="8/255")
+    assert steps and set(steps) == {"exact"}
+    steps.clear()
+    fast = run(setup, "deepfool-fast", attacks="deepfool", eps="8/255", deepfool="fast")
+    assert steps and set(steps) == {"fast"}
+    assert stats(fast, column)["metrics/mAP50-95(B)"] < stats(fast)["metrics/mAP50-95(B)"]
+    cli = [sys.executable, str(Path(validate.__file__).parents[1] / "val_advamd.py"), f"model={setup['stock']}",
+           f"data={setup['data']}", "attacks=deepfool", "eps=8/255", "deepfool=fast", f"imgsz={IMGSZ}",
+           f"project={setup['runs']}", "name=deepfool-cli"]  # fmt: skip
+    subprocess.run(cli, check=True, capture_output=True, timeout=600)
+    saved = json.loads((setup["runs"] / "deepfool-cli" / "results.json").read_text())
+    assert saved["settings"]["deepfool"] == "fast"
+    assert saved["rows"][0]["stats"][column] == pytest.approx(stats(fast, column))
+    assert stats(exact, column)["metrics/mAP50-95(B)"] < stats(exact)["metrics/mAP50-95(B)"]
+
+
 def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup, monkeypatch):
     """White-box: attacks differentiate the evaluated weights; transfer: those of attack_model, as the table says."""
     seen = []
@@ -191,6 +218,8 @@ def test_saved_adversarial_copy_is_the_letterboxed_input_in_yolo_layout_and_repr
         ({"model": "best.onnx"}, FileNotFoundError, "model=best.onnx is not a .pt checkpoint on disk"),
         ({"baseline": "missing.pt"}, FileNotFoundError, "baseline=missing.pt is not on disk and yolo-advamd never"),
         ({"attacks": "fgsm", "attack_terms": "boxes"}, ValueError, "attack_terms=boxes is not valid"),
+        ({"attacks": "fgsm", "deepfool": "exact"}, ValueError, "deepfool=exact chooses DeepFool's variant: add"),
+        ({"attacks": "deepfool", "deepfool": "slow"}, ValueError, "deepfool=slow is not valid: choose fast"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(setup, kwargs, error, match):

@@ -193,6 +193,7 @@ def attack(
     step_size: float | None = None,
     norm: str | int = "inf",
     random_start: bool | None = None,
+    deepfool: str | None = None,
     objective: str = "loss",
     data: str | None = None,
     split: str = "val",
@@ -233,6 +234,7 @@ def attack(
         step_size (float | None): PGD step size; its default (2.5·eps/steps) when None.
         norm (str | int): "inf" or 2.
         random_start (bool | None): Start from a random point of the eps ball; True for pgd when None.
+        deepfool (str | None): DeepFool's variant, "fast" or "exact" (the paper's); "fast" when None.
         objective (str): "loss" (the full detection loss), "cls" (its classification term) or "vanish" (suppress
             every detection).
         data (str | None): A dataset YAML whose labels are the targets; None for pseudo-targets.
@@ -259,7 +261,7 @@ def attack(
     from ultralytics.utils import LOGGER, IterableSimpleNamespace
 
     objective = check_objective(objective, method)
-    settings = attack_settings(method, eps, norm, steps, step_size, random_start, key="method")
+    settings = attack_settings(method, eps, norm, steps, step_size, random_start, deepfool, key="method")
     method, eps = settings.pop("attack"), settings["eps"]
     adversary = build_attack(method, **settings, seed=seed)
     net, train_args, task = attacked_model(model)

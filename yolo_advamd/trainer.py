@@ -156,6 +156,7 @@ class AdvAmdMixin:
             steps=args.steps,
             step_size=args.step_size,
             random_start=args.random_start,
+            deepfool=args.deepfool,
             seed=args.seed,
         )
         self.stage = AttackStage(

@@ -357,6 +357,7 @@ def validate_advamd(
     steps: int | None = None,
     step_size: float | None = None,
     random_start: bool | None = None,
+    deepfool: str | None = None,
     attack_terms: str = "all",
     attack_labels: str = "gt",
     attack_conf: float = 0.25,
@@ -396,6 +397,7 @@ def validate_advamd(
             step of ε.
         step_size (float | None): Per-step size of pgd and deepfool; the attack's default when None.
         random_start (bool | None): Start from a random point of the ε-ball; True for pgd only when None.
+        deepfool (str | None): DeepFool's variant, `fast` or `exact` (the paper's); `fast` when None.
         attack_terms (str): The attacked part of the detection loss: `all` (box + cls + dfl), `cls`, `box` (box + dfl)
             or `max` (the stronger of a cls and a box attack, per image).
         attack_labels (str): The attacks' targets: `gt` (the ground truth) or `pred` (the attacked model's own
@@ -418,7 +420,10 @@ def validate_advamd(
     eps = as_list(eps, parse_eps, "eps")
     if attacks and not eps:
         raise ValueError("eps is empty: give at least one budget for the attacks, e.g. eps=0.01,0.1")
-    attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start, "seed": seed}
+    if deepfool is not None and "deepfool" not in attacks:
+        raise ValueError(f"deepfool={deepfool} chooses DeepFool's variant: add deepfool to attacks, or drop deepfool=")
+    attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start,
+                     "deepfool": deepfool, "seed": seed}  # fmt: skip
     build_attacks(attacks, eps, **attack_kwargs)  # every setting checked before any work
     corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)
     attack_labels = check_attack_labels(attack_labels, attack_conf)
@@ -509,16 +514,19 @@ def check_tasks(tasks: dict, save_json: bool, save_adv: bool) -> str:
     return task
 
 
-def build_attacks(attacks: list[str], eps: list[float], norm, steps, step_size, random_start, seed) -> dict:
+def build_attacks(attacks: list[str], eps: list[float], norm, steps, step_size, random_start, deepfool, seed) -> dict:
     """Return a fresh attack per attack × ε, keyed by table column, resolved by `attack_settings` (its defaults).
 
-    FGSM is one step of size ε: `steps` and `step_size` apply to the iterative attacks (PGD, DeepFool) only.
+    FGSM is one step of size ε: `steps` and `step_size` apply to the iterative attacks (PGD, DeepFool) only, and
+    `deepfool` to DeepFool only.
     """
     out = {}
     for a in attacks:
-        iterative = {"steps": steps, "step_size": step_size} if a != "fgsm" else {}
+        own = {"steps": steps, "step_size": step_size} if a != "fgsm" else {}
+        if a == "deepfool":
+            own["deepfool"] = deepfool
         for e in eps:
-            settings = attack_settings(a, e, norm, random_start=random_start, key="attacks", **iterative)
+            settings = attack_settings(a, e, norm, random_start=random_start, key="attacks", **own)
             out[column_name(a, e)] = build_attack(settings.pop("attack"), **settings, seed=seed)
     return out
 

@@ -30,11 +30,13 @@ __all__ = (
 )
 
 
-def build_attack(name: str, **kwargs) -> Attack:
+def build_attack(name: str, deepfool: str | None = None, **kwargs) -> Attack:
     """Build an attack by name.
 
     Args:
         name (str): "fgsm", "pgd" or "deepfool" (any case).
+        deepfool (str | None): DeepFool's variant, "fast" or "exact" (the `deepfool=` setting); None for its default.
+            Refused with another attack.
         **kwargs (Any): The attack's settings: eps, norm, steps, step_size, random_start, seed, clip,
             return_iterates; DeepFool also overshoot and candidates.
 
@@ -44,4 +46,8 @@ def build_attack(name: str, **kwargs) -> Attack:
     cls = ATTACKS.get(str(name).lower())
     if cls is None:
         raise ValueError(f"attack={name!r} is not valid: choose one of {', '.join(ATTACKS)}")
+    if deepfool is not None:
+        if cls is not DeepFool:
+            raise ValueError(f"deepfool={deepfool} chooses DeepFool's variant: attack={name} has none, drop deepfool=")
+        kwargs["variant"] = deepfool
     return cls(**kwargs)

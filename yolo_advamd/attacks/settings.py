@@ -11,6 +11,8 @@ Rules:
     - `random_start`: True for PGD, False otherwise, by default; DeepFool starts at the clean images.
     - `attack_labels`: "gt" (the ground truth) or "pred" (the attacked model's own predictions, `attacks.targets`);
       `attack_conf`, the confidence above which a prediction is a target, in (0, 1).
+    - `deepfool`: DeepFool's variant, "exact" (the default: one backward per object rank and candidate class, the
+      paper's) or "fast" (a fixed number of backward passes per step); refused with another attack.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import math
 ATTACK_NAMES = ("fgsm", "pgd", "deepfool")
 DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "deepfool": 5}  # a DeepFool step costs ~(candidates - 1) input backwards
 ATTACK_LABELS = ("gt", "pred")
+DEEPFOOL_VARIANTS = ("exact", "fast")  # the first is the default (see yolo_advamd/attacks/deepfool.py)
+DEFAULT_CANDIDATES = {"fast": 5, "exact": 10}  # DeepFool's classes per object, the true one included
 
 
 def is_number(x) -> bool:
@@ -98,8 +102,19 @@ def check_attack_labels(labels, conf) -> str:
     return name
 
 
+def check_deepfool(variant) -> str:
+    """Return DeepFool's `variant` ("fast" or "exact", any case) normalized, else raise naming the choices."""
+    key = str(variant).lower()
+    if key not in DEEPFOOL_VARIANTS:
+        raise ValueError(
+            f"deepfool={variant} is not valid: choose fast ({DEFAULT_CANDIDATES['fast'] - 1} backward passes per step) "
+            "or exact (one per object and candidate class, the paper's)"
+        )
+    return key
+
+
 def attack_settings(
-    attack: str, eps, norm="inf", steps=None, step_size=None, random_start=None, key: str = "attack"
+    attack: str, eps, norm="inf", steps=None, step_size=None, random_start=None, deepfool=None, key: str = "attack"
 ) -> dict:
     """Resolve and check one attack's settings: the one place where defaults and rules live (see the module docstring).
 
@@ -110,10 +125,12 @@ def attack_settings(
         steps (int | None): Iterations; None for the attack's default (`DEFAULT_STEPS`).
         step_size (float | None): Per-step size; None for the attack's default.
         random_start (bool | None): Start from a random point of the eps ball; None for the attack's default.
+        deepfool (str | None): DeepFool's variant, "fast" or "exact"; None for "fast" (and for other attacks).
         key (str): The name the caller gives the attack, for messages (`attack`, `attacks`, `method`).
 
     Returns:
-        (dict): `attack`, `eps`, `norm`, `steps`, `step_size`, `random_start`, ready for `build_attack`.
+        (dict): `attack`, `eps`, `norm`, `steps`, `step_size`, `random_start`, `deepfool` (None for other attacks),
+            ready for `build_attack`.
 
     Raises:
         ValueError: For the first bad setting, naming it, its value and what would be right.
@@ -127,7 +144,9 @@ def attack_settings(
         random_start = name == "pgd"
     if not isinstance(random_start, bool):
         raise ValueError(f"random_start={random_start} must be True or False")
+    if name == "deepfool":
+        deepfool = check_deepfool(DEEPFOOL_VARIANTS[0] if deepfool is None else deepfool)
     settings = {"eps": parse_eps(eps), "norm": check_norm(norm), "steps": DEFAULT_STEPS[name] if steps is None else steps,
-                "step_size": step_size, "random_start": random_start}  # fmt: skip
-    build_attack(name, **{**settings, "eps": eps})  # each attack class checks its own rules (naming the value given)
+                "step_size": step_size, "random_start": random_start, "deepfool": deepfool}  # fmt: skip
+    build_attack(name, **{**settings, "eps": eps})  # each attack checks its own rules (naming the value given)
     return {"attack": name, **settings}

@@ -96,8 +96,8 @@ def advamd_defaults(method: str | None = None) -> dict:
 def check_advamd_cfg(cfg: dict) -> dict:
     """Validate AdvAmd settings before any work and fill the per-attack defaults (steps, phi, random_start).
 
-    The attack's own settings (eps, also as a fraction such as 8/255, norm, steps, step size, random start) are
-    resolved by `yolo_advamd.attacks.settings.attack_settings`, as in validation and the attack API.
+    The attack's own settings (eps, also as a fraction such as 8/255, norm, steps, step size, random start, DeepFool's
+    variant) are resolved by `yolo_advamd.attacks.settings.attack_settings`, as in validation and the attack API.
 
     Args:
         cfg (dict): Settings holding at least every AdvAmd key (other keys are ignored).
@@ -113,7 +113,7 @@ def check_advamd_cfg(cfg: dict) -> dict:
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:
             raise ValueError(f"{key}={cfg[key]} is not valid: choose one of {', '.join(map(str, choices))}")
-    attack = {k: cfg[k] for k in ("attack", "eps", "norm", "steps", "step_size", "random_start")}
+    attack = {k: cfg[k] for k in ("attack", "eps", "norm", "steps", "step_size", "random_start", "deepfool")}
     cfg.update(attack_settings(**attack))  # eps parsed (8/255 too) and checked, per-attack steps and random start
     cfg["attack_labels"] = check_attack_labels(cfg["attack_labels"], cfg["attack_conf"])
     if cfg["phi"] is None:
