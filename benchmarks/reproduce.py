@@ -703,7 +703,8 @@ def lift_section(records: list[dict]) -> list[str]:
             wall = f"{statistics.median(walls):.2f}" if walls else "—"
             b = d["benign"]
             mean, sd = statistics.mean(b), (statistics.stdev(b) if len(b) > 1 else None)
-            word = ("1 seed: no verdict" if sd is None else "**lift**" if mean > sd else "below" if mean < -sd
+            word = ("1 seed: no verdict" if sd is None else "above the spread (a lift needs 3 seeds)" if mean > sd
+                    and len(b) < 3 else "**lift**" if mean > sd else "below" if mean < -sd
                     else "within the spread")  # fmt: skip
             lines.append(f"| {arm} | {label} | {len(b)} | {spread(b, signed=True)} | {adv[0]} | {adv[1]} | "
                          + f"{spread(d['mpc'], signed=True) if d['mpc'] else ''} | " * mpc + f"{vs} | {wall} | {word} |")
