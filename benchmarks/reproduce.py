@@ -345,6 +345,8 @@ STUDY = {
             # round 2 (2026-12-07), fixed before its runs: which view carries the label leak (AdvAmd without the
             # mediate view); Adv-Train and `advamd current` get seeds 1 and 2 whatever their screen
             "advamd mediate=False": {**AMD, **FGSM, "mediate": False, "attack_model": "target"},
+            # round 2: Kurakin et al.'s remedy for label leaking, M_T attacked on its own detections, not the labels
+            "advamd attack_labels=pred": {**AMD, **FGSM, "attack_model": "target", "attack_labels": "pred"},
         },
         "confirm": ("vanilla", "advamd", "advtrain", "advamd current"),
         # added after the seed-0 rows: every run is also attacked through M_T, the perturbations the `target` rows
@@ -455,7 +457,7 @@ TASKS = {  # AdvAmd on the paper's other tasks vs a vanilla run of the same leng
 ARMS = ChainMap(STUDY, TASKS)  # every arm defined in advance, by name
 SCREEN_BAR = -0.5  # seed 0's Δ benign above this earns seeds 1 and 2
 CAPACITY = "yolov8s"  # the `capacity` arm's model, one scale up from the study's yolov8n
-ROUND_2 = {("retrain", "advamd mediate=False")}  # (arm, method) added after the capacity arm was chosen: not in its rule
+ROUND_2 = {("retrain", "advamd mediate=False"), ("retrain", "advamd attack_labels=pred")}  # (arm, method) added after the capacity arm was chosen: not in its rule
 
 
 def study_key(label: str, seed: int) -> str:
@@ -562,18 +564,13 @@ def check_study() -> None:
 
 def run_study(names: list[str] | None = None) -> None:
     """Run the planned runs of the arms named (all study arms when none is) not yet recorded, appending each as it
-    finishes."""
+    finishes; then measure the maps that runs recorded earlier lack (`added_scores`) while their weights exist."""
     import yolo_advamd  # noqa: F401
     from yolo_advamd.checkpoint import model_task
     from yolo_advamd.cli import use_all_cores
 
     use_all_cores()
     check_study()
-    records = load()
-    arms = study_arms(records, names)
-    for e in records:  # runs recorded before their arm measured through M_T or corruptions, while their weights exist
-        if e["profile"] in arms and e["key"] != "start" and (maps := added_scores(e, arms[e["profile"]])):
-            record({**e, **maps})
     while True:
         records = load()
         done = {(e["profile"], e["key"]) for e in records}
@@ -608,6 +605,10 @@ def run_study(names: list[str] | None = None) -> None:
                  "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz)}  # fmt: skip
         record({**entry, **added_scores(entry, a)})
         report()
+    for e in load():  # then runs recorded before their arm measured through M_T or corruptions, while their weights exist
+        if e["profile"] in arms and e["key"] != "start" and (maps := added_scores(e, arms[e["profile"]])):
+            record({**e, **maps})
+    report()
 
 
 def arm_data(a: dict) -> str:

@@ -225,8 +225,8 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
 
 def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_and_the_report_its_delta(files,
                                                                                                   monkeypatch, capsys):
-    """Every study run gets mPC / rPC (COCO-C) once: new runs when they finish, older ones on the next pass if their
-    weights are on disk; "Where does it lift?" then shows Δ mPC vs the same-seed vanilla run (and none before)."""
+    """Every study run gets mPC / rPC (COCO-C) once: new runs when they finish, older ones after the planned runs if
+    their weights are on disk; "Where does it lift?" then shows Δ mPC vs the same-seed vanilla run (and none before)."""
     measured = []
 
     def fake_corruptions(weights, data, name, imgsz=160):
@@ -259,11 +259,11 @@ def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_an
     (files / "runs" / "old-vanilla" / "weights").mkdir(parents=True)
     (files / "runs" / "old-vanilla" / "weights" / "best.pt").touch()  # detadvprop's weights are gone
     reproduce.run_study(["scratch"])
-    assert measured[0] == "scratch-vanilla_seed0-corruption" and "are gone: left as is" in capsys.readouterr().out
+    assert measured[-1] == "scratch-vanilla_seed0-corruption" and "are gone: left as is" in capsys.readouterr().out
     records = {e["key"]: e for e in reproduce.load() if e["profile"] == "scratch"}
     assert records["vanilla/seed0"]["corruption"]["mPC"] == 30.0 and "corruption" not in records["detadvprop/seed0"]
     assert records["detadvprop/seed1"]["corruption"] == {"benign": 50.0, "fog s1": 33.0, "mPC": 33.0, "rPC": 66.0}
-    assert len(measured) == 5  # vanilla seed 0 backfilled, then the 4 new runs (seeds 1, 2) once each
+    assert len(measured) == 5  # the 4 new runs (seeds 1, 2) once each, then vanilla seed 0 backfilled
     measured.clear()
     reproduce.run_study(["scratch"])
     assert measured == []  # every map recorded (or its weights gone): nothing measured again
