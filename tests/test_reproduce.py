@@ -1,6 +1,8 @@
-"""benchmarks/reproduce.py: resumable (recorded runs are never trained again) and its report computes Δ vs the control."""
+"""benchmarks/reproduce.py (the package benchmarks/study/): resumable (recorded runs are never trained again) and its
+report computes Δ vs the control."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,8 +43,9 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
     monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     monkeypatch.setattr(paths, "ROOT", files)  # the repository: recorded paths are relative to it
-    records.record({"key": "vanilla//seed0", "profile": "quick", "name": "vanilla", "seed": 0, "method": "vanilla", "attack": "fgsm",
-                      "eps": 0.01, "train_seconds": 1, "weights": "v.pt", "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}})  # fmt: skip
+    records.record({"key": "vanilla//seed0", "profile": "quick", "name": "vanilla", "seed": 0, "method": "vanilla",
+                    "attack": "fgsm", "eps": 0.01, "train_seconds": 1, "weights": "v.pt",
+                    "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}})
     runner.run_protocol("quick")
     assert trained == ["target", "advtrain_fgsm-0.01_seed0", "advamd_fgsm-0.01_seed0"]  # vanilla was recorded
     target = next(e for e in records.load() if e["key"] == "target")
@@ -59,11 +62,12 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
     trained.clear()
     runner.run_protocol("quick", seeds=[0, 1])  # more seeds: only the new seed's (a), (b), (c) are trained
     assert trained == ["vanilla__seed1", "advtrain_fgsm-0.01_seed1", "advamd_fgsm-0.01_seed1"]
-    (files / "targets" / "quick.pt").unlink()  # the weights every recorded fine-tune started from are gone: say so, train nothing
+    # the weights every recorded fine-tune started from are gone: say so, train nothing
+    (files / "targets" / "quick.pt").unlink()
     with pytest.raises(FileNotFoundError, match="recorded M_T of profile 'quick'"):
         runner.run_protocol("quick", seeds=[0, 1, 2])
     records.record({"key": "target", "profile": "full", "weights": "targets/full.pt", "train_seconds": 60,
-                      "curve": [70.0, 80.0], "map": {"benign": 80.0}})  # fmt: skip
+                    "curve": [70.0, 80.0], "map": {"benign": 80.0}})
     quick = [line for line in paths.RESULTS.read_text().splitlines() if '"profile": "quick"' in line]
     dest = records.archive("quick")  # --fresh: the profile's records are kept aside, other profiles stay
     assert dest.read_text().splitlines() == quick
@@ -78,10 +82,12 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
 def test_report_deltas_are_against_the_same_seed_control(files):
     base = {"profile": "quick", "attack": "fgsm", "eps": 0.01, "train_seconds": 60}
     for seed, (van, amd) in enumerate([(50.0, 52.0), (48.0, 51.0)]):
-        records.record({**base, "key": f"v{seed}", "name": "vanilla", "seed": seed, "map": {"benign": van, "fgsm eps=0.01": 10.0}})
-        records.record({**base, "key": f"a{seed}", "name": "advamd", "seed": seed, "map": {"benign": amd, "fgsm eps=0.01": 15.0}})
-    records.record({"profile": "quick", "key": "target", "train_seconds": 60, "curve": [40.0, 48.0, 48.5, 49.0, 49.5, 50.0],
-                      "map": {"benign": 50.5, "fgsm eps=0.01": 5.0}})  # fmt: skip
+        records.record({**base, "key": f"v{seed}", "name": "vanilla", "seed": seed,
+                        "map": {"benign": van, "fgsm eps=0.01": 10.0}})
+        records.record({**base, "key": f"a{seed}", "name": "advamd", "seed": seed,
+                        "map": {"benign": amd, "fgsm eps=0.01": 15.0}})
+    records.record({"profile": "quick", "key": "target", "train_seconds": 60,
+                    "curve": [40.0, 48.0, 48.5, 49.0, 49.5, 50.0], "map": {"benign": 50.5, "fgsm eps=0.01": 5.0}})
     paths.BENCH.write_text("fgsm  1318 ms  3.79x stock")  # the last --bench tables stay in every report
     paths.DISCUSSION.write_text("## What the numbers say\n\nAdvAmd is below the control here.")  # and the reading
     text = report.report()
@@ -112,10 +118,12 @@ def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(
     assert first == ["vanilla", "advtrain", "advamd"] * 3 and [r["seed"] for r in runs[:9:3]] == [0, 1, 2]
 
     asked = []
-    monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n: asked.append(eps) or {"benign": 1.0, "fgsm eps=0.1": 5.0})
+    monkeypatch.setattr(
+        runner, "evaluate", lambda w, d, eps, n: asked.append(eps) or {"benign": 1.0, "fgsm eps=0.1": 5.0}
+    )
     (files / "v.pt").touch()
     entry = {"key": "vanilla//seed0", "profile": "full", "name": "vanilla", "seed": 0, "weights": str(files / "v.pt"),
-             "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}}  # fmt: skip
+             "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}}
     records.record(entry)
     done = runner.complete(entry, [0.01, 0.1], "data.yaml")
     assert asked == [[0.1]]  # only the missing budget is evaluated; the recorded columns are kept
@@ -125,16 +133,17 @@ def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(
     loaded[0].pop("commit")
     assert loaded == [done]  # the later record of a key replaces the earlier one
     assert runner.complete(done, [0.01, 0.1], "data.yaml") == done and asked == [[0.1]]
-    (files / "v.pt").unlink()  # a fine-tune's weights stay on the machine that trained it: without them, keep the record
+    # a fine-tune's weights stay on the machine that trained it: without them, keep the record
+    (files / "v.pt").unlink()
     assert runner.complete(done, [0.01, 0.03, 0.1], "data.yaml") == done and asked == [[0.1]]
 
 
 def test_paper_table_pairs_each_training_setting_with_the_same_attack(files):
     base = {"profile": "full", "train_seconds": 60, "seed": 0}
     records.record({**base, "key": "v", "name": "vanilla", "attack": "fgsm", "eps": 0.01,
-                      "map": {"benign": 50.0, "fgsm eps=0.01": 10.0, "pgd eps=0.1": 1.0}})  # fmt: skip
+                    "map": {"benign": 50.0, "fgsm eps=0.01": 10.0, "pgd eps=0.1": 1.0}})
     records.record({**base, "key": "a", "name": "advamd", "attack": "pgd", "eps": 0.1, "steps": 3,
-                      "map": {"benign": 49.0, "fgsm eps=0.1": 9.0, "pgd eps=0.1": 8.0}})  # fmt: skip
+                    "map": {"benign": 49.0, "fgsm eps=0.1": 9.0, "pgd eps=0.1": 8.0}})
     text = report.report()
     assert "| method | M | B | L | Δ adv, pgd-3 ε=0.1 | Δ benign, pgd-3 ε=0.1 |" in text
     assert "| advamd | ✓ | ✓ | ✓ | +7.00 | -1.00 |" in text
@@ -178,7 +187,7 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
         (run / "weights").mkdir(parents=True, exist_ok=True)
         (run / "weights" / "best.pt").touch()
         (run / "results.csv").write_text("epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/mAP50-95(B)\n"
-                                         "1,10,1.0,1.0,1.0,0.5\n2,20,0.5,0.5,0.5,0.6\n")  # fmt: skip
+                                         "1,10,1.0,1.0,1.0,0.5\n2,20,0.5,0.5,0.5,0.6\n")
         return run / "weights" / "best.pt", 20.0
 
     monkeypatch.setattr(paths, "ROOT", files)
@@ -187,7 +196,7 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
     monkeypatch.setattr(runner, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 60.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     monkeypatch.setitem(arms.STUDY, "retrain", {**arms.STUDY["retrain"], "methods": {
-        k: arms.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})  # fmt: skip
+        k: arms.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})
     (files / "targets").mkdir()
     (files / "targets" / "full.pt").touch()  # M_T, kept in the repository
     runner.run_study(["retrain"])
@@ -249,11 +258,11 @@ def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_an
     monkeypatch.setattr(runner, "evaluate_corruptions", fake_corruptions)
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     scratch = {**arms.STUDY["scratch"], "methods": {k: arms.STUDY["scratch"]["methods"][k]
-                                                         for k in ("vanilla", "detadvprop")}}  # fmt: skip
+                                                         for k in ("vanilla", "detadvprop")}}
     monkeypatch.setitem(arms.STUDY, "scratch", scratch)
     old = [{"profile": "scratch", "key": f"{label}/seed0", "name": label, "seed": 0, "settings": {}, "attack": "fgsm",
             "eps": 1 / 255, "weights": f"runs/old-{label}/weights/best.pt", "train_seconds": 1, "epoch_seconds": [1.0],
-            "map": {"benign": 50.0}} for label in ("vanilla", "detadvprop")]  # fmt: skip
+            "map": {"benign": 50.0}} for label in ("vanilla", "detadvprop")]
     for e in old:
         records.record(e)
     assert "Δ mPC" not in report.report()  # no corruption map yet: the report as before
@@ -276,9 +285,10 @@ def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_an
 
 def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_screen_is_in(files, monkeypatch):
     def screen(best: tuple[str, str]) -> list[dict]:
-        return [{"profile": arm, "key": f"{label}/seed0", "name": label, "seed": 0, "train_seconds": 1, "attack": "fgsm",
-                 "eps": 0.01, "epoch_seconds": [1.0], "map": {"benign": 50.5 if (arm, label) == best else 50.0}}
-                for arm, a in arms.STUDY.items() for label in a["methods"]]  # fmt: skip
+        return [{"profile": arm, "key": f"{label}/seed0", "name": label, "seed": 0, "train_seconds": 1,
+                 "attack": "fgsm", "eps": 0.01, "epoch_seconds": [1.0],
+                 "map": {"benign": 50.5 if (arm, label) == best else 50.0}}
+                for arm, a in arms.STUDY.items() for label in a["methods"]]
 
     screened = screen(("scratch", "detadvprop"))
     assert plans.capacity_arm(screened[1:]) == {}  # one screen run missing: not chosen yet
@@ -313,7 +323,7 @@ def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_scre
     runner.run_study(["capacity"])
     kept = str(files / "targets" / "full-yolov8s.pt")
     assert trained[:3] == [("targets", "full-yolov8s", "yolov8s.yaml"), ("capacity", "vanilla_seed0", kept),
-                           ("capacity", "udfa_seed0", kept)]  # fmt: skip
+                           ("capacity", "udfa_seed0", kept)]
     assert (files / "targets" / "full-yolov8s.pt").read_text() == "full-yolov8s"
     start = next(e for e in records.load() if (e["profile"], e["key"]) == ("capacity", "start"))
     assert start["weights"] == "targets/full-yolov8s.pt" and start["curve"] == [50.0] and start["train_seconds"] == 10
@@ -371,7 +381,8 @@ def test_old_records_with_absolute_paths_are_found_under_this_repository(files, 
     assert records.on_disk("/elsewhere/repo/runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
     assert records.on_disk("runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
     kept = ROOT / "docs" / "results" / "results.jsonl"  # the repository's own records
-    assert not [e["weights"] for e in map(json.loads, kept.read_text().splitlines()) if Path(e["weights"]).is_absolute()]
+    weights = [json.loads(line)["weights"] for line in kept.read_text().splitlines()]
+    assert weights and not [w for w in weights if Path(w).is_absolute()]
 
 
 def test_recommendation_follows_the_fixed_rule_and_writes_a_loadable_hyp(files):
@@ -381,9 +392,9 @@ def test_recommendation_follows_the_fixed_rule_and_writes_a_loadable_hyp(files):
 
     def run(arm, name, seed, benign, fgsm, eps=0.01):
         col = column_name("fgsm", eps)
-        records.record({"profile": arm, "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": eps, "attack": "fgsm",
-                          "train_seconds": 10, "epoch_seconds": [10.0],
-                          "map": {"benign": benign, col: fgsm}})  # fmt: skip
+        records.record({"profile": arm, "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": eps,
+                        "attack": "fgsm", "train_seconds": 10, "epoch_seconds": [10.0],
+                        "map": {"benign": benign, col: fgsm}})
 
     for seed in range(3):
         run("retrain", "vanilla", seed, 80.0, 40.0)
@@ -406,8 +417,8 @@ def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other
 
     def run(name, seed, benign, mpc):
         records.record({"profile": "retrain", "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": 0.01,
-                          "attack": "fgsm", "train_seconds": 10, "map": {"benign": benign, "fgsm eps=0.01": 40.0},
-                          "corruption": {"mPC": mpc, "rPC": mpc / benign}})  # fmt: skip
+                        "attack": "fgsm", "train_seconds": 10, "map": {"benign": benign, "fgsm eps=0.01": 40.0},
+                        "corruption": {"mPC": mpc, "rPC": mpc / benign}})
 
     for seed, (a, b, c) in enumerate(((0.9, 1.9, -0.15), (1.1, 2.1, 0.05), (1.0, 2.0, -0.05))):
         run("vanilla", seed, 80.0, 50.0)
@@ -417,3 +428,22 @@ def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other
     assert (arm, label) == ("retrain", "advamd")
     assert why == "an mPC lift of +2.00 ± 0.10 over 3 seeds, the largest measured (benign -0.05 ± 0.10)"
     assert recommend.lift(recommend.deltas(records.load(), "retrain", "advtrain"), "benign") == ""
+
+
+def test_command_line_keeps_its_options_and_refuses_a_bad_one_before_any_work():
+    """benchmarks/reproduce.py, run as a user runs it: its options are all there, every arm of the package is offered,
+    and an unknown arm or a --vary without "=" fails in one line with exit code 2, before anything is written."""
+    script = [sys.executable, str(ROOT / "benchmarks" / "reproduce.py")]
+    usage = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--quick", "--report", "--bench", "--vary", "--seeds", "--fresh", "--study"):
+        assert option in usage
+    report_time = (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns
+    errors = []
+    for args in (["--study", "nowhere"], ["--quick", "--vary", "beta3"]):
+        run = subprocess.run([*script, *args], capture_output=True, text=True)
+        assert run.returncode == 2 and not run.stdout
+        errors.append(run.stderr.splitlines()[-1])
+    assert errors[0].startswith("reproduce.py: error: argument --study: invalid choice: 'nowhere' (choose from")
+    assert all(f"'{arm}'" in errors[0] for arm in [*arms.ARMS, "capacity"])
+    assert errors[1] == "reproduce.py: error: --vary beta3: give KEY=VALUE, e.g. --vary beta3=0.5"
+    assert (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns == report_time  # no report was written
