@@ -428,6 +428,7 @@ def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other
     assert (arm, label) == ("retrain", "advamd")
     assert why == "an mPC lift of +2.00 ± 0.10 over 3 seeds, the largest measured (benign -0.05 ± 0.10)"
     assert recommend.lift(recommend.deltas(records.load(), "retrain", "advtrain"), "benign") == ""
+    assert recommend.lift({"benign": [1.0, 1.2], "mpc": []}, "benign") == ""  # above its spread, but 2 seeds: no lift
 
 
 def test_command_line_keeps_its_options_and_refuses_a_bad_one_before_any_work():
