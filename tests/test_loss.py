@@ -7,6 +7,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.loss import ViewLoss
+from yolo_advamd.views import View
 
 NC = 10
 
@@ -40,8 +41,9 @@ def stock(model, preds, batch, class_weights=None):
 
 
 def view_loss(model, preds, batch, **view):
-    """ViewLoss on a view batch with the given view keys."""
-    return ViewLoss(model.init_criterion())(preds, {**batch, **view})[0]
+    """ViewLoss on the adversarial view batch with the given `View` settings (none: a plain batch)."""
+    view = View("adv", "adv_loss", **{"loss_scale": 1.0, **view}) if view else None
+    return ViewLoss(model.init_criterion())(preds, {**batch, "view": view} if view else batch)[0]
 
 
 def test_positive_scope_weights_only_each_foreground_anchors_assigned_class(setup):

@@ -17,6 +17,7 @@ from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.loss import wrap_criterion
 from yolo_advamd.nn.dual_bn import aux_bn, convert_dual_bn
 from yolo_advamd.stage import AttackStage
+from yolo_advamd.methods import METHODS
 from yolo_advamd.step import ViewGuard, advamd_step
 from yolo_advamd.trainer import AdvAmdTrainer
 
@@ -40,14 +41,16 @@ def step(method: str, **kw):
     model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
     settings = resolve_advamd_cfg({"method": method, "eps": 0.03, "beta1": 0.7, "beta2": 0.9, "beta3": 1.3, **kw})
     model.args = SimpleNamespace(**{**vars(get_cfg()), **settings})
-    teacher = freeze_target(model) if method == "udfa" else None
+    run = METHODS[method](model.args)
+    teacher = freeze_target(model) if run.needs_target() else None
+    run.setup(teacher)
     module = wrap_criterion(convert_dual_bn(model) if settings["aux_bn"] else model).train()
     ViewGuard(module)
     a = model.args
     stage = AttackStage(build_attack(a.attack, eps=a.eps, steps=a.steps), a.phi, a.attack_model, model=module,
-                        terms=a.attack_terms, attack_aux_bn=method == "detadvprop")  # as the trainer builds it
+                        terms=a.attack_terms, attack_aux_bn=run.attack_aux_bn())  # as the trainer builds it
     losses = []
-    view = advamd_step(module, module, batch(), stage, a, torch.linspace(0.5, 1.5, NC), losses.append, teacher=teacher)
+    view = advamd_step(module, module, batch(), stage, run, torch.linspace(0.5, 1.5, NC), losses.append)
     losses.append(module(view)[0].sum())
     return module, view, sum(losses), teacher
 
@@ -75,7 +78,7 @@ def test_advamd_step_is_the_weighted_sum_of_its_three_views():
 def test_detadvprop_step_is_the_clean_loss_plus_the_adversarial_loss_through_the_aux_bn():
     module, view, total, _ = step("detadvprop")
     b = batch()
-    assert view["view"] == "benign"  # attack_terms=max: the attack needs passes of its own, the loop trains the clean view
+    assert view["view"].name == "benign"  # attack_terms=max: the attack needs passes of its own, the loop trains the clean view
     hand = 0.7 * detection(module, b["img"], b) + 1.3 * detection(module, view["img_adv"], b, routed=True)
     assert torch.allclose(total, hand, rtol=1e-5)
 
@@ -83,7 +86,7 @@ def test_detadvprop_step_is_the_clean_loss_plus_the_adversarial_loss_through_the
 def test_udfa_step_is_the_clean_loss_plus_the_feature_alignment_with_the_teacher():
     module, view, total, teacher = step("udfa")
     b = batch()
-    assert view["view"] == "adv"  # FGSM from the clean pass's input gradient, as UDFA's code does
+    assert view["view"].name == "adv"  # FGSM from the clean pass's input gradient, as UDFA's code does
 
     def neck(model, images):
         feats = {}

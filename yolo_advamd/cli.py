@@ -60,13 +60,12 @@ def use_all_cores() -> None:
 
 def train(overrides: dict):
     """Train with the AdvAmd trainer of the model's task (`trainer.advamd_trainer`) and return the trainer."""
-    from yolo_advamd.checkpoint import model_task
+    from yolo_advamd.cfg import resolve_settings
     from yolo_advamd.trainer import advamd_trainer
 
     if not overrides.get("resume"):  # a resumed run keeps its own model and data
         overrides = {"model": "yolov8n.yaml", **overrides}
-        overrides = {"data": DEFAULT_DATA.get(model_task(overrides), DEFAULT_DATA["detect"]), **overrides}
-    trainer = advamd_trainer(overrides)
+    trainer = advamd_trainer(resolve_settings(overrides, default_data=True))
     trainer.train()
     return trainer
 
