@@ -34,11 +34,6 @@ DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tun
 }
 
 
-DEFAULT_DATA = {  # the embedded dataset of each task, when data= is not given
-    "detect": "data/digits-det.yaml",
-    "segment": "data/digits-seg.yaml",
-    "classify": "data/digits-cls.yaml",
-}
 VAL_CLI_DEFAULTS = {"data": "the task's embedded set (data/digits-det.yaml, -seg, -cls)", "attacks": "fgsm,pgd",
                     "eps": "0.01,0.1"}  # val_advamd.py's own defaults for yolo_advamd.validate_advamd()
 ATTACK_CLI_DEFAULTS = {"eps": "8/255", "save": True}  # attack.py's own defaults for yolo_advamd.attack()

@@ -185,17 +185,12 @@ def load_state_dict_file(path: str | Path) -> nn.Module:
     Returns:
         (nn.Module): The model in fp32 and eval mode, with `names` and `stride` restored.
     """
-    from ultralytics.nn.tasks import (
-        ClassificationModel,
-        DetectionModel,
-        SegmentationModel,
-    )
+    from yolo_advamd.tasks import TASKS
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    models = {"detect": DetectionModel, "segment": SegmentationModel, "classify": ClassificationModel}
-    if ckpt.get("task", "detect") not in models:
-        raise ValueError(f"{path} holds a task={ckpt['task']} model: load_state_dict_file rebuilds {', '.join(models)}")
-    model = models[ckpt.get("task", "detect")](ckpt["yaml"], nc=ckpt["nc"], verbose=False)
+    if (task := ckpt.get("task", "detect")) not in TASKS:
+        raise ValueError(f"{path} holds a task={task} model: load_state_dict_file rebuilds {', '.join(TASKS)}")
+    model = TASKS[task].model(ckpt["yaml"], nc=ckpt["nc"], verbose=False)
     model.load_state_dict(ckpt["state_dict"])
     model.names = ckpt["names"]
     model.stride = torch.tensor(ckpt["stride"])
