@@ -1,7 +1,7 @@
 """Does vanilla learn from the first epochs under a classification arm's recipe? Check it before any AdvAmd run.
 
 Trains the arm's vanilla run (our trainer, `method=vanilla`) and a stock Ultralytics `ClassificationTrainer` with the
-same settings (`reproduce.SCHEDULE`, the arm's recipe, the seed), then prints each one's val top-1 per epoch, its wall
+same settings (`study.arms.SCHEDULE`, the arm's recipe, the seed), then prints each one's val top-1 per epoch, its wall
 time, and whether the arm's `criterion` (top-1 above a bar at an epoch) holds. The two runs should agree: the vanilla
 row is then a fair control, stock Ultralytics training by another name.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-import reproduce
+from study import arms, plans, runner
 
 import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 from yolo_advamd.cfg import parse_cli
@@ -28,7 +28,7 @@ def top1_curve(trainer_class, overrides: dict) -> tuple[list[float], float]:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return reproduce.epoch_curves(trainer.save_dir / "results.csv", "classify")["curve"], seconds
+    return runner.epoch_curves(trainer.save_dir / "results.csv", "classify")["curve"], seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> dict:
     from yolo_advamd.trainer import AdvAmdClassificationTrainer
 
     args = parse_cli(argv)
-    arm = reproduce.TASKS[args.pop("arm", "cls-r2")]
+    arm = arms.TASKS[args.pop("arm", "cls-r2")]
     seed, chosen = args.pop("seed", 0), str(args.pop("trainers", "vanilla,stock")).split(",")
     epoch, bar = arm["criterion"]
     use_all_cores()
-    settings = {**reproduce.SCHEDULE, **reproduce.study_settings(arm, "vanilla", seed), **args}
-    settings["data"] = reproduce.arm_data(arm)
+    settings = {**arms.SCHEDULE, **plans.study_settings(arm, "vanilla", seed), **args}
+    settings["data"] = runner.arm_data(arm)
     trainers = {"vanilla": ("vanilla (AdvAmdClassificationTrainer, method=vanilla)", AdvAmdClassificationTrainer),
                 "stock": ("stock ClassificationTrainer", ClassificationTrainer)}  # fmt: skip
     if bad := [t for t in chosen if t not in trainers]:

@@ -1,26 +1,29 @@
-"""benchmarks/reproduce.py: resumable (recorded runs are never trained again) and its report computes Δ vs the control."""
+"""benchmarks/reproduce.py (the package benchmarks/study/): resumable (recorded runs are never trained again) and its
+report computes Δ vs the control."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import reproduce  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from study import arms, paths, plans, records, recommend, report, runner  # noqa: E402
 
 
 @pytest.fixture
 def files(tmp_path, monkeypatch):
     """Point the script's results, report and plot at a temporary directory."""
-    monkeypatch.setattr(reproduce, "RESULTS", tmp_path / "results.jsonl")
-    monkeypatch.setattr(reproduce, "REPORT", tmp_path / "RESULTS.md")
-    monkeypatch.setattr(reproduce, "PLOT", tmp_path / "plot.png")
-    monkeypatch.setattr(reproduce, "BENCH", tmp_path / "benchmarks.txt")
-    monkeypatch.setattr(reproduce, "DISCUSSION", tmp_path / "discussion.md")
-    monkeypatch.setattr(reproduce, "RECOMMENDED", tmp_path / "recommended.yaml")
-    monkeypatch.setattr(reproduce, "TARGETS", tmp_path / "targets")
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results.jsonl")
+    monkeypatch.setattr(paths, "REPORT", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(paths, "PLOT", tmp_path / "plot.png")
+    monkeypatch.setattr(paths, "BENCH", tmp_path / "benchmarks.txt")
+    monkeypatch.setattr(paths, "DISCUSSION", tmp_path / "discussion.md")
+    monkeypatch.setattr(paths, "RECOMMENDED", tmp_path / "recommended.yaml")
+    monkeypatch.setattr(paths, "TARGETS", tmp_path / "targets")
     return tmp_path
 
 
@@ -36,54 +39,58 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
         (weights.parents[1] / "results.csv").write_text("epoch,time,metrics/mAP50-95(B)\n1,10,0.25\n2,20,0.5\n")
         return weights, 1.0
 
-    monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
-    monkeypatch.setattr(reproduce, "ROOT", files)  # the repository: recorded paths are relative to it
-    reproduce.record({"key": "vanilla//seed0", "profile": "quick", "name": "vanilla", "seed": 0, "method": "vanilla", "attack": "fgsm",
-                      "eps": 0.01, "train_seconds": 1, "weights": "v.pt", "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}})  # fmt: skip
-    reproduce.run_protocol("quick")
+    monkeypatch.setattr(paths, "ROOT", files)  # the repository: recorded paths are relative to it
+    records.record({"key": "vanilla//seed0", "profile": "quick", "name": "vanilla", "seed": 0, "method": "vanilla",
+                    "attack": "fgsm", "eps": 0.01, "train_seconds": 1, "weights": "v.pt",
+                    "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}})
+    runner.run_protocol("quick")
     assert trained == ["target", "advtrain_fgsm-0.01_seed0", "advamd_fgsm-0.01_seed0"]  # vanilla was recorded
-    target = next(e for e in reproduce.load() if e["key"] == "target")
+    target = next(e for e in records.load() if e["key"] == "target")
     assert target["weights"] == "targets/quick.pt" and (files / "targets" / "quick.pt").is_file()  # kept in the repo
     (files / "target" / "weights" / "best.pt").unlink()  # a fresh machine has no runs/: M_T's kept copy is enough
     trained.clear()
-    reproduce.run_protocol("quick")  # everything recorded: nothing is trained again
+    runner.run_protocol("quick")  # everything recorded: nothing is trained again
     assert trained == []
-    assert len(reproduce.load()) == 4
-    assert next(e for e in reproduce.load() if e["key"] == "target")["curve"] == [25.0, 50.0]  # M_T's val mAP per epoch
-    reproduce.run_protocol("quick", vary={"beta3": 0.5})  # a tried setting: (c) only, a row of its own
+    assert len(records.load()) == 4
+    assert next(e for e in records.load() if e["key"] == "target")["curve"] == [25.0, 50.0]  # M_T's val mAP per epoch
+    runner.run_protocol("quick", vary={"beta3": 0.5})  # a tried setting: (c) only, a row of its own
     assert trained == ["advamd_fgsm-0.01_seed0_beta3=0.5"]
-    assert "| advamd | fgsm ε=0.01 beta3=0.5 | 0 | +0.00 | +0.00 |" in reproduce.report()
+    assert "| advamd | fgsm ε=0.01 beta3=0.5 | 0 | +0.00 | +0.00 |" in report.report()
     trained.clear()
-    reproduce.run_protocol("quick", seeds=[0, 1])  # more seeds: only the new seed's (a), (b), (c) are trained
+    runner.run_protocol("quick", seeds=[0, 1])  # more seeds: only the new seed's (a), (b), (c) are trained
     assert trained == ["vanilla__seed1", "advtrain_fgsm-0.01_seed1", "advamd_fgsm-0.01_seed1"]
-    (files / "targets" / "quick.pt").unlink()  # the weights every recorded fine-tune started from are gone: say so, train nothing
+    # the weights every recorded fine-tune started from are gone: say so, train nothing
+    (files / "targets" / "quick.pt").unlink()
     with pytest.raises(FileNotFoundError, match="recorded M_T of profile 'quick'"):
-        reproduce.run_protocol("quick", seeds=[0, 1, 2])
-    reproduce.record({"key": "target", "profile": "full", "weights": "targets/full.pt", "train_seconds": 60,
-                      "curve": [70.0, 80.0], "map": {"benign": 80.0}})  # fmt: skip
-    quick = [line for line in reproduce.RESULTS.read_text().splitlines() if '"profile": "quick"' in line]
-    dest = reproduce.archive("quick")  # --fresh: the profile's records are kept aside, other profiles stay
+        runner.run_protocol("quick", seeds=[0, 1, 2])
+    records.record({"key": "target", "profile": "full", "weights": "targets/full.pt", "train_seconds": 60,
+                    "curve": [70.0, 80.0], "map": {"benign": 80.0}})
+    quick = [line for line in paths.RESULTS.read_text().splitlines() if '"profile": "quick"' in line]
+    dest = records.archive("quick")  # --fresh: the profile's records are kept aside, other profiles stay
     assert dest.read_text().splitlines() == quick
-    assert [e["profile"] for e in reproduce.load()] == ["full"]
+    assert [e["profile"] for e in records.load()] == ["full"]
     trained.clear()
-    reproduce.run_protocol("quick")  # anew: M_T first
+    runner.run_protocol("quick")  # anew: M_T first
     assert trained == ["target", "vanilla__seed0", "advtrain_fgsm-0.01_seed0", "advamd_fgsm-0.01_seed0"]
-    again = reproduce.archive("quick")
+    again = records.archive("quick")
     assert again != dest and again.with_suffix(".pt").is_file()  # a new archive each time; M_T goes with its records
 
 
 def test_report_deltas_are_against_the_same_seed_control(files):
     base = {"profile": "quick", "attack": "fgsm", "eps": 0.01, "train_seconds": 60}
     for seed, (van, amd) in enumerate([(50.0, 52.0), (48.0, 51.0)]):
-        reproduce.record({**base, "key": f"v{seed}", "name": "vanilla", "seed": seed, "map": {"benign": van, "fgsm eps=0.01": 10.0}})
-        reproduce.record({**base, "key": f"a{seed}", "name": "advamd", "seed": seed, "map": {"benign": amd, "fgsm eps=0.01": 15.0}})
-    reproduce.record({"profile": "quick", "key": "target", "train_seconds": 60, "curve": [40.0, 48.0, 48.5, 49.0, 49.5, 50.0],
-                      "map": {"benign": 50.5, "fgsm eps=0.01": 5.0}})  # fmt: skip
-    reproduce.BENCH.write_text("fgsm  1318 ms  3.79x stock")  # the last --bench tables stay in every report
-    reproduce.DISCUSSION.write_text("## What the numbers say\n\nAdvAmd is below the control here.")  # and the reading
-    text = reproduce.report()
+        records.record({**base, "key": f"v{seed}", "name": "vanilla", "seed": seed,
+                        "map": {"benign": van, "fgsm eps=0.01": 10.0}})
+        records.record({**base, "key": f"a{seed}", "name": "advamd", "seed": seed,
+                        "map": {"benign": amd, "fgsm eps=0.01": 15.0}})
+    records.record({"profile": "quick", "key": "target", "train_seconds": 60,
+                    "curve": [40.0, 48.0, 48.5, 49.0, 49.5, 50.0], "map": {"benign": 50.5, "fgsm eps=0.01": 5.0}})
+    paths.BENCH.write_text("fgsm  1318 ms  3.79x stock")  # the last --bench tables stay in every report
+    paths.DISCUSSION.write_text("## What the numbers say\n\nAdvAmd is below the control here.")  # and the reading
+    text = report.report()
     assert "## Step cost and attack speed" in text and "3.79x stock" in text
     assert text.index("AdvAmd is below the control here.") < text.index("## Profile `quick`")
     rows = [line for line in text.splitlines() if line.startswith("| advamd | fgsm")]
@@ -93,69 +100,72 @@ def test_report_deltas_are_against_the_same_seed_control(files):
     assert "| M_T (start) | — | — | 50.50 | 5.00 |" in text  # where every fine-tune started
     assert "(+0.50 points an epoch: near a plateau, still gaining)" in text  # least squares over the last 5 epochs
     assert (files / "plot.png").stat().st_size > 0
-    assert json.loads(reproduce.RESULTS.read_text().splitlines()[0])["key"] == "v0"
+    assert json.loads(paths.RESULTS.read_text().splitlines()[0])["key"] == "v0"
 
 
 def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(files, monkeypatch):
-    full = reproduce.PROFILES["full"]
-    runs = reproduce.plan(full)
-    assert len({reproduce.key(r) for r in runs}) == len(runs)
+    full = arms.PROFILES["full"]
+    runs = plans.plan(full)
+    assert len({plans.key(r) for r in runs}) == len(runs)
     for attack, eps in full["train"]:  # Adv-Train and the seven Table 3 rows at every attack and budget
-        names = {reproduce.method_name(r) for r in runs if (r["attack"], r["eps"], r["seed"]) == (attack, eps, 0)}
-        assert names >= {"advtrain", "advamd", *(f"ablation-{r}" for r in reproduce.TABLE3[:-1])}
-        assert all(r["steps"] == reproduce.TRAIN_STEPS[attack] for r in runs if r["attack"] == attack)
+        names = {plans.method_name(r) for r in runs if (r["attack"], r["eps"], r["seed"]) == (attack, eps, 0)}
+        assert names >= {"advtrain", "advamd", *(f"ablation-{r}" for r in arms.TABLE3[:-1])}
+        assert all(r["steps"] == arms.TRAIN_STEPS[attack] for r in runs if r["attack"] == attack)
     control = runs[0]  # evaluated at every budget, and at a varied one, so a --vary eps=... row has its Δ adv
-    assert reproduce.eval_eps(control, full) == [0.01, 0.1] and reproduce.eval_eps(runs[1], full) == [0.01]
-    assert reproduce.eval_eps(control, full, {"eps": 0.003}) == [0.003, 0.01, 0.1]
-    first = [reproduce.method_name(r) for r in runs[:9]]  # (a), (b), (c) over three seeds come first
+    assert plans.eval_eps(control, full) == [0.01, 0.1] and plans.eval_eps(runs[1], full) == [0.01]
+    assert plans.eval_eps(control, full, {"eps": 0.003}) == [0.003, 0.01, 0.1]
+    first = [plans.method_name(r) for r in runs[:9]]  # (a), (b), (c) over three seeds come first
     assert first == ["vanilla", "advtrain", "advamd"] * 3 and [r["seed"] for r in runs[:9:3]] == [0, 1, 2]
 
     asked = []
-    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n: asked.append(eps) or {"benign": 1.0, "fgsm eps=0.1": 5.0})
+    monkeypatch.setattr(
+        runner, "evaluate", lambda w, d, eps, n: asked.append(eps) or {"benign": 1.0, "fgsm eps=0.1": 5.0}
+    )
     (files / "v.pt").touch()
     entry = {"key": "vanilla//seed0", "profile": "full", "name": "vanilla", "seed": 0, "weights": str(files / "v.pt"),
-             "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}}  # fmt: skip
-    reproduce.record(entry)
-    done = reproduce.complete(entry, [0.01, 0.1], "data.yaml")
+             "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}}
+    records.record(entry)
+    done = runner.complete(entry, [0.01, 0.1], "data.yaml")
     assert asked == [[0.1]]  # only the missing budget is evaluated; the recorded columns are kept
     assert done["map"] == {"benign": 50.0, "fgsm eps=0.01": 20.0, "fgsm eps=0.1": 5.0}
-    loaded = reproduce.load()
+    loaded = records.load()
     assert "commit" in loaded[0]  # each record names the code that made it
     loaded[0].pop("commit")
     assert loaded == [done]  # the later record of a key replaces the earlier one
-    assert reproduce.complete(done, [0.01, 0.1], "data.yaml") == done and asked == [[0.1]]
-    (files / "v.pt").unlink()  # a fine-tune's weights stay on the machine that trained it: without them, keep the record
-    assert reproduce.complete(done, [0.01, 0.03, 0.1], "data.yaml") == done and asked == [[0.1]]
+    assert runner.complete(done, [0.01, 0.1], "data.yaml") == done and asked == [[0.1]]
+    # a fine-tune's weights stay on the machine that trained it: without them, keep the record
+    (files / "v.pt").unlink()
+    assert runner.complete(done, [0.01, 0.03, 0.1], "data.yaml") == done and asked == [[0.1]]
 
 
 def test_paper_table_pairs_each_training_setting_with_the_same_attack(files):
     base = {"profile": "full", "train_seconds": 60, "seed": 0}
-    reproduce.record({**base, "key": "v", "name": "vanilla", "attack": "fgsm", "eps": 0.01,
-                      "map": {"benign": 50.0, "fgsm eps=0.01": 10.0, "pgd eps=0.1": 1.0}})  # fmt: skip
-    reproduce.record({**base, "key": "a", "name": "advamd", "attack": "pgd", "eps": 0.1, "steps": 3,
-                      "map": {"benign": 49.0, "fgsm eps=0.1": 9.0, "pgd eps=0.1": 8.0}})  # fmt: skip
-    text = reproduce.report()
+    records.record({**base, "key": "v", "name": "vanilla", "attack": "fgsm", "eps": 0.01,
+                    "map": {"benign": 50.0, "fgsm eps=0.01": 10.0, "pgd eps=0.1": 1.0}})
+    records.record({**base, "key": "a", "name": "advamd", "attack": "pgd", "eps": 0.1, "steps": 3,
+                    "map": {"benign": 49.0, "fgsm eps=0.1": 9.0, "pgd eps=0.1": 8.0}})
+    text = report.report()
     assert "| method | M | B | L | Δ adv, pgd-3 ε=0.1 | Δ benign, pgd-3 ε=0.1 |" in text
     assert "| advamd | ✓ | ✓ | ✓ | +7.00 | -1.00 |" in text
     assert "| ablation-ML | ✓ |  | ✓ |  |  |" in text
 
 
 def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(files):
-    runs = reproduce.study_plan([])
+    runs = plans.study_plan([])
     screen = [r for r in runs if r[2] == 0]
-    assert screen == [(arm, label, 0) for arm, a in reproduce.STUDY.items() for label in a["methods"]]
+    assert screen == [(arm, label, 0) for arm, a in arms.STUDY.items() for label in a["methods"]]
     confirmed = ("vanilla", "advamd", "advtrain", "advamd current")  # the retrain arm's `confirm`, round 2 included
     assert [r for r in runs if r[2] > 0] == [("retrain", m, s) for s in (1, 2) for m in confirmed]
     record = {"profile": "scratch", "train_seconds": 1, "seed": 0}
-    records = [{**record, "key": "vanilla/seed0", "name": "vanilla", "map": {"benign": 50.0}},
+    screened = [{**record, "key": "vanilla/seed0", "name": "vanilla", "map": {"benign": 50.0}},
                {**record, "key": "advamd/seed0", "name": "advamd", "map": {"benign": 49.6}},  # Δ -0.4: confirmed
                {**record, "key": "detadvprop/seed0", "name": "detadvprop", "map": {"benign": 49.4}}]  # Δ -0.6: not
-    confirmed = [r for r in reproduce.study_plan(records) if r[0] == "scratch" and r[2] > 0]
+    confirmed = [r for r in plans.study_plan(screened) if r[0] == "scratch" and r[2] > 0]
     assert confirmed == [("scratch", m, s) for s in (1, 2) for m in ("vanilla", "advamd")]
-    tasks = reproduce.study_plan([], reproduce.TASKS)  # the other tasks: every method at seed 0, or at the arm's seeds
-    assert tasks == [(t, m, 0) for t, a in reproduce.TASKS.items() for m in a["methods"]] + [
+    tasks = plans.study_plan([], arms.TASKS)  # the other tasks: every method at seed 0, or at the arm's seeds
+    assert tasks == [(t, m, 0) for t, a in arms.TASKS.items() for m in a["methods"]] + [
         ("cls-r2", m, s) for s in (1, 2) for m in ("vanilla", "advamd", "aux-BN only", "advamd attack_labels=pred")]
-    assert all({"vanilla", "advamd"} <= set(a["methods"]) for a in reproduce.TASKS.values())
+    assert all({"vanilla", "advamd"} <= set(a["methods"]) for a in arms.TASKS.values())
 
 
 def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_through_m_t(files, monkeypatch, capsys):
@@ -177,48 +187,48 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
         (run / "weights").mkdir(parents=True, exist_ok=True)
         (run / "weights" / "best.pt").touch()
         (run / "results.csv").write_text("epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/mAP50-95(B)\n"
-                                         "1,10,1.0,1.0,1.0,0.5\n2,20,0.5,0.5,0.5,0.6\n")  # fmt: skip
+                                         "1,10,1.0,1.0,1.0,0.5\n2,20,0.5,0.5,0.5,0.6\n")
         return run / "weights" / "best.pt", 20.0
 
-    monkeypatch.setattr(reproduce, "ROOT", files)
-    monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate", fake_evaluate)
-    monkeypatch.setattr(reproduce, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 60.0})
+    monkeypatch.setattr(paths, "ROOT", files)
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    monkeypatch.setattr(runner, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 60.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
-    monkeypatch.setitem(reproduce.STUDY, "retrain", {**reproduce.STUDY["retrain"], "methods": {
-        k: reproduce.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})  # fmt: skip
+    monkeypatch.setitem(arms.STUDY, "retrain", {**arms.STUDY["retrain"], "methods": {
+        k: arms.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})
     (files / "targets").mkdir()
     (files / "targets" / "full.pt").touch()  # M_T, kept in the repository
-    reproduce.run_study(["retrain"])
+    runner.run_study(["retrain"])
     assert trained == [("retrain", f"{m}_seed{s}", m) for s in (0, 1, 2) for m in ("vanilla", "advamd")]
-    records = {e["key"]: e for e in reproduce.load() if e["profile"] == "retrain"}
-    assert records["start"]["map"] == {"benign": 50.0, "fgsm eps=0.01": 20.0}  # M_T at the arm's budgets
-    amd = records["advamd/seed0"]
+    by_key = {e["key"]: e for e in records.load() if e["profile"] == "retrain"}
+    assert by_key["start"]["map"] == {"benign": 50.0, "fgsm eps=0.01": 20.0}  # M_T at the arm's budgets
+    amd = by_key["advamd/seed0"]
     assert amd["settings"]["model"] == "targets/full.pt" and amd["settings"]["abar_scope"] == "positive"
     assert amd["curve"] == [50.0, 60.0] and amd["train_loss"] == [3.0, 1.5] and amd["eps"] == 0.01
-    assert amd["epoch_seconds"] == [10.0, 10.0] and amd["machine"] == reproduce.machine()  # timed here
+    assert amd["epoch_seconds"] == [10.0, 10.0] and amd["machine"] == runner.machine()  # timed here
     assert amd["transfer"] == {"fgsm eps=0.01": 80.0, "pgd eps=0.01": 70.0}  # attacked through M_T, without benign
     assert amd["leak"] == {"fgsm eps=0.01": 60.0, "pgd eps=0.01": 60.0}  # ... with every class moved to the next
-    assert "start" not in {e["key"] for e in reproduce.load() if "transfer" in e}  # M_T on itself is white-box
+    assert "start" not in {e["key"] for e in records.load() if "transfer" in e}  # M_T on itself is white-box
     trained.clear()
-    reproduce.run_study(["retrain"])  # everything recorded: nothing is trained again
+    runner.run_study(["retrain"])  # everything recorded: nothing is trained again
     assert trained == []
-    report = reproduce.report()
-    assert "| retrain | advamd | 3 | +0.00 ± 0.00 | +0.00 ± 0.00 |" in report
+    text = report.report()
+    assert "| retrain | advamd | 3 | +0.00 ± 0.00 | +0.00 ± 0.00 |" in text
     assert ("vanilla 80.00 / 70.00 at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds); advamd 80.00 / 70.00 "
-            "at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds).") in report
+            "at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds).") in text
 
     # a run recorded before its arm measured through M_T gets the maps it lacks on the next pass, once, if its weights
     # are still there
-    kept, gone = ({**records[f"{label}/seed0"], "key": f"{label}/seed7", "seed": 7} for label in ("advamd", "vanilla"))
+    kept, gone = ({**by_key[f"{label}/seed0"], "key": f"{label}/seed7", "seed": 7} for label in ("advamd", "vanilla"))
     del kept["leak"], gone["transfer"], gone["leak"]
     gone["weights"] = "runs/deleted/weights/best.pt"
     for e in (kept, gone):
-        reproduce.record(e)
+        records.record(e)
     through_target.clear()
-    reproduce.run_study(["retrain"])
+    runner.run_study(["retrain"])
     assert trained == [] and through_target == ["retrain-advamd_seed7-leak"]  # only what is missing is measured
-    after = {e["key"]: e for e in reproduce.load() if e["profile"] == "retrain"}
+    after = {e["key"]: e for e in records.load() if e["profile"] == "retrain"}
     assert after["advamd/seed7"]["leak"] == {"fgsm eps=0.01": 60.0, "pgd eps=0.01": 60.0}
     assert "transfer" not in after["vanilla/seed7"] and "are gone: left as is" in capsys.readouterr().out
 
@@ -242,55 +252,56 @@ def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_an
         (run / "results.csv").write_text("epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,10,1.0,0.5\n")
         return run / "weights" / "best.pt", 10.0
 
-    monkeypatch.setattr(reproduce, "ROOT", files)
-    monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n, imgsz=160, *a: {"benign": 50.0})
-    monkeypatch.setattr(reproduce, "evaluate_corruptions", fake_corruptions)
+    monkeypatch.setattr(paths, "ROOT", files)
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n, imgsz=160, *a: {"benign": 50.0})
+    monkeypatch.setattr(runner, "evaluate_corruptions", fake_corruptions)
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
-    scratch = {**reproduce.STUDY["scratch"], "methods": {k: reproduce.STUDY["scratch"]["methods"][k]
-                                                         for k in ("vanilla", "detadvprop")}}  # fmt: skip
-    monkeypatch.setitem(reproduce.STUDY, "scratch", scratch)
+    scratch = {**arms.STUDY["scratch"], "methods": {k: arms.STUDY["scratch"]["methods"][k]
+                                                         for k in ("vanilla", "detadvprop")}}
+    monkeypatch.setitem(arms.STUDY, "scratch", scratch)
     old = [{"profile": "scratch", "key": f"{label}/seed0", "name": label, "seed": 0, "settings": {}, "attack": "fgsm",
             "eps": 1 / 255, "weights": f"runs/old-{label}/weights/best.pt", "train_seconds": 1, "epoch_seconds": [1.0],
-            "map": {"benign": 50.0}} for label in ("vanilla", "detadvprop")]  # fmt: skip
+            "map": {"benign": 50.0}} for label in ("vanilla", "detadvprop")]
     for e in old:
-        reproduce.record(e)
-    assert "Δ mPC" not in reproduce.report()  # no corruption map yet: the report as before
+        records.record(e)
+    assert "Δ mPC" not in report.report()  # no corruption map yet: the report as before
     (files / "runs" / "old-vanilla" / "weights").mkdir(parents=True)
     (files / "runs" / "old-vanilla" / "weights" / "best.pt").touch()  # detadvprop's weights are gone
-    reproduce.run_study(["scratch"])
+    runner.run_study(["scratch"])
     assert measured[-1] == "scratch-vanilla_seed0-corruption" and "are gone: left as is" in capsys.readouterr().out
-    records = {e["key"]: e for e in reproduce.load() if e["profile"] == "scratch"}
-    assert records["vanilla/seed0"]["corruption"]["mPC"] == 30.0 and "corruption" not in records["detadvprop/seed0"]
-    assert records["detadvprop/seed1"]["corruption"] == {"benign": 50.0, "fog s1": 33.0, "mPC": 33.0, "rPC": 66.0}
+    by_key = {e["key"]: e for e in records.load() if e["profile"] == "scratch"}
+    assert by_key["vanilla/seed0"]["corruption"]["mPC"] == 30.0 and "corruption" not in by_key["detadvprop/seed0"]
+    assert by_key["detadvprop/seed1"]["corruption"] == {"benign": 50.0, "fog s1": 33.0, "mPC": 33.0, "rPC": 66.0}
     assert len(measured) == 5  # the 4 new runs (seeds 1, 2) once each, then vanilla seed 0 backfilled
     measured.clear()
-    reproduce.run_study(["scratch"])
+    runner.run_study(["scratch"])
     assert measured == []  # every map recorded (or its weights gone): nothing measured again
-    report = reproduce.report()
-    assert "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | Δ mPC | vs M_T |" in report
-    assert "| scratch | vanilla (absolute) | 3 | 50.00 ± 0.00 | | | 30.00 ± 0.00 |  | 1.00 | |" in report
-    assert "| scratch | detadvprop | 3 | +0.00 ± 0.00 |  |  | +3.00 ± 0.00 |  | 1.00 |" in report  # seeds 1, 2 only
+    text = report.report()
+    assert "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | Δ mPC | vs M_T |" in text
+    assert "| scratch | vanilla (absolute) | 3 | 50.00 ± 0.00 | | | 30.00 ± 0.00 |  | 1.00 | |" in text
+    assert "| scratch | detadvprop | 3 | +0.00 ± 0.00 |  |  | +3.00 ± 0.00 |  | 1.00 |" in text  # seeds 1, 2 only
 
 
 def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_screen_is_in(files, monkeypatch):
     def screen(best: tuple[str, str]) -> list[dict]:
-        return [{"profile": arm, "key": f"{label}/seed0", "name": label, "seed": 0, "train_seconds": 1, "attack": "fgsm",
-                 "eps": 0.01, "epoch_seconds": [1.0], "map": {"benign": 50.5 if (arm, label) == best else 50.0}}
-                for arm, a in reproduce.STUDY.items() for label in a["methods"]]  # fmt: skip
+        return [{"profile": arm, "key": f"{label}/seed0", "name": label, "seed": 0, "train_seconds": 1,
+                 "attack": "fgsm", "eps": 0.01, "epoch_seconds": [1.0],
+                 "map": {"benign": 50.5 if (arm, label) == best else 50.0}}
+                for arm, a in arms.STUDY.items() for label in a["methods"]]
 
-    records = screen(("scratch", "detadvprop"))
-    assert reproduce.capacity_arm(records[1:]) == {}  # one screen run missing: not chosen yet
+    screened = screen(("scratch", "detadvprop"))
+    assert plans.capacity_arm(screened[1:]) == {}  # one screen run missing: not chosen yet
     with pytest.raises(ValueError, match="capacity arm is chosen once every other study arm's seed 0 is recorded"):
-        reproduce.study_arms(records[1:], ["capacity"])
-    arm = reproduce.capacity_arm(records)["capacity"]
+        plans.study_arms(screened[1:], ["capacity"])
+    arm = plans.capacity_arm(screened)["capacity"]
     assert arm["start"] == "yolov8s.yaml" and list(arm["methods"]) == ["vanilla", "detadvprop"]
-    late = [e for e in records if (e["profile"], e["name"]) in reproduce.ROUND_2]  # added after the rule was applied
-    assert late and reproduce.capacity_arm([e for e in records if e not in late]) == {"capacity": arm}
+    late = [e for e in screened if (e["profile"], e["name"]) in arms.ROUND_2]  # added after the rule was applied
+    assert late and plans.capacity_arm([e for e in screened if e not in late]) == {"capacity": arm}
     for e in late:
         e["map"]["benign"] = 52.0  # closer to a lift than detadvprop: the arm chosen before stays
-    assert reproduce.capacity_arm(records) == {"capacity": arm}
-    assert arm["recipe"] == reproduce.STUDY["scratch"]["recipe"] and "Δ benign +0.50" in arm["about"]
+    assert plans.capacity_arm(screened) == {"capacity": arm}
+    assert arm["recipe"] == arms.STUDY["scratch"]["recipe"] and "Δ benign +0.50" in arm["about"]
 
     trained = []
 
@@ -302,21 +313,21 @@ def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_scre
         (run / "results.csv").write_text("epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,10,1.0,0.5\n")
         return run / "weights" / "best.pt", 10.0
 
-    monkeypatch.setattr(reproduce, "ROOT", files)
-    monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate", lambda w, d, eps, n, imgsz=160: {"benign": 40.0})
-    monkeypatch.setattr(reproduce, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 75.0})
+    monkeypatch.setattr(paths, "ROOT", files)
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n, imgsz=160: {"benign": 40.0})
+    monkeypatch.setattr(runner, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 75.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     for e in screen(("teacher", "udfa")):  # from M_T: the capacity arm trains an M_T of yolov8s first, and keeps it
-        reproduce.record(e)
-    reproduce.run_study(["capacity"])
+        records.record(e)
+    runner.run_study(["capacity"])
     kept = str(files / "targets" / "full-yolov8s.pt")
     assert trained[:3] == [("targets", "full-yolov8s", "yolov8s.yaml"), ("capacity", "vanilla_seed0", kept),
-                           ("capacity", "udfa_seed0", kept)]  # fmt: skip
+                           ("capacity", "udfa_seed0", kept)]
     assert (files / "targets" / "full-yolov8s.pt").read_text() == "full-yolov8s"
-    start = next(e for e in reproduce.load() if (e["profile"], e["key"]) == ("capacity", "start"))
+    start = next(e for e in records.load() if (e["profile"], e["key"]) == ("capacity", "start"))
     assert start["weights"] == "targets/full-yolov8s.pt" and start["curve"] == [50.0] and start["train_seconds"] == 10
-    assert "| capacity | udfa | 3 |" in reproduce.report()  # Δ 0 on seed 0 earned seeds 1 and 2
+    assert "| capacity | udfa | 3 |" in report.report()  # Δ 0 on seed 0 earned seeds 1 and 2
 
 
 def test_an_interrupted_run_resumes_and_its_time_sums_the_pieces(files, monkeypatch):
@@ -336,41 +347,42 @@ def test_an_interrupted_run_resumes_and_its_time_sums_the_pieces(files, monkeypa
     (files / "run" / "weights").mkdir(parents=True)
     (files / "run" / "results.csv").write_text("epoch,time\n1,10\n2,20\n3,5\n4,12\n")  # resumed after epoch 2
     torch.save({"epoch": 1}, files / "run" / "weights" / "last.pt")  # stopped mid-run
-    _, seconds = reproduce.train({"project": str(files), "name": "run", "epochs": 4})
+    _, seconds = runner.train({"project": str(files), "name": "run", "epochs": 4})
     assert made == [{"resume": str(files / "run" / "weights" / "last.pt")}] and seconds == 32
-    assert reproduce.epoch_seconds(files / "run" / "results.csv") == [10, 10, 5, 7]  # the resumed piece's first: 5
+    assert runner.epoch_seconds(files / "run" / "results.csv") == [10, 10, 5, 7]  # the resumed piece's first: 5
     torch.save({"epoch": -1}, files / "run" / "weights" / "last.pt")  # finished, not recorded yet: nothing to train
-    assert reproduce.train({"project": str(files), "name": "run"})[0] == files / "run" / "weights" / "best.pt"
+    assert runner.train({"project": str(files), "name": "run"})[0] == files / "run" / "weights" / "best.pt"
     assert len(made) == 1
 
 
 def test_wall_ratio_is_of_median_epochs_on_the_same_machine_so_other_jobs_and_machines_do_not_count():
     control = {"name": "vanilla", "seed": 0, "machine": "a", "epoch_seconds": [10, 10, 100, 10, 10]}  # one shared epoch
     run = {"name": "advamd", "seed": 0, "machine": "a", "epoch_seconds": [30] * 5}
-    assert reproduce.wall_ratio(run, [control, run]) == 3.0
+    assert report.wall_ratio(run, [control, run]) == 3.0
     faster = {**control, "seed": 1, "machine": "b", "epoch_seconds": [5] * 5}  # seed 1's vanilla, on a faster machine
-    assert reproduce.wall_ratio({**run, "machine": "b"}, [control, faster]) == 6.0  # not seed 0's, timed elsewhere
-    assert reproduce.wall_ratio({**run, "machine": "c"}, [control, faster]) is None
-    assert reproduce.machine() == reproduce.machine() != ""
+    assert report.wall_ratio({**run, "machine": "b"}, [control, faster]) == 6.0  # not seed 0's, timed elsewhere
+    assert report.wall_ratio({**run, "machine": "c"}, [control, faster]) is None
+    assert runner.machine() == runner.machine() != ""
 
 
 def test_overfitting_is_a_fall_from_the_val_peak_beyond_noise_while_the_training_loss_falls():
     rising = [50 + 0.1 * i + 0.3 * (i % 2) for i in range(40)]  # noisy, still climbing: peaks near the end
     run = {"seed": 0, "curve": rising, "train_loss": [2 - 0.01 * i for i in range(40)]}
-    assert "(no overfitting: the end is within twice the epoch-to-epoch noise" in reproduce.overfit(run)
+    assert "(no overfitting: the end is within twice the epoch-to-epoch noise" in report.overfit(run)
     peaked = [50 + i for i in range(20)] + [69 - 0.5 * i for i in range(20)]  # peaks at epoch 20, then falls
-    assert reproduce.overfit({**run, "curve": peaked}).endswith("(overfitting).")
-    assert "the training loss stopped falling" in reproduce.overfit({**run, "curve": peaked, "train_loss": [1.0] * 40})
+    assert report.overfit({**run, "curve": peaked}).endswith("(overfitting).")
+    assert "the training loss stopped falling" in report.overfit({**run, "curve": peaked, "train_loss": [1.0] * 40})
 
 
 def test_old_records_with_absolute_paths_are_found_under_this_repository(files, monkeypatch):
-    monkeypatch.setattr(reproduce, "ROOT", files)
+    monkeypatch.setattr(paths, "ROOT", files)
     (files / "runs" / "x" / "weights").mkdir(parents=True)
     (files / "runs" / "x" / "weights" / "best.pt").touch()
-    assert reproduce.on_disk("/elsewhere/repo/runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
-    assert reproduce.on_disk("runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
-    kept = Path(reproduce.__file__).parents[1] / "docs" / "results" / "results.jsonl"  # the repository's own records
-    assert not [e["weights"] for e in map(json.loads, kept.read_text().splitlines()) if Path(e["weights"]).is_absolute()]
+    assert records.on_disk("/elsewhere/repo/runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
+    assert records.on_disk("runs/x/weights/best.pt") == files / "runs" / "x" / "weights" / "best.pt"
+    kept = ROOT / "docs" / "results" / "results.jsonl"  # the repository's own records
+    weights = [json.loads(line)["weights"] for line in kept.read_text().splitlines()]
+    assert weights and not [w for w in weights if Path(w).is_absolute()]
 
 
 def test_recommendation_follows_the_fixed_rule_and_writes_a_loadable_hyp(files):
@@ -380,23 +392,23 @@ def test_recommendation_follows_the_fixed_rule_and_writes_a_loadable_hyp(files):
 
     def run(arm, name, seed, benign, fgsm, eps=0.01):
         col = column_name("fgsm", eps)
-        reproduce.record({"profile": arm, "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": eps, "attack": "fgsm",
-                          "train_seconds": 10, "epoch_seconds": [10.0],
-                          "map": {"benign": benign, col: fgsm}})  # fmt: skip
+        records.record({"profile": arm, "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": eps,
+                        "attack": "fgsm", "train_seconds": 10, "epoch_seconds": [10.0],
+                        "map": {"benign": benign, col: fgsm}})
 
     for seed in range(3):
         run("retrain", "vanilla", seed, 80.0, 40.0)
         run("retrain", "advamd", seed, 79.0, 45.0)  # robust, costs 1.0
         run("retrain", "aux-BN only", seed, 79.5, 39.0)  # costs less, but loses robustness
-    assert reproduce.recommend(reproduce.load())[:2] == ("retrain", "advamd")
+    assert recommend.recommend(records.load())[:2] == ("retrain", "advamd")
     for seed, gain in enumerate((0.9, 1.1, 1.0)):
         run("retrain", "advtrain", seed, 80.0 + gain, 41.0)  # a lift of 1.0 ± 0.1
-    arm, label, why = reproduce.recommend(reproduce.load())
+    arm, label, why = recommend.recommend(records.load())
     assert (arm, label) == ("retrain", "advtrain") and "lift of +1.00 ± 0.10 over 3 seeds" in why
-    reproduce.report()
-    hyp = reproduce.RECOMMENDED.read_text()
+    report.report()
+    hyp = paths.RECOMMENDED.read_text()
     assert hyp.startswith("# Recommended by benchmarks/reproduce.py") and "method: advtrain" in hyp
-    assert resolve_advamd_cfg({"hyp": str(reproduce.RECOMMENDED)})["method"] == "advtrain"  # a valid hyp file
+    assert resolve_advamd_cfg({"hyp": str(paths.RECOMMENDED)})["method"] == "advtrain"  # a valid hyp file
 
 
 def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other(files):
@@ -404,15 +416,35 @@ def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other
     on the other; the largest mean Δ wins."""
 
     def run(name, seed, benign, mpc):
-        reproduce.record({"profile": "retrain", "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": 0.01,
-                          "attack": "fgsm", "train_seconds": 10, "map": {"benign": benign, "fgsm eps=0.01": 40.0},
-                          "corruption": {"mPC": mpc, "rPC": mpc / benign}})  # fmt: skip
+        records.record({"profile": "retrain", "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": 0.01,
+                        "attack": "fgsm", "train_seconds": 10, "map": {"benign": benign, "fgsm eps=0.01": 40.0},
+                        "corruption": {"mPC": mpc, "rPC": mpc / benign}})
 
     for seed, (a, b, c) in enumerate(((0.9, 1.9, -0.15), (1.1, 2.1, 0.05), (1.0, 2.0, -0.05))):
         run("vanilla", seed, 80.0, 50.0)
         run("advtrain", seed, 80.0 + 3 * a, 50.0 - b)  # benign +3.0 ± 0.3, but mPC -2.0 ± 0.1: no lift
         run("advamd", seed, 80.0 + c, 50.0 + b)  # mPC +2.0 ± 0.1 at benign -0.05 ± 0.10 (within the spread): a lift
-    arm, label, why = reproduce.recommend(reproduce.load())
+    arm, label, why = recommend.recommend(records.load())
     assert (arm, label) == ("retrain", "advamd")
     assert why == "an mPC lift of +2.00 ± 0.10 over 3 seeds, the largest measured (benign -0.05 ± 0.10)"
-    assert reproduce.lift(reproduce.deltas(reproduce.load(), "retrain", "advtrain"), "benign") == ""
+    assert recommend.lift(recommend.deltas(records.load(), "retrain", "advtrain"), "benign") == ""
+    assert recommend.lift({"benign": [1.0, 1.2], "mpc": []}, "benign") == ""  # above its spread, but 2 seeds: no lift
+
+
+def test_command_line_keeps_its_options_and_refuses_a_bad_one_before_any_work():
+    """benchmarks/reproduce.py, run as a user runs it: its options are all there, every arm of the package is offered,
+    and an unknown arm or a --vary without "=" fails in one line with exit code 2, before anything is written."""
+    script = [sys.executable, str(ROOT / "benchmarks" / "reproduce.py")]
+    usage = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--quick", "--report", "--bench", "--vary", "--seeds", "--fresh", "--study"):
+        assert option in usage
+    report_time = (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns
+    errors = []
+    for args in (["--study", "nowhere"], ["--quick", "--vary", "beta3"]):
+        run = subprocess.run([*script, *args], capture_output=True, text=True)
+        assert run.returncode == 2 and not run.stdout
+        errors.append(run.stderr.splitlines()[-1])
+    assert errors[0].startswith("reproduce.py: error: argument --study: invalid choice: 'nowhere' (choose from")
+    assert all(f"'{arm}'" in errors[0] for arm in [*arms.ARMS, "capacity"])
+    assert errors[1] == "reproduce.py: error: --vary beta3: give KEY=VALUE, e.g. --vary beta3=0.5"
+    assert (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns == report_time  # no report was written
