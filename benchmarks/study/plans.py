@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from yolo_advamd.methods import METHODS
+
 from . import paths
 from .arms import ARMS, CAPACITY, ROUND_2, SCREEN_BAR, STUDY, TABLE3, TASKS, TRAIN_STEPS, VANILLA
 
@@ -63,14 +65,14 @@ def plan(profile: dict, vary: dict | None = None) -> list[dict]:
 
 def eval_eps(run: dict, profile: dict, vary: dict | None = None) -> list[float]:
     """The budgets a run is evaluated at: its own, or for the control every budget planned (a varied ε included)."""
-    if run["method"] != "vanilla":
+    if METHODS[run["method"]].amends:
         return [run["eps"]]
     return sorted({eps for _, eps in profile["train"]} | {(vary or {}).get("eps", profile["train"][0][1])})
 
 
 def key(run: dict) -> str:
     """A run's identity in the results file."""
-    attack = "" if run["method"] == "vanilla" else f"{run['attack']}-{run['eps']}"
+    attack = f"{run['attack']}-{run['eps']}" if METHODS[run["method"]].amends else ""
     vary = "".join(f"/{k}={v}" for k, v in run.get("vary", {}).items())
     return f"{method_name(run)}/{attack}/seed{run['seed']}{vary}"
 
