@@ -48,8 +48,9 @@ from ultralytics.utils import (
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_advamd.attacks import build_attack
-from yolo_advamd.attacks.objectives import attack_batch, check_terms
+from yolo_advamd.attacks.objectives import check_terms
 from yolo_advamd.attacks.settings import attack_settings, check_attack_labels, parse_eps
+from yolo_advamd.attacks.strategies import attack_batch
 from yolo_advamd.attacks.targets import attack_targets
 from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
 from yolo_advamd.corruptions import (
