@@ -44,7 +44,8 @@ from yolo_advamd.attacks.objectives import objective_for  # noqa: E402
 from yolo_advamd.attacks.settings import DEEPFOOL_VARIANTS  # noqa: E402
 from yolo_advamd.checkpoint import attack_copy, load_model  # noqa: E402
 from yolo_advamd.cli import use_all_cores  # noqa: E402
-from yolo_advamd.validate import BENIGN, TABLE_METRICS, column_name, validate_advamd  # noqa: E402
+from yolo_advamd.results_table import BENIGN, TABLE_METRICS, column_name  # noqa: E402
+from yolo_advamd.validate import validate_advamd  # noqa: E402
 
 EPS = (0.01, 8 / 255)
 FLIPS, SIZE, DAMAGE = 0.9, 1.1, 0.9  # the criterion: flips >= 0.9x exact, ||delta|| <= 1.1x, >= 90 % of the damage

@@ -18,14 +18,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
-from yolo_advamd import validate
+from yolo_advamd import validate, validators
 from yolo_advamd.cfg import parse_cli
 
 DEFAULTS = {"attack_model": "docs/results/targets/full.pt", "data": "data/digits-det.yaml", "imgsz": 160, "eps": 0.01,
             "attacks": "fgsm,pgd", "steps": 3}  # fmt: skip
 
 
-class ShiftedLabelValidator(validate.AdvDetectionValidator):
+class ShiftedLabelValidator(validators.AdvDetectionValidator):
     """Attack with every target's class replaced by the next one; validate against the true labels."""
 
     def attack_targets_of(self, batch: dict) -> dict:

@@ -209,7 +209,7 @@ def test_training_with_pred_targets_runs_for_every_task(tmp_path, monkeypatch, t
 @pytest.mark.parametrize("task", ["detect", "classify"])
 def test_validation_attacks_the_predictions_of_the_attacked_model(digits, fitted_tasks, tmp_path, task):
     """With attack_labels=pred the validator's adversarial images are the attack on the model's predictions."""
-    from yolo_advamd.validate import VALIDATORS
+    from yolo_advamd.validators import VALIDATORS
 
     d = {"detect": {**digits, "ckpt": digits["stock"], "imgsz": 64}, "classify": fitted_tasks["classify"]}[task]
     model = victim(d["ckpt"])

@@ -10,11 +10,8 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.attacks import DeepFool, build_attack
-from yolo_advamd.attacks.objectives import (
-    ClassifierObjective,
-    DetectionObjective,
-    attack_batch,
-)
+from yolo_advamd.attacks.objectives import ClassifierObjective, DetectionObjective
+from yolo_advamd.attacks.strategies import attack_batch
 from yolo_advamd.checkpoint import attack_copy, load_model
 
 torchattacks = pytest.importorskip("torchattacks")

@@ -16,6 +16,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_advamd.validate as validate
+import yolo_advamd.validators as validators
 from yolo_advamd.attacks import DeepFool
 from yolo_advamd.checkpoint import load_model
 from yolo_advamd.validate import validate_advamd
@@ -144,13 +145,13 @@ def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup
     """White-box: attacks differentiate the evaluated weights; transfer: those of attack_model, as the table says."""
     seen = []
 
-    attack_batch = validate.attack_batch
+    attack_batch = validators.attack_batch
 
     def spy(attack, model, batch, terms="all"):
         seen.append(next(model.parameters()).detach().clone())
         return attack_batch(attack, model, batch, terms)
 
-    monkeypatch.setattr(validate, "attack_batch", spy)
+    monkeypatch.setattr(validators, "attack_batch", spy)
     first_weight = {k: next(load_model(setup[k], 'test')[0].parameters()) for k in ("stock", "untrained")}
     white = run(setup, "white", attacks="fgsm", eps=0.01)
     assert seen and all(torch.equal(w, first_weight["stock"]) for w in seen)

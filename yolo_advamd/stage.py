@@ -12,8 +12,9 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.fgsm import FGSM
-from yolo_advamd.attacks.objectives import Objective, attack_batch, check_terms, objective_for
+from yolo_advamd.attacks.objectives import Objective, check_terms, objective_for
 from yolo_advamd.attacks.settings import check_attack_labels, is_number
+from yolo_advamd.attacks.strategies import attack_batch
 from yolo_advamd.attacks.targets import attack_targets
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.nn.dual_bn import aux_bn

@@ -16,9 +16,6 @@ from torch import nn
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss, v8SegmentationLoss
 from ultralytics.utils.tal import make_anchors
 
-from yolo_advamd.attacks.base import AttackResult
-from yolo_advamd.attacks.fgsm import FGSM
-
 TERMS = {"all": "box + cls + dfl", "cls": "the classification term", "box": "the localization terms, box + dfl"}
 ATTACK_TERMS = (*TERMS, "max")  # max: the cls and the box attack, per image the one with the larger detection loss
 
@@ -394,46 +391,3 @@ def objective_for(model: nn.Module, batch: dict, terms: str = "all") -> Objectiv
         check_terms(terms, classifier=True)
         return ClassifierObjective(model, batch["cls"])
     return DetectionObjective(model, batch, terms=terms)
-
-
-def attack_batch(attack, model: nn.Module, batch: dict, terms: str = "all"):
-    """Attack a batch on `terms` of the model's loss (see `objective_for`); return the attack's result and objective.
-
-    `terms="max"` is Det-AdvProp's selection (Chen et al., CVPR 2021, eq. 5): one attack on the classification term and
-    one on the localization terms (box + dfl), then, per image, the adversarial image whose detection loss
-    (`DetectionObjective.image_losses`) is the larger; that costs the two attacks and one forward pass of each result
-    (two FGSM steps share their forward pass at the clean images).
-    The returned result then has no iterates and no adversarial logits, and its objective is the cls attack's (per-object
-    logits do not depend on the terms).
-
-    Args:
-        attack (Attack): The attack (FGSM, PGD, DeepFool).
-        model (nn.Module): The attacked model (see `objective_for`).
-        batch (dict): A preprocessed batch: `img` in [0, 1] and its targets.
-        terms (str): One of `ATTACK_TERMS`: "all", "cls", "box" or "max".
-
-    Returns:
-        result (AttackResult): The perturbation and adversarial images.
-        objective (Objective): The objective attacked (for flip statistics).
-    """
-    from ultralytics.nn.tasks import ClassificationModel
-
-    check_terms(terms, classifier=isinstance(model, ClassificationModel))
-    img = batch["img"].detach()
-    if terms != "max":
-        objective = objective_for(model, batch, terms)
-        return attack(img, objective), objective
-    objective = objective_for(model, batch, "cls")
-    if isinstance(attack, FGSM) and not attack.random_start:  # both steps start at x: one forward, two backwards
-        with torch.inference_mode(False), torch.enable_grad(), objective.frozen():
-            x = img.clone().requires_grad_(True)
-            parts, logits = objective.loss_parts(x)
-            grads = [torch.autograd.grad(parts[t], x, retain_graph=t == "cls")[0] for t in ("cls", "box")]
-        results = [attack.step(img, g, clean_logits=logits.detach()) for g in grads]
-    else:
-        results = [attack(img, objective), attack(img, objective_for(model, batch, "box"))]
-    with objective.frozen():
-        losses = torch.stack([objective.image_losses(r.adv) for r in results])
-    keep_box = (losses[1] > losses[0]).view(-1, *[1] * (img.ndim - 1))
-    adv = torch.where(keep_box, results[1].adv, results[0].adv)
-    return AttackResult(delta=adv - img, adv=adv, clean_logits=results[0].clean_logits), objective

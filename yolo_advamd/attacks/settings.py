@@ -13,6 +13,8 @@ Rules:
       `attack_conf`, the confidence above which a prediction is a target, in (0, 1).
     - `deepfool`: DeepFool's variant, "exact" (the default: one backward per object rank and candidate class, the
       paper's) or "fast" (a fixed number of backward passes per step); refused with another attack.
+    - `attacks`, `eps` lists (validation's attack × ε grid): comma-separated strings or lists, each budget as `eps`;
+      `none` (or nothing) for no attack; at least one budget for the attacks; `deepfool` only with DeepFool among them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,36 @@ def parse_eps(value) -> float:
     if not math.isfinite(number):
         raise ValueError(f"eps={value} is not finite: give a budget such as eps=0.01")
     return number
+
+
+def parse_list(value, cast, key: str) -> list:
+    """Parse a CLI list (`"fgsm,pgd"`, `"0.01,0.1"`, a number, a list or tuple) into a list of `cast` values."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return [cast(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
+    except ValueError as e:
+        raise ValueError(f"{key}={value!r} is not a comma-separated list, e.g. {key}=0.01,8/255 ({e})") from e
+
+
+def attack_grid(attacks, eps, deepfool=None) -> tuple[list[str], list[float]]:
+    """Parse the attacks and budgets that validation crosses (`attacks=fgsm,pgd`, `eps=0.01,8/255`); return both lists.
+
+    Args:
+        attacks (str | list[str] | None): Attack names, comma-separated or a list; None or `none` for no attack.
+        eps (str | float | list): Budgets, comma-separated or a list, each a number or a fraction (`parse_eps`).
+        deepfool (str | None): DeepFool's variant, refused when DeepFool is not among the attacks.
+
+    Returns:
+        attacks (list[str]): The attack names, lower case.
+        eps (list[float]): The budgets.
+    """
+    attacks = [a.lower() for a in parse_list(attacks or [], str, "attacks") if a.lower() != "none"]
+    eps = parse_list(eps, parse_eps, "eps")
+    if attacks and not eps:
+        raise ValueError("eps is empty: give at least one budget for the attacks, e.g. eps=0.01,0.1")
+    if deepfool is not None and "deepfool" not in attacks:
+        raise ValueError(f"deepfool={deepfool} chooses DeepFool's variant: add deepfool to attacks, or drop deepfool=")
+    return attacks, eps
 
 
 def check_norm(norm) -> str | int:
