@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 import cv2
 import numpy as np
 from ultralytics.models.yolo.detect import DetectionValidator
 
+import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 from yolo_advamd.checkpoint import load_model
 from yolo_advamd.cli import use_all_cores
 from yolo_advamd.corruptions import (

@@ -30,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 import torch
 from ultralytics.nn.tasks import DetectionModel
+
+import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's fitted models and batches
@@ -44,7 +45,8 @@ from yolo_advamd.attacks.objectives import objective_for  # noqa: E402
 from yolo_advamd.attacks.settings import DEEPFOOL_VARIANTS  # noqa: E402
 from yolo_advamd.checkpoint import attack_copy, load_model  # noqa: E402
 from yolo_advamd.cli import use_all_cores  # noqa: E402
-from yolo_advamd.results_table import BENIGN, TABLE_METRICS, column_name  # noqa: E402
+from yolo_advamd.results_table import BENIGN, column_name  # noqa: E402
+from yolo_advamd.tasks import TASKS  # noqa: E402
 from yolo_advamd.validate import validate_advamd  # noqa: E402
 
 EPS = (0.01, 8 / 255)
@@ -92,7 +94,7 @@ def strength(setup: dict, variant: str, base: Path) -> dict:
     table = validate_advamd(setup["ckpt"], str(setup["data"]), attacks="deepfool", eps=list(EPS), deepfool=variant,
                             imgsz=setup["imgsz"], batch=16, device="cpu", project=str(base / "val"), name=variant,
                             plots=False, verbose=False)  # fmt: skip
-    key = next(iter(TABLE_METRICS[table["task"]].values()))  # mAP50-95, or top-1 accuracy
+    key = next(iter(TASKS[table["task"]].scores.values()))  # mAP50-95, or top-1 accuracy
     stats = table["rows"][0]["stats"]
     return {
         "size": float(result.delta.flatten(1).abs().amax(1).median()),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 
 import yaml
-
 from study import paths
 from study.arms import ARMS, STUDY, TASKS
 from study.records import archive

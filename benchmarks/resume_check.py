@@ -48,9 +48,9 @@ def max_weight_difference(trainer_class, settings: dict, project: Path) -> float
 
 def main() -> None:
     """Print the difference for stock Ultralytics and for AdvAmd (FGSM)."""
-    import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
     from ultralytics.models.yolo.detect import DetectionTrainer
 
+    import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
     from yolo_advamd.cli import use_all_cores
     from yolo_advamd.data import resolve_dataset
     from yolo_advamd.trainer import AdvAmdTrainer

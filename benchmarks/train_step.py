@@ -240,10 +240,10 @@ def instrument(trainer, clock) -> dict:
 
 def worker(method: str, args: argparse.Namespace) -> dict:
     """Measure `method` in this process and return its results."""
-    import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
     import torch
     from ultralytics.utils.torch_utils import autocast
 
+    import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
     from yolo_advamd.cli import use_all_cores
 
     use_all_cores()
@@ -307,9 +307,9 @@ def worker(method: str, args: argparse.Namespace) -> dict:
 def make_checkpoint(args: argparse.Namespace) -> str:
     """Train yolov8n for one vanilla epoch on 5% of the dataset (all synthetic scenes) into `args.project`; return
     its last.pt."""
-    import yolo_advamd  # noqa: F401
     from ultralytics.models.yolo.detect import DetectionTrainer
 
+    import yolo_advamd  # noqa: F401
     from yolo_advamd.cli import use_all_cores
 
     use_all_cores()
@@ -432,7 +432,6 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args.worker, args)))
         return
     import yolo_advamd  # noqa: F401
-
     from yolo_advamd.data import resolve_dataset
 
     os.chdir(ROOT)

@@ -1,7 +1,6 @@
 """attack_labels=pred: attacks pushed against the attacked model's own predictions (no label to leak), for every task,
 in training and validation; flips and Ā still count against the ground truth."""
 
-import copy
 import subprocess
 import sys
 from pathlib import Path

@@ -24,12 +24,12 @@ def synthetic_batch(rank: int, n: int = 2, size: int = 64) -> dict:
 
 def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -> None:
     """Worker: build the same (dual-BN) model on each rank, run the method's views under DDP, return flat gradients."""
-    import yolo_advamd  # noqa: F401  (offline before Ultralytics, in the spawned process)
     from types import SimpleNamespace
 
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
+    import yolo_advamd  # noqa: F401  (offline before Ultralytics, in the spawned process)
     from yolo_advamd.attacks import build_attack
     from yolo_advamd.cfg import resolve_advamd_cfg
     from yolo_advamd.checkpoint import freeze_target

@@ -15,9 +15,9 @@ from yolo_advamd.attacks import build_attack
 from yolo_advamd.cfg import parse_cli, resolve_advamd_cfg
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.loss import wrap_criterion
+from yolo_advamd.methods import METHODS
 from yolo_advamd.nn.dual_bn import aux_bn, convert_dual_bn
 from yolo_advamd.stage import AttackStage
-from yolo_advamd.methods import METHODS
 from yolo_advamd.step import ViewGuard, advamd_step
 from yolo_advamd.trainer import AdvAmdTrainer
 

@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from study import arms, paths, plans, records, recommend, report, runner  # noqa: E402
+from study import arms, paths, plans, recommend, records, report, runner  # noqa: E402
 
 
 @pytest.fixture

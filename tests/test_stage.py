@@ -16,8 +16,8 @@ from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import DetectionObjective
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.loss import wrap_criterion
-from yolo_advamd.stage import DEFAULT_PHI, AttackStage, preprocess
 from yolo_advamd.methods import METHODS
+from yolo_advamd.stage import DEFAULT_PHI, AttackStage, preprocess
 from yolo_advamd.vulnerability import Vulnerability
 
 NC, IMGSZ, EPS = 10, 64, 0.03

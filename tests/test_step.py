@@ -9,8 +9,8 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.cfg import resolve_advamd_cfg
 from yolo_advamd.loss import wrap_criterion
-from yolo_advamd.nn.dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn
 from yolo_advamd.methods import METHODS
+from yolo_advamd.nn.dual_bn import DualBatchNorm2d, aux_bn, convert_dual_bn
 from yolo_advamd.step import ViewGuard
 
 NC = 10

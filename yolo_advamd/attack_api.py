@@ -38,13 +38,9 @@ from yolo_advamd.attacks.targets import predicted_targets
 from yolo_advamd.checkpoint import attack_copy, load_model, task_of
 from yolo_advamd.image_labels import dataset_labels, original_targets, target_batch
 from yolo_advamd.images import center_crop, iter_images, letterbox, to_image, to_tensor
+from yolo_advamd.tasks import TASKS
 
 OBJECTIVES = ("loss", "cls", "vanish")
-PREDICTORS = {  # task -> its Ultralytics predictor
-    "detect": "ultralytics.models.yolo.detect.DetectionPredictor",
-    "segment": "ultralytics.models.yolo.segment.SegmentationPredictor",
-    "classify": "ultralytics.models.yolo.classify.ClassificationPredictor",
-}
 
 
 def attack(
@@ -128,7 +124,7 @@ def attack(
     method, eps = settings.pop("attack"), settings["eps"]
     adversary = build_attack(method, **settings, seed=seed)
     net, train_args, task = attacked_model(model)
-    if task == "classify" and objective == "vanish":
+    if TASKS[task].classifier and objective == "vanish":
         raise ValueError("objective=vanish suppresses detections and a classifier has none: use objective=loss")
     labels = None
     if data is not None:
@@ -148,7 +144,7 @@ def attack(
     for path, image in images:
         before = predict(predictor, image, path)
         x = to_tensor(image, next(victim.parameters()).device)
-        if task == "classify":  # the classifier's resize and center crop; its top-1 (or the folder's class) as label
+        if TASKS[task].classifier:  # the classifier's resize and center crop; its top-1 (or the folder's class) as label
             preprocess = partial(center_crop, size=size)
             if labels:
                 targets = labels(path, image.shape)
@@ -225,11 +221,11 @@ def attacked_model(model) -> tuple[nn.Module, dict, str]:
     module = model.model if isinstance(model, Model) else model  # an ultralytics.YOLO holds the model
     net, _, train_args = load_model(module, "attack needs the model's gradients: pass its .pt checkpoint")
     task = task_of(net)
-    supported = isinstance(net, ClassificationModel) or isinstance(net, DetectionModel) and task in PREDICTORS
+    supported = isinstance(net, ClassificationModel) or isinstance(net, DetectionModel) and task in TASKS
     if not supported or isinstance(net, RTDETRDetectionModel):
         kind = "RT-DETR" if isinstance(net, RTDETRDetectionModel) else task
         raise ValueError(
-            f"model={label} is a {kind} model: attack supports YOLO {', '.join(PREDICTORS)} models, e.g. a yolov8n, "
+            f"model={label} is a {kind} model: attack supports YOLO {', '.join(TASKS)} models, e.g. a yolov8n, "
             "yolov8n-seg or yolov8n-cls checkpoint"
         )
     return net, train_args, task
@@ -237,8 +233,6 @@ def attacked_model(model) -> tuple[nn.Module, dict, str]:
 
 def setup(net: nn.Module, train_args: dict, imgsz, conf: float, iou: float, device, task: str):
     """Return the attacked copy, the task's Ultralytics predictor on another copy, the inference size and the stride."""
-    import importlib
-
     from ultralytics.utils.checks import check_imgsz
     from ultralytics.utils.torch_utils import select_device
 
@@ -246,11 +240,10 @@ def setup(net: nn.Module, train_args: dict, imgsz, conf: float, iou: float, devi
     victim = attack_copy(net, train_args, dev)
     stride = max(int(net.stride.max()), 32)  # as AutoBackend reports it to the predictor
     size = check_imgsz(imgsz or train_args.get("imgsz", 640), stride=stride, min_dim=2)
-    size = size[0] if task == "classify" else size  # a classifier crops a square
+    size = size[0] if TASKS[task].classifier else size  # a classifier crops a square
     overrides = {"conf": conf, "iou": iou, "imgsz": size, "device": device, "batch": 1, "rect": True,
                  "mode": "predict", "save": False, "verbose": False}  # fmt: skip  (Model.predict's settings)
-    module, name = PREDICTORS[task].rsplit(".", 1)
-    predictor = getattr(importlib.import_module(module), name)(overrides=overrides)
+    predictor = TASKS[task].predictor(overrides=overrides)
     predictor.setup_model(net, verbose=False)  # a deepcopy, fused for inference
     return victim, predictor, size, stride
 

@@ -100,10 +100,6 @@ def main_val(argv: list[str] | None = None) -> int:
         check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)
         if not args.get("model"):
             raise ValueError("model= is required: the checkpoint to evaluate, e.g. model=runs/detect/train/weights/best.pt")
-        if not args.get("data"):
-            from yolo_advamd.checkpoint import model_task
-
-            args["data"] = DEFAULT_DATA.get(model_task({"model": args["model"]}), DEFAULT_DATA["detect"])
         print(validate_advamd(**args)["markdown"])
 
     usage = ("model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] "

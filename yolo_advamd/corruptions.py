@@ -51,6 +51,7 @@ from ultralytics.data.utils import check_cls_dataset, check_det_dataset, get_has
 from ultralytics.utils import LOGGER, TQDM
 
 from yolo_advamd.data.digits import COMPLETE_MARKER, PNG_PARAMS, cache_dir, is_complete, publish, temp_build_dir
+from yolo_advamd.tasks import TASKS
 
 PACKAGE = "imagecorruptions-imaug"  # the distribution that provides `imagecorruptions`
 SUBSETS = ("common", "all")
@@ -150,7 +151,7 @@ def corruption_split(data: str, task: str, split: str = "val") -> CorruptionSpli
     Raises:
         ValueError: If the split has no images, or an image is unreadable or smaller than 32 px (the package's limit).
     """
-    info = (check_cls_dataset(data, split=split) if task == "classify"
+    info = (check_cls_dataset(data, split=split) if TASKS[task].classifier
             else check_det_dataset(data, autodownload=False, split=split))
     where = info.get(split)
     lister = type("Lister", (), {"prefix": "", "fraction": 1.0})()  # what BaseDataset.get_img_files reads of self
@@ -224,7 +225,7 @@ def _corrupt_file(job: tuple[str, str, str, int]) -> None:
 
 def _finish_set(split: CorruptionSplit, tmp: Path, name: str, severity: int) -> None:
     """Copy the split's labels into a built set (detection, segmentation) and write its completion marker last."""
-    if split.task != "classify":
+    if not TASKS[split.task].classifier:
         for file in split.images:
             label = Path(img2label_paths([file])[0])
             if label.is_file():

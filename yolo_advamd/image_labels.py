@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolo_advamd.tasks import TASKS
+
 
 def dataset_labels(data: str, split: str, net: nn.Module, task: str = "detect"):
     """Return a `labels(path, shape) -> targets` reader of a dataset's labels, and the split's images.
@@ -33,12 +35,12 @@ def dataset_labels(data: str, split: str, net: nn.Module, task: str = "detect"):
 
     from yolo_advamd.data import resolve_dataset
 
-    info = (check_cls_dataset if task == "classify" else check_det_dataset)(resolve_dataset(data))
+    info = (check_cls_dataset if TASKS[task].classifier else check_det_dataset)(resolve_dataset(data))
     if not info.get(split):
         splits = [s for s in ("train", "val", "test") if info.get(s)]
         raise ValueError(f"split={split} is not in data={data}: choose one of {', '.join(splits)}, e.g. split=val")
     nc = int(net.nc) if hasattr(net, "nc") else len(net.names)
-    if task == "classify":
+    if TASKS[task].classifier:
         index = {str(name): i for i, name in net.names.items()}
 
         def folder_class(path: str, shape: tuple) -> dict:

@@ -14,15 +14,9 @@ from pathlib import Path
 
 from yolo_advamd.corruptions import grid, mpc_note
 from yolo_advamd.plotting import plot_corruptions
+from yolo_advamd.tasks import TASKS
 
 BENIGN = "benign"
-TABLE_METRICS = {  # per task: table name -> key in a run's stats
-    "detect": {"mAP50-95": "metrics/mAP50-95(B)", "mAP50": "metrics/mAP50(B)", "COCO AP50-95": "coco/AP50-95",
-               "COCO AP50": "coco/AP50"},
-    "segment": {"mask mAP50-95": "metrics/mAP50-95(M)", "mask mAP50": "metrics/mAP50(M)",
-                "box mAP50-95": "metrics/mAP50-95(B)", "box mAP50": "metrics/mAP50(B)"},
-    "classify": {"top1": "metrics/accuracy_top1", "top5": "metrics/accuracy_top5"},
-}  # fmt: skip
 
 
 def column_name(attack: str, eps: float) -> str:
@@ -44,7 +38,7 @@ def delta(rows: list[dict]) -> dict | None:
 def table_rows(results: dict, metric: str, columns: list[str] | None = None) -> list[list[str]]:
     """Return one metric's table (header first) over `columns` (all when None): rows for the model, the baseline
     and Δ, values in percent."""
-    key, nan = TABLE_METRICS[results.get("task", "detect")][metric], float("nan")
+    key, nan = TASKS[results.get("task", "detect")].scores[metric], float("nan")
     columns = columns or results["columns"]
     header = ["model", "attacked model", *columns]
     lines = [header]
@@ -73,7 +67,7 @@ def write_table(results: dict, save_dir: str | Path) -> str:
 
     The tables follow the paper's Table 1: one column per attack × ε after the benign one, one row per model (and
     baseline) naming the model the attacks were computed on, and the Δ row (model − baseline). Values in % for the
-    task (`TABLE_METRICS`): detection mAP50-95 and mAP50 (and with `save_json` the pycocotools AP50-95 and AP50),
+    task (`Task.scores`): detection mAP50-95 and mAP50 (and with `save_json` the pycocotools AP50-95 and AP50),
     segmentation mask and box mAP, classification top-1 and top-5 accuracy. With corruptions the tables end with
     mPC and rPC, and the task's score (the first metric) follows per corruption × severity, also drawn in
     `corruptions.png`. The CSV holds the same tables with a `metric` column and every corrupted set's column; the
@@ -88,7 +82,7 @@ def write_table(results: dict, save_dir: str | Path) -> str:
     """
     save_dir = Path(save_dir)
     first = results["rows"][0]["stats"][BENIGN]
-    metrics = [m for m, key in TABLE_METRICS[results.get("task", "detect")].items() if key in first]
+    metrics = [m for m, key in TASKS[results.get("task", "detect")].scores.items() if key in first]
     blocks, records = [], []
     sets = results.get("corruptions", {}).get("columns") or []
     for metric in metrics:
@@ -117,7 +111,7 @@ def markdown_table(lines: list[list[str]]) -> str:
 def corruption_blocks(results: dict, metric: str, plot_file: Path) -> list[str]:
     """Return the Markdown tables of the task's score per corruption × severity (per model, and Δ with a baseline)
     and draw them as heatmaps into `plot_file`."""
-    key, c = TABLE_METRICS[results["task"]][metric], results["corruptions"]
+    key, c = TASKS[results["task"]].scores[metric], results["corruptions"]
     names, severities = c["names"], c["severities"]
     grids = {row_label(row): grid(row["stats"], names, severities, key) for row in results["rows"]}
     if results["delta"]:

@@ -46,6 +46,7 @@ from yolo_advamd.corruptions import (
 from yolo_advamd.corruptions import column_name as corruption_column
 from yolo_advamd.data import resolve_dataset
 from yolo_advamd.results_table import BENIGN, column_name, delta, write_table
+from yolo_advamd.tasks import TASKS
 from yolo_advamd.validators import VALIDATORS
 
 WHITE_BOX = "adversarial validation needs the model's gradients (exported formats such as ONNX cannot be attacked)"
@@ -53,7 +54,7 @@ WHITE_BOX = "adversarial validation needs the model's gradients (exported format
 
 def validate_advamd(
     model: str | Path | nn.Module,
-    data: str,
+    data: str | None = None,
     attacks: str | list[str] = ("fgsm", "pgd"),
     eps: str | float | list[float] = (0.01, 0.1),
     baseline: str | Path | nn.Module | None = None,
@@ -87,8 +88,9 @@ def validate_advamd(
 
     Args:
         model (str | Path | nn.Module): The model under test: an amended or stock `.pt` checkpoint.
-        data (str): Data YAML (or a classification folder), e.g. `data/coco.yaml`, or an embedded set
-            (`data/digits-det.yaml`, `data/digits-seg.yaml`, `data/digits-cls.yaml`, built on first use).
+        data (str | None): Data YAML (or a classification folder), e.g. `data/coco.yaml`, or an embedded set
+            (`data/digits-det.yaml`, `data/digits-seg.yaml`, `data/digits-cls.yaml`, built on first use); the
+            model's task's embedded set when None.
         attacks (str | list[str]): Attack names (`fgsm`, `pgd`, `deepfool`), comma-separated or a list; empty for
             benign validation only.
         eps (str | float | list[float]): L-inf (or L2) budgets on images scaled to [0, 1], comma-separated or a list,
@@ -132,7 +134,7 @@ def validate_advamd(
     attacks, eps = attack_grid(attacks, eps, deepfool)
     attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start,
                      "deepfool": deepfool, "seed": seed}  # fmt: skip
-    build_attacks(attacks, eps, **attack_kwargs)  # every setting checked before any work
+    attack_runs = build_attacks(attacks, eps, **attack_kwargs)  # every setting checked before any work
     corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)
     attack_labels = check_attack_labels(attack_labels, attack_conf)
     check_dict_alignment(DEFAULT_CFG_DICT, overrides)  # Ultralytics' own check: SyntaxError with suggestions
@@ -143,9 +145,9 @@ def validate_advamd(
     models = {role: load_model(m, WHITE_BOX, role) for role, m in roles if m is not None}
     task = check_tasks({role: task_of(net) for role, (net, *_) in models.items()}, save_json, save_adv)
     attack_terms = str(attack_terms).lower()
-    check_terms(attack_terms, classifier=task == "classify")
+    check_terms(attack_terms, classifier=TASKS[task].classifier)
     attacker = models.pop("attack_model", None)
-    data = resolve_dataset(data)
+    data = resolve_dataset(data or TASKS[task].data)
     val_split = corruption_split(data, task, overrides.get("split") or "val") if corruptions else None
     save_dir = get_save_dir(
         IterableSimpleNamespace(project=project, name=name or "exp", task="advamd_val", mode="val", exist_ok=exist_ok)
@@ -167,7 +169,8 @@ def validate_advamd(
     for role, (net, label, train_args) in models.items():
         victim, attacked_by = transfer or (attack_copy(net, train_args, dev), f"{label} (white-box)")
         row = {"name": label, "role": role, "attacked_by": attacked_by, "stats": {}}
-        attack_runs = build_attacks(attacks, eps, **attack_kwargs)  # fresh attacks: same seeds per row
+        for attack in attack_runs.values():  # the same random starts for every row
+            attack.reset()
         runs = [(BENIGN, None, None), *((c, a, None) for c, a in attack_runs.items()),
                 *((corruption_column(*ns), None, images) for ns, images in sets.items())]  # fmt: skip
         loader = None  # built by the first run, shared by the others on the split's own images

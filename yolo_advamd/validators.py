@@ -23,14 +23,12 @@ import cv2
 import torch
 import yaml
 from torch import nn
-from ultralytics.models.yolo.classify import ClassificationValidator
-from ultralytics.models.yolo.detect import DetectionValidator
-from ultralytics.models.yolo.segment import SegmentationValidator
 
 from yolo_advamd.attacks.settings import check_attack_labels
 from yolo_advamd.attacks.strategies import attack_batch
 from yolo_advamd.attacks.targets import attack_targets
 from yolo_advamd.coco_scoring import COCOScoring
+from yolo_advamd.tasks import TASKS
 
 
 class AdversarialValidation:
@@ -96,21 +94,27 @@ class AdversarialValidation:
         return attack_targets(self.attack_model, batch, self.attack_labels, self.attack_conf)
 
 
-class AdvSegmentationValidator(AdversarialValidation, SegmentationValidator):
+class AdvSegmentationValidator(AdversarialValidation, TASKS["segment"].validator):
     """Ultralytics' SegmentationValidator (mask and box mAP) on adversarial images, attacked on the full seg loss."""
 
+    task_name = "segment"
 
-class AdvClassificationValidator(AdversarialValidation, ClassificationValidator):
+
+class AdvClassificationValidator(AdversarialValidation, TASKS["classify"].validator):
     """Ultralytics' ClassificationValidator (top-1, top-5) on adversarial images, attacked on the cross-entropy."""
 
+    task_name = "classify"
 
-class AdvDetectionValidator(AdversarialValidation, COCOScoring, DetectionValidator):
+
+class AdvDetectionValidator(AdversarialValidation, COCOScoring, TASKS["detect"].validator):
     """Ultralytics' DetectionValidator on adversarial images, with COCO JSON scored by pycocotools (`COCOScoring`)
     and an optional adversarial copy of the val set.
 
     Attributes:
         adv_dir (Path | None): Where adversarial images and labels are written in YOLO layout (`images/`, `labels/`).
     """
+
+    task_name = "detect"
 
     def __init__(self, *args, adv_dir: str | Path | None = None, **kwargs):
         """Initialize the validator; `adv_dir` as the class attribute, the rest as `AdversarialValidation`."""
@@ -162,8 +166,4 @@ class AdvDetectionValidator(AdversarialValidation, COCOScoring, DetectionValidat
             )  # fmt: skip
 
 
-VALIDATORS = {
-    "detect": AdvDetectionValidator,
-    "segment": AdvSegmentationValidator,
-    "classify": AdvClassificationValidator,
-}
+VALIDATORS = {v.task_name: v for v in (AdvDetectionValidator, AdvSegmentationValidator, AdvClassificationValidator)}

@@ -209,6 +209,7 @@ def evaluate(
     model's mask mAP50-95, a classifier's top-1 accuracy); attacks on `attack_model` instead when one is given, made
     with every object's class moved to the next one when `shifted` (a detector's; benchmarks/label_leak.py)."""
     from label_leak import shifted_labels
+
     from yolo_advamd.validate import validate_advamd
 
     with shifted_labels() if shifted else nullcontext():

@@ -16,6 +16,7 @@ from yolo_advamd.attacks.settings import attack_settings, check_attack_labels, i
 from yolo_advamd.checkpoint import Opened, model_task, open_checkpoint, resume_checkpoint
 from yolo_advamd.methods import METHODS, Method, check_method
 from yolo_advamd.stage import ATTACK_MODELS, DEFAULT_PHI, check_phi
+from yolo_advamd.tasks import TASKS
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 ADVAMD_DEFAULTS = YAML.load(DEFAULT_YAML)
@@ -101,7 +102,7 @@ def check_advamd_cfg(cfg: dict, task: str | None = None) -> dict:
     if not isinstance(ab, int) or isinstance(ab, bool) or ab < 1:
         raise ValueError(f"abar_batches={ab} must be a whole number >= 1: A-bar is estimated from that many batches")
     check_method(cfg, task)
-    if task == "classify":  # a classifier has no box to attack
+    if task in TASKS and TASKS[task].classifier:  # a classifier has no box to attack
         check_terms(cfg["attack_terms"], classifier=True)
     return cfg
 
@@ -201,7 +202,6 @@ def resolve_settings(overrides: dict, trainer: type | None = None, default_data:
         (Settings): The resolved settings.
     """
     from yolo_advamd.data import check_task_data, resolve_dataset
-    from yolo_advamd.tasks import TASKS
 
     overrides = merge_cfg(overrides)
     resume = overrides.get("resume")
