@@ -143,6 +143,9 @@ def test_readme_test_command_is_what_ci_runs():
     commands = re.findall(r"^make (\w+)$", ci, flags=re.M)
     assert commands == ["test"]
     assert re.search(r"^make test$", readme, flags=re.M) and re.search(r"^make demo$", readme, flags=re.M)
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M)[1].split("\n")
+    assert [line.strip() for line in recipe if line] == ["$(BIN)/ruff check .", "$(BIN)/ruff format --check .",
+                                                          "$(BIN)/python -m pytest -q"]  # lint, format, then the tests
 
 
 @pytest.mark.parametrize(

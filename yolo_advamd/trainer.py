@@ -51,16 +51,18 @@ class AdvAmdMixin:
         digits-det dataset, built on first use), as on the command line: a start that fails writes nothing.
 
         Args:
-            cfg (str | dict | SimpleNamespace): Base configuration; AdvAmd defaults are added to it.
+            cfg (str | dict | SimpleNamespace): Base configuration; its AdvAmd keys are resolved with the overrides.
             overrides (dict | Settings, optional): Ultralytics and AdvAmd settings, optionally `hyp=path/to.yaml`, or
                 settings resolved already.
             _callbacks (dict, optional): Ultralytics callbacks.
         """
-        settings = overrides if isinstance(overrides, Settings) else resolve_settings(overrides or {}, type(self))
-        self.settings = settings
-        super().__init__({**settings.advamd, **cfg2dict(cfg)}, settings.overrides, _callbacks)
-        vars(self.args).update(settings.advamd)  # resolved once; saved with train_args
-        self.method = settings.method(self.args)
+        if not isinstance(overrides, Settings):  # AdvAmd keys of a cfg YAML count as the user's, under the overrides
+            own = {k: v for k, v in cfg2dict(cfg).items() if k in ADVAMD_KEYS}
+            overrides = resolve_settings({**own, **(overrides or {})}, type(self))
+        self.settings = overrides
+        super().__init__({**cfg2dict(cfg), **overrides.advamd}, overrides.overrides, _callbacks)
+        vars(self.args).update(overrides.advamd)  # resolved once; saved with train_args
+        self.method = overrides.method(self.args)
         self.amend = self.method.amends
         self.stage = self.vulnerability = self.abar = self.resume_state = self.guard = self.target = None
         if self.amend:
