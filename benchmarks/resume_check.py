@@ -59,9 +59,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="advamd-resume-") as tmp:
         tmp = Path(tmp)
         (tmp / "tiny.yaml").write_text("builder: digits-det\nseed: 3\nn_train: 32\nn_val: 16\nimgsz: 64\n")
-        settings = {"model": "yolov8n.yaml", "data": str(resolve_dataset(str(tmp / "tiny.yaml"))), "epochs": 2,
-                    "imgsz": 64, "batch": 8, "workers": 0, "optimizer": "SGD", "lr0": 0.01, "warmup_epochs": 0,
-                    "deterministic": True, "seed": 0, "plots": False, "verbose": False}  # fmt: skip
+        settings = {
+            "model": "yolov8n.yaml",
+            "data": str(resolve_dataset(str(tmp / "tiny.yaml"))),
+            "epochs": 2,
+            "imgsz": 64,
+            "batch": 8,
+            "workers": 0,
+            "optimizer": "SGD",
+            "lr0": 0.01,
+            "warmup_epochs": 0,
+            "deterministic": True,
+            "seed": 0,
+            "plots": False,
+            "verbose": False,
+        }
         rows = [
             ("stock DetectionTrainer", max_weight_difference(DetectionTrainer, settings, tmp / "stock")),
             ("AdvAmdTrainer fgsm", max_weight_difference(AdvAmdTrainer, {**settings, "abar_batches": 2}, tmp / "amd")),

@@ -260,8 +260,12 @@ def test_image_losses_are_each_images_own_stock_loss_at_the_clean_images(fitted)
         ours = objective.image_losses(batch["img"])
         for i in range(len(batch["img"])):
             keep = batch["batch_idx"] == i
-            one = {"img": batch["img"][i : i + 1], "cls": batch["cls"][keep], "bboxes": batch["bboxes"][keep],
-                   "batch_idx": torch.zeros(int(keep.sum()))}  # fmt: skip
+            one = {
+                "img": batch["img"][i : i + 1],
+                "cls": batch["cls"][keep],
+                "bboxes": batch["bboxes"][keep],
+                "batch_idx": torch.zeros(int(keep.sum())),
+            }
             assert torch.allclose(ours[i], model.loss(one)[0].sum(), rtol=1e-5), i
 
 

@@ -41,10 +41,14 @@ def signature() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = re.search(r"^model name\s*: (.*)$", cpuinfo, re.M)
     flags = re.search(r"^flags\s*: (.*)$", cpuinfo, re.M)
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
-            "model": model[1] if model else platform.processor(),
-            "flags": hashlib.sha256(flags[1].encode()).hexdigest()[:16] if flags else "",
-            "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "model": model[1] if model else platform.processor(),
+        "flags": hashlib.sha256(flags[1].encode()).hexdigest()[:16] if flags else "",
+        "threads": torch.get_num_threads(),
+    }
 
 
 @pytest.fixture

@@ -50,8 +50,13 @@ def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -
     module = wrap_criterion((convert_dual_bn(model) if settings["aux_bn"] else model).train())
     ddp = DistributedDataParallel(module, find_unused_parameters=True)  # as Ultralytics builds it
     guard = ViewGuard(module)
-    stage = AttackStage(build_attack(attack, eps=0.03, steps=1), phi=0.7, attack_model="current",
-                        terms=settings["attack_terms"], attack_aux_bn=run.attack_aux_bn())  # as the trainer builds it
+    stage = AttackStage(
+        build_attack(attack, eps=0.03, steps=1),
+        phi=0.7,
+        attack_model="current",
+        terms=settings["attack_terms"],
+        attack_aux_bn=run.attack_aux_bn(),
+    )  # as the trainer builds it
     abar = torch.linspace(0.5, 1.5, 10)
     batch = synthetic_batch(rank)
     backward = lambda loss: (loss * WORLD).backward()  # noqa: E731

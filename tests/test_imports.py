@@ -7,13 +7,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "yolo_advamd"
 SIBLINGS = {  # parts that may share lower modules but never import one another
-    "validation": {"yolo_advamd.validate", "yolo_advamd.validators", "yolo_advamd.coco_scoring",
-                   "yolo_advamd.results_table"},
+    "validation": {
+        "yolo_advamd.validate",
+        "yolo_advamd.validators",
+        "yolo_advamd.coco_scoring",
+        "yolo_advamd.results_table",
+    },
     "attack API": {"yolo_advamd.attack_api", "yolo_advamd.attack_result", "yolo_advamd.image_labels"},
     "export": {"yolo_advamd.export"},
-}  # fmt: skip
-ATTACKS = {"yolo_advamd.attacks", "yolo_advamd.attacks.base", "yolo_advamd.attacks.fgsm", "yolo_advamd.attacks.pgd",
-           "yolo_advamd.attacks.deepfool", "yolo_advamd.attacks.strategies"}  # fmt: skip
+}
+ATTACKS = {
+    "yolo_advamd.attacks",
+    "yolo_advamd.attacks.base",
+    "yolo_advamd.attacks.fgsm",
+    "yolo_advamd.attacks.pgd",
+    "yolo_advamd.attacks.deepfool",
+    "yolo_advamd.attacks.strategies",
+}
 
 
 def module_name(file: Path) -> str:
@@ -33,8 +43,10 @@ def package_imports() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 imported |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
-                imported |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                             for a in node.names}  # fmt: skip
+                imported |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
         graph[name] = {m for m in imported if m in modules}
     return graph
 

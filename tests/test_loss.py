@@ -22,7 +22,9 @@ def setup():
     batch = {
         "img": torch.rand(2, 3, 64, 64, generator=g),
         "cls": torch.tensor([[1.0], [4.0], [4.0], [7.0]]),
-        "bboxes": torch.tensor([[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]),
+        "bboxes": torch.tensor(
+            [[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]
+        ),
         "batch_idx": torch.tensor([0.0, 0.0, 1.0, 1.0]),
     }
     with torch.no_grad():

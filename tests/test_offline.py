@@ -27,9 +27,7 @@ def run_guarded(args, tmp_path, home, program="train_advamd.py"):
         f"sys.argv = [{program!r}, *{args!r}]; "
         "runpy.run_path(sys.argv[0], run_name='__main__')"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return r, log.read_text().splitlines() if log.exists() else []
 
 

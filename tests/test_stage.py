@@ -155,7 +155,9 @@ def test_benign_training_gradient_gives_the_attacks_fgsm(model):
     batch = make_batch()
     attacked = stage(batch, model)
     img = batch["img"].clone().requires_grad_(True)
-    loss, _ = model(METHODS["advamd"](args).view_batch({**batch, "img": img}, "benign", None))  # the trainer's benign view
+    loss, _ = model(
+        METHODS["advamd"](args).view_batch({**batch, "img": img}, "benign", None)
+    )  # the trainer's benign view
     loss.sum().backward()
     assert img.grad is not None and img.grad.abs().sum() > 0
     reused = stage(batch, model, grad=img.grad)

@@ -29,9 +29,14 @@ def guarded():
                 m.aux.weight.mul_(0.5)  # the two BNs normalize alike but scale differently
     g = torch.Generator().manual_seed(1)
     img = torch.rand(2, 3, 64, 64, generator=g)
-    batch = {"img": img, "img_med": (img + 0.02).clamp(0, 1), "img_adv": (img - 0.03).clamp(0, 1),
-             "cls": torch.tensor([[1.0], [4.0]]), "bboxes": torch.tensor([[0.4, 0.4, 0.3, 0.3], [0.6, 0.5, 0.3, 0.4]]),
-             "batch_idx": torch.tensor([0.0, 1.0])}  # fmt: skip
+    batch = {
+        "img": img,
+        "img_med": (img + 0.02).clamp(0, 1),
+        "img_adv": (img - 0.03).clamp(0, 1),
+        "cls": torch.tensor([[1.0], [4.0]]),
+        "bboxes": torch.tensor([[0.4, 0.4, 0.3, 0.3], [0.6, 0.5, 0.3, 0.4]]),
+        "batch_idx": torch.tensor([0.0, 1.0]),
+    }
     return module, ViewGuard(module), batch
 
 
@@ -53,7 +58,9 @@ def test_each_view_runs_through_its_own_bn_and_the_routing_is_undone(guarded):
         loss, _ = module(METHODS["advamd"](args).view_batch(batch, name, None))
         assert torch.allclose(loss, plain_loss(module, batch[images], batch, routed), rtol=1e-6), name
         assert not any(m.use_aux for m in module.modules() if isinstance(m, DualBatchNorm2d))  # back on the main BN
-    assert not torch.allclose(plain_loss(module, batch["img"], batch, True), plain_loss(module, batch["img"], batch, False))
+    assert not torch.allclose(
+        plain_loss(module, batch["img"], batch, True), plain_loss(module, batch["img"], batch, False)
+    )
 
 
 def test_a_non_finite_view_is_reported_and_its_window_leaves_no_bn_statistics(guarded):

@@ -131,9 +131,18 @@ def test_deepfool_is_exact_by_default_and_fast_with_deepfool_fast_from_the_api_a
     fast = run(setup, "deepfool-fast", attacks="deepfool", eps="8/255", deepfool="fast")
     assert steps and set(steps) == {"fast"}
     assert stats(fast, column)["metrics/mAP50-95(B)"] < stats(fast)["metrics/mAP50-95(B)"]
-    cli = [sys.executable, str(Path(validate.__file__).parents[1] / "val_advamd.py"), f"model={setup['stock']}",
-           f"data={setup['data']}", "attacks=deepfool", "eps=8/255", "deepfool=fast", f"imgsz={IMGSZ}",
-           f"project={setup['runs']}", "name=deepfool-cli"]  # fmt: skip
+    cli = [
+        sys.executable,
+        str(Path(validate.__file__).parents[1] / "val_advamd.py"),
+        f"model={setup['stock']}",
+        f"data={setup['data']}",
+        "attacks=deepfool",
+        "eps=8/255",
+        "deepfool=fast",
+        f"imgsz={IMGSZ}",
+        f"project={setup['runs']}",
+        "name=deepfool-cli",
+    ]
     subprocess.run(cli, check=True, capture_output=True, timeout=600)
     saved = json.loads((setup["runs"] / "deepfool-cli" / "results.json").read_text())
     assert saved["settings"]["deepfool"] == "fast"
@@ -152,7 +161,7 @@ def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup
         return attack_batch(attack, model, batch, terms)
 
     monkeypatch.setattr(validators, "attack_batch", spy)
-    first_weight = {k: next(load_model(setup[k], 'test')[0].parameters()) for k in ("stock", "untrained")}
+    first_weight = {k: next(load_model(setup[k], "test")[0].parameters()) for k in ("stock", "untrained")}
     white = run(setup, "white", attacks="fgsm", eps=0.01)
     assert seen and all(torch.equal(w, first_weight["stock"]) for w in seen)
     seen.clear()
@@ -174,8 +183,9 @@ def wide_copy(data: str, root: Path) -> Path:
         labels = np.loadtxt(source / "labels" / "val" / f"{f.stem}.txt", ndmin=2)
         labels[:, [1, 3]] *= 64 / 96  # x and w, normalized by the new width
         np.savetxt(root / "labels" / f"{f.stem}.txt", labels, fmt="%g")
-    (root / "wide.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images", "val": "images",
-                                                    "names": {i: str(i) for i in range(10)}}))
+    (root / "wide.yaml").write_text(
+        yaml.safe_dump({"path": str(root), "train": "images", "val": "images", "names": {i: str(i) for i in range(10)}})
+    )
     return root / "wide.yaml"
 
 

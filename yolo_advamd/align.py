@@ -106,5 +106,8 @@ def teacher_targets(teacher: nn.Module, batch: dict) -> dict:
     with captured(teacher, layers) as feats:
         teacher(batch["img"])
     features = [feats[i] for i in range(len(layers))]
-    return {"layers": layers, "teacher": features,
-            "masks": level_masks(batch, [f.shape[-2:] for f in features], batch["img"].shape[-2:])}  # fmt: skip
+    return {
+        "layers": layers,
+        "teacher": features,
+        "masks": level_masks(batch, [f.shape[-2:] for f in features], batch["img"].shape[-2:]),
+    }

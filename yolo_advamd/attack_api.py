@@ -144,7 +144,9 @@ def attack(
     for path, image in images:
         before = predict(predictor, image, path)
         x = to_tensor(image, next(victim.parameters()).device)
-        if TASKS[task].classifier:  # the classifier's resize and center crop; its top-1 (or the folder's class) as label
+        if TASKS[
+            task
+        ].classifier:  # the classifier's resize and center crop; its top-1 (or the folder's class) as label
             preprocess = partial(center_crop, size=size)
             if labels:
                 targets = labels(path, image.shape)
@@ -169,18 +171,27 @@ def attack(
         outcome = adversary(x, PreprocessedObjective(inner, preprocess))
         adv = to_image((x + outcome.delta).clamp(0, 1))
         result = AdversarialResult(
-            path=path, orig_img=image, adv_img=adv, delta=adv.astype(np.int16) - image.astype(np.int16),
-            before=before, after=predict(predictor, adv, path), targets=targets, method=method, eps=eps,
+            path=path,
+            orig_img=image,
+            adv_img=adv,
+            delta=adv.astype(np.int16) - image.astype(np.int16),
+            before=before,
+            after=predict(predictor, adv, path),
+            targets=targets,
+            method=method,
+            eps=eps,
             objective=objective,
-        )  # fmt: skip
+        )
         if save_dir is not None:
             stem = unique_stem(Path(path).stem, stems)
             result.save(save_dir, stem)
             write_summary(save_dir / "summary.csv", result, first=len(results) == 0)
         results.append(result)
         if verbose:
-            LOGGER.info(f"{path}: {caption(before)} -> {caption(result.after)}, Linf {result.linf * 255:.1f}/255, "
-                        f"L2 {result.l2:.3f}")  # fmt: skip
+            LOGGER.info(
+                f"{path}: {caption(before)} -> {caption(result.after)}, Linf {result.linf * 255:.1f}/255, "
+                f"L2 {result.l2:.3f}"
+            )
     if save_dir is not None and verbose:
         LOGGER.info(f"{len(results)} adversarial images saved to {save_dir}")
     return results
@@ -241,8 +252,17 @@ def setup(net: nn.Module, train_args: dict, imgsz, conf: float, iou: float, devi
     stride = max(int(net.stride.max()), 32)  # as AutoBackend reports it to the predictor
     size = check_imgsz(imgsz or train_args.get("imgsz", 640), stride=stride, min_dim=2)
     size = size[0] if TASKS[task].classifier else size  # a classifier crops a square
-    overrides = {"conf": conf, "iou": iou, "imgsz": size, "device": device, "batch": 1, "rect": True,
-                 "mode": "predict", "save": False, "verbose": False}  # fmt: skip  (Model.predict's settings)
+    overrides = {
+        "conf": conf,
+        "iou": iou,
+        "imgsz": size,
+        "device": device,
+        "batch": 1,
+        "rect": True,
+        "mode": "predict",
+        "save": False,
+        "verbose": False,
+    }  # (Model.predict's settings)
     predictor = TASKS[task].predictor(overrides=overrides)
     predictor.setup_model(net, verbose=False)  # a deepcopy, fused for inference
     return victim, predictor, size, stride

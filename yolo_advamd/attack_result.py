@@ -17,8 +17,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-CSV_COLUMNS = ("image", "stage", "class", "name", "confidence", "x1", "y1", "x2", "y2",
-               "detections_before", "detections_after", "mean_conf_drop", "linf", "l2")  # fmt: skip
+CSV_COLUMNS = (
+    "image",
+    "stage",
+    "class",
+    "name",
+    "confidence",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "detections_before",
+    "detections_after",
+    "mean_conf_drop",
+    "linf",
+    "l2",
+)
 
 
 @dataclass
@@ -70,9 +84,16 @@ class AdversarialResult:
         if self.before.probs is not None:
             (c0, p0), (c1, p1) = ((r.probs.top1, float(r.probs.top1conf)) for r in (self.before, self.after))
             names = self.before.names
-            return {"image": self.path, "top1_before": names[c0], "conf_before": round(p0, 5),
-                    "top1_after": names[c1], "conf_after": round(p1, 5), "flipped": c0 != c1,
-                    "linf": round(self.linf, 6), "l2": round(self.l2, 5)}  # fmt: skip
+            return {
+                "image": self.path,
+                "top1_before": names[c0],
+                "conf_before": round(p0, 5),
+                "top1_after": names[c1],
+                "conf_after": round(p1, 5),
+                "flipped": c0 != c1,
+                "linf": round(self.linf, 6),
+                "l2": round(self.l2, 5),
+            }
         conf = [r.boxes.conf.float().mean().item() if len(r.boxes) else 0.0 for r in (self.before, self.after)]
         return {
             "image": self.path,
@@ -132,8 +153,11 @@ class AdversarialResult:
             (dict): The written paths, also kept in `files`.
         """
         save_dir, stem = Path(save_dir), stem or Path(self.path).stem
-        files = {"adversarial": save_dir / f"{stem}.png", "compare": save_dir / f"{stem}_compare.jpg",
-                 "csv": save_dir / f"{stem}.csv"}  # fmt: skip
+        files = {
+            "adversarial": save_dir / f"{stem}.png",
+            "compare": save_dir / f"{stem}_compare.jpg",
+            "csv": save_dir / f"{stem}.csv",
+        }
         if not cv2.imwrite(str(files["adversarial"]), self.adv_img):
             raise OSError(f"could not write {files['adversarial']}: check that the directory is writable")
         cv2.imwrite(str(files["compare"]), self.plot())
@@ -144,9 +168,19 @@ class AdversarialResult:
             columns, rows = CSV_COLUMNS, [{**{k: summary[k] for k in CSV_COLUMNS if k in summary}, "stage": "summary"}]
         for stage, r in (("before", self.before), ("after", self.after)) if self.before.boxes is not None else ():
             for (x1, y1, x2, y2), c, p in zip(r.boxes.xyxy.tolist(), r.boxes.cls.tolist(), r.boxes.conf.tolist()):
-                rows.append({"image": self.path, "stage": stage, "class": int(c), "name": r.names[int(c)],
-                             "confidence": round(p, 5), "x1": round(x1, 2), "y1": round(y1, 2),
-                             "x2": round(x2, 2), "y2": round(y2, 2)})  # fmt: skip
+                rows.append(
+                    {
+                        "image": self.path,
+                        "stage": stage,
+                        "class": int(c),
+                        "name": r.names[int(c)],
+                        "confidence": round(p, 5),
+                        "x1": round(x1, 2),
+                        "y1": round(y1, 2),
+                        "x2": round(x2, 2),
+                        "y2": round(y2, 2),
+                    }
+                )
         with open(files["csv"], "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()

@@ -61,8 +61,10 @@ def open_checkpoint(model: str | Path, why: str | None = None, key: str = "model
     try:
         net, ckpt = load_checkpoint(path)
     except TypeError as e:  # Ultralytics' "references types outside the supported Ultralytics checkpoint format"
-        raise ValueError(f"{model} holds no model (a weights-only file from export format=state_dict?): pass the "
-                         "training checkpoint, e.g. model=runs/detect/train/weights/best.pt") from e  # fmt: skip
+        raise ValueError(
+            f"{model} holds no model (a weights-only file from export format=state_dict?): pass the "
+            "training checkpoint, e.g. model=runs/detect/train/weights/best.pt"
+        ) from e
     return Opened(path, net, ckpt)
 
 
@@ -191,15 +193,19 @@ def resume_checkpoint(resume: bool | str | Path) -> Opened:
     path = Path(get_latest_run() if resume is True else str(resume))
     if not path.is_file() or path.suffix != ".pt":
         found = "found no last.pt under the working directory" if resume is True else "is not a checkpoint on disk"
-        raise FileNotFoundError(f"resume={resume} {found}: pass the last.pt of an interrupted run, e.g. "
-                                "resume=runs/detect/train/weights/last.pt")  # fmt: skip
+        raise FileNotFoundError(
+            f"resume={resume} {found}: pass the last.pt of an interrupted run, e.g. "
+            "resume=runs/detect/train/weights/last.pt"
+        )
     opened = open_checkpoint(path, key="resume")
     args = opened.ckpt.get("train_args") or {}
     if not 0 < opened.ckpt.get("epoch", -1) + 1 < args.get("epochs", 0):  # Ultralytics' own test, in its trainer
         raise ValueError(f"training of {path} is finished: nothing to resume (use model={path} to fine-tune it)")
     if "method" not in args:
-        raise ValueError(f"{path} is not an AdvAmd checkpoint (its settings name no method=), so it cannot be resumed "
-                         f"here: use model={path} to fine-tune it")  # fmt: skip
+        raise ValueError(
+            f"{path} is not an AdvAmd checkpoint (its settings name no method=), so it cannot be resumed "
+            f"here: use model={path} to fine-tune it"
+        )
     return opened
 
 

@@ -69,8 +69,12 @@ def dataset_labels(data: str, split: str, net: nn.Module, task: str = "detect"):
                 (x, y, bw, bh) = coords
                 box = [x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2]
             else:  # a polygon x1 y1 x2 y2 ...: its bounding box, as Ultralytics makes detection labels
-                box = [*coords[0::2].min(keepdims=True), *coords[1::2].min(keepdims=True),
-                       *coords[0::2].max(keepdims=True), *coords[1::2].max(keepdims=True)]  # fmt: skip
+                box = [
+                    *coords[0::2].min(keepdims=True),
+                    *coords[1::2].min(keepdims=True),
+                    *coords[0::2].max(keepdims=True),
+                    *coords[1::2].max(keepdims=True),
+                ]
             cls.append(c)
             xyxy.append(np.array(box, dtype=np.float32) * np.array([shape[1], shape[0]] * 2, np.float32))
         return {"source": "labels", "cls": np.array(cls, int), "xyxy": np.array(xyxy, np.float32).reshape(-1, 4)}

@@ -86,7 +86,9 @@ class ViewLoss:
             return loss, items
         loss = loss * view.loss_scale
         if view.logged is not None:
-            items = {**items, **view.logged} if view.name == "benign" else {**view.logged, view.column: sum(items.values())}
+            items = (
+                {**items, **view.logged} if view.name == "benign" else {**view.logged, view.column: sum(items.values())}
+            )
         return loss, items
 
 

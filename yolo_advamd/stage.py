@@ -116,8 +116,10 @@ class AttackStage:
                 raise ValueError("attack_model='target' needs model= (to freeze a copy of) or target= (a frozen copy)")
             target = freeze_target(model)
         if attack_aux_bn and attack_model != "current":
-            raise ValueError("attack_aux_bn=True attacks the model being trained through its auxiliary BN: use "
-                             "attack_model='current'")  # fmt: skip
+            raise ValueError(
+                "attack_aux_bn=True attacks the model being trained through its auxiliary BN: use "
+                "attack_model='current'"
+            )
         if collect_stats and vulnerability is None:
             raise ValueError("collect_stats=True needs vulnerability=Vulnerability(nc) to receive the flip statistics")
         self.attack = attack

@@ -39,18 +39,46 @@ class Task:
 TASKS = {
     t.name: t
     for t in (
-        Task("detect", DetectionModel, detect.DetectionTrainer, detect.DetectionValidator, detect.DetectionPredictor,
-             {"mAP50-95": "metrics/mAP50-95(B)", "mAP50": "metrics/mAP50(B)", "COCO AP50-95": "coco/AP50-95",
-              "COCO AP50": "coco/AP50"}, "data/digits-det.yaml"),
-        Task("segment", SegmentationModel, segment.SegmentationTrainer, segment.SegmentationValidator,
-             segment.SegmentationPredictor,
-             {"mask mAP50-95": "metrics/mAP50-95(M)", "mask mAP50": "metrics/mAP50(M)",
-              "box mAP50-95": "metrics/mAP50-95(B)", "box mAP50": "metrics/mAP50(B)"}, "data/digits-seg.yaml"),
-        Task("classify", ClassificationModel, classify.ClassificationTrainer, classify.ClassificationValidator,
-             classify.ClassificationPredictor, {"top1": "metrics/accuracy_top1", "top5": "metrics/accuracy_top5"},
-             "data/digits-cls.yaml", classifier=True),
+        Task(
+            "detect",
+            DetectionModel,
+            detect.DetectionTrainer,
+            detect.DetectionValidator,
+            detect.DetectionPredictor,
+            {
+                "mAP50-95": "metrics/mAP50-95(B)",
+                "mAP50": "metrics/mAP50(B)",
+                "COCO AP50-95": "coco/AP50-95",
+                "COCO AP50": "coco/AP50",
+            },
+            "data/digits-det.yaml",
+        ),
+        Task(
+            "segment",
+            SegmentationModel,
+            segment.SegmentationTrainer,
+            segment.SegmentationValidator,
+            segment.SegmentationPredictor,
+            {
+                "mask mAP50-95": "metrics/mAP50-95(M)",
+                "mask mAP50": "metrics/mAP50(M)",
+                "box mAP50-95": "metrics/mAP50-95(B)",
+                "box mAP50": "metrics/mAP50(B)",
+            },
+            "data/digits-seg.yaml",
+        ),
+        Task(
+            "classify",
+            ClassificationModel,
+            classify.ClassificationTrainer,
+            classify.ClassificationValidator,
+            classify.ClassificationPredictor,
+            {"top1": "metrics/accuracy_top1", "top5": "metrics/accuracy_top5"},
+            "data/digits-cls.yaml",
+            classifier=True,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def task_row(task: str, what: str = "yolo-advamd") -> Task:

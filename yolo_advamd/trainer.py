@@ -206,8 +206,12 @@ class AdvAmdMixin:
         figure = self.vulnerability.figure(self.data["names"])
         if self.args.plots:
             figure.savefig(self.save_dir / "vulnerability.png", dpi=100)
-        if writer := tensorboard_writer():  # calibration runs before the first epoch, where Ultralytics has no self.epoch
-            writer.add_figure("advamd/vulnerability", figure, self.epoch + 1 if hasattr(self, "epoch") else self.start_epoch)
+        if (
+            writer := tensorboard_writer()
+        ):  # calibration runs before the first epoch, where Ultralytics has no self.epoch
+            writer.add_figure(
+                "advamd/vulnerability", figure, self.epoch + 1 if hasattr(self, "epoch") else self.start_epoch
+            )
 
     def save_advamd_state(self):
         """Attach Ā, the flip counts and the target's weights to the model and its EMA, so checkpoints carry them."""

@@ -132,8 +132,14 @@ def validate_advamd(
             `markdown` table.
     """
     attacks, eps = attack_grid(attacks, eps, deepfool)
-    attack_kwargs = {"norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start,
-                     "deepfool": deepfool, "seed": seed}  # fmt: skip
+    attack_kwargs = {
+        "norm": norm,
+        "steps": steps,
+        "step_size": step_size,
+        "random_start": random_start,
+        "deepfool": deepfool,
+        "seed": seed,
+    }
     attack_runs = build_attacks(attacks, eps, **attack_kwargs)  # every setting checked before any work
     corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)
     attack_labels = check_attack_labels(attack_labels, attack_conf)
@@ -158,21 +164,43 @@ def validate_advamd(
     if attacker is not None:
         net, label, train_args = attacker
         transfer = (attack_copy(net, train_args, dev), f"{label} (transfer)")
-    settings = {"data": str(data), "attacks": attacks, "eps": eps, **attack_kwargs, "attack_terms": attack_terms,
-                "attack_labels": attack_labels, "attack_conf": attack_conf, "attack_model": transfer and transfer[1],
-                "corruptions": corruptions, "severities": severities, "batch": batch, "imgsz": imgsz,
-                **overrides}  # fmt: skip
+    settings = {
+        "data": str(data),
+        "attacks": attacks,
+        "eps": eps,
+        **attack_kwargs,
+        "attack_terms": attack_terms,
+        "attack_labels": attack_labels,
+        "attack_conf": attack_conf,
+        "attack_model": transfer and transfer[1],
+        "corruptions": corruptions,
+        "severities": severities,
+        "batch": batch,
+        "imgsz": imgsz,
+        **overrides,
+    }
     sets = corrupted_sets(val_split, corruptions, severities) if corruptions else {}
-    val_args = {**overrides, "data": data, "imgsz": imgsz, "batch": batch, "device": device, "save_json": save_json,
-                "plots": overrides.get("plots", False), "mode": "val"}  # fmt: skip
+    val_args = {
+        **overrides,
+        "data": data,
+        "imgsz": imgsz,
+        "batch": batch,
+        "device": device,
+        "save_json": save_json,
+        "plots": overrides.get("plots", False),
+        "mode": "val",
+    }
     rows = []
     for role, (net, label, train_args) in models.items():
         victim, attacked_by = transfer or (attack_copy(net, train_args, dev), f"{label} (white-box)")
         row = {"name": label, "role": role, "attacked_by": attacked_by, "stats": {}}
         for attack in attack_runs.values():  # the same random starts for every row
             attack.reset()
-        runs = [(BENIGN, None, None), *((c, a, None) for c, a in attack_runs.items()),
-                *((corruption_column(*ns), None, images) for ns, images in sets.items())]  # fmt: skip
+        runs = [
+            (BENIGN, None, None),
+            *((c, a, None) for c, a in attack_runs.items()),
+            *((corruption_column(*ns), None, images) for ns, images in sets.items()),
+        ]
         loader = None  # built by the first run, shared by the others on the split's own images
         for i, (column, attack, images) in enumerate(runs, 1):
             LOGGER.info(f"\n{colorstr('bold', f'{role} {label}')}: {column} ({i}/{len(runs)})")
@@ -197,8 +225,12 @@ def validate_advamd(
     set_columns = [corruption_column(*ns) for ns in sets]
     results = {
         "task": task,
-        "columns": [BENIGN, *(column_name(a, e) for a in attacks for e in eps), *set_columns,
-                    *((MPC, RPC) if sets else ())],  # fmt: skip
+        "columns": [
+            BENIGN,
+            *(column_name(a, e) for a in attacks for e in eps),
+            *set_columns,
+            *((MPC, RPC) if sets else ()),
+        ],
         "rows": rows,
         "delta": delta(rows),
         "corruptions": {"names": corruptions, "severities": severities, "columns": set_columns},
@@ -220,8 +252,10 @@ def check_tasks(tasks: dict, save_json: bool, save_adv: bool) -> str:
         if tasks.get(role, task) != task:
             raise ValueError(f"{role} is a {tasks[role]} model and model a {task} one: use models of one task")
     if task != "detect" and (save_json or save_adv):
-        raise ValueError(f"save_json and save_adv write detection formats (COCO boxes, YOLO box labels): leave them "
-                         f"off for a {task} model")  # fmt: skip
+        raise ValueError(
+            f"save_json and save_adv write detection formats (COCO boxes, YOLO box labels): leave them "
+            f"off for a {task} model"
+        )
     return task
 
 

@@ -54,9 +54,19 @@ class AdversarialValidation:
         >>> stats = v(model=model)
     """
 
-    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, attack=None,
-                 attack_model: nn.Module | None = None, terms: str = "all", attack_labels: str = "gt",
-                 attack_conf: float = 0.25, images: Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        dataloader=None,
+        save_dir=None,
+        args=None,
+        _callbacks=None,
+        attack=None,
+        attack_model: nn.Module | None = None,
+        terms: str = "all",
+        attack_labels: str = "gt",
+        attack_conf: float = 0.25,
+        images: Path | None = None,
+    ):
         """Initialize the validator; see the class attributes for the AdvAmd arguments."""
         super().__init__(dataloader, save_dir, args, _callbacks)
         if attack is not None and attack_model is None:
@@ -161,9 +171,16 @@ class AdvDetectionValidator(AdversarialValidation, COCOScoring, TASKS["detect"].
                 (self.adv_dir / sub).mkdir(parents=True, exist_ok=True)
             (self.adv_dir / "data.yaml").write_text(
                 f"# adversarial copy of {self.args.data} ({self.args.split}), letterboxed to imgsz={self.args.imgsz}\n"
-                + yaml.safe_dump({"path": str(self.adv_dir.resolve()), "train": "images", "val": "images",
-                                  "names": {int(k): str(v) for k, v in model.names.items()}}, sort_keys=False)
-            )  # fmt: skip
+                + yaml.safe_dump(
+                    {
+                        "path": str(self.adv_dir.resolve()),
+                        "train": "images",
+                        "val": "images",
+                        "names": {int(k): str(v) for k, v in model.names.items()},
+                    },
+                    sort_keys=False,
+                )
+            )
 
 
 VALIDATORS = {v.task_name: v for v in (AdvDetectionValidator, AdvSegmentationValidator, AdvClassificationValidator)}

@@ -141,7 +141,9 @@ class DetectionObjective(Objective):
             terms (str): "all" (box + cls + dfl), "cls" (the classification term) or "box" (box + dfl).
         """
         if terms not in TERMS:
-            raise ValueError(f"terms={terms!r} is not valid: choose {', '.join(f'{k} ({v})' for k, v in TERMS.items())}")
+            raise ValueError(
+                f"terms={terms!r} is not valid: choose {', '.join(f'{k} ({v})' for k, v in TERMS.items())}"
+            )
         if isinstance(getattr(model, "args", None), dict):
             raise TypeError(
                 "model.args is a dict (as loaded from a checkpoint): the Ultralytics criterion needs a namespace, "
@@ -216,12 +218,16 @@ class DetectionObjective(Objective):
                 if self.segment:  # the full segmentation loss, box, seg, cls, dfl, sem, times the batch size
                     vector, _ = criterion.loss(p, self.batch)
                     fg_mask, gt_idx = assigner.result[3], assigner.result[4]
-                    parts = {t: sum(v for n, v in zip(criterion.loss_names, vector) if n in names)
-                             for t, names in SEGMENT_TERMS.items()}  # fmt: skip
+                    parts = {
+                        t: sum(v for n, v in zip(criterion.loss_names, vector) if n in names)
+                        for t, names in SEGMENT_TERMS.items()
+                    }
                 else:
                     (fg_mask, gt_idx, *_), terms, _ = criterion.get_assigned_targets_and_loss(p, self.batch)
-                    parts = {t: v * images.shape[0] for t, v in
-                             {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}.items()}  # fmt: skip
+                    parts = {
+                        t: v * images.shape[0]
+                        for t, v in {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}.items()
+                    }
             finally:
                 criterion.assigner = stock
             loss = {t: loss[t] + weight * parts[t] for t in TERMS}
@@ -259,8 +265,17 @@ class DetectionObjective(Objective):
             norm = target_scores.sum((1, 2)).clamp(min=1)  # each image's own normalization
             cls = c.bce(scores, target_scores.to(scores.dtype)).sum((1, 2)) / norm * c.hyp.cls
             for i in range(images.shape[0]):
-                box, dfl = c.bbox_loss(distri[i : i + 1], bboxes[i : i + 1], anchors, target_bboxes[i : i + 1] / strides,
-                                       target_scores[i : i + 1], norm[i], fg_mask[i : i + 1], imgsz, strides)  # fmt: skip
+                box, dfl = c.bbox_loss(
+                    distri[i : i + 1],
+                    bboxes[i : i + 1],
+                    anchors,
+                    target_bboxes[i : i + 1] / strides,
+                    target_scores[i : i + 1],
+                    norm[i],
+                    fg_mask[i : i + 1],
+                    imgsz,
+                    strides,
+                )
                 losses[i] += weight * (box * c.hyp.box + cls[i] + dfl * c.hyp.dfl)
         return losses
 
@@ -348,6 +363,7 @@ class VanishObjective(Objective):
             scores = p["scores"].float().sigmoid().amax(1)  # (B, anchors)
             loss = loss - scores.topk(min(self.topk, scores.shape[1]), dim=1).values.sum()
         return loss, scores.new_zeros(0, p["scores"].shape[1])
+
 
 class ClassifierObjective(Objective):
     """The cross-entropy of an image classifier on true labels: the same interface as `DetectionObjective`.

@@ -126,11 +126,15 @@ def check_attack_labels(labels, conf) -> str:
     """Return `attack_labels` normalized if it and `attack_conf` are valid, else raise naming the key and the fix."""
     name = str(labels).lower()
     if name not in ATTACK_LABELS:
-        raise ValueError(f"attack_labels={labels} is not valid: choose gt (the ground truth, the paper's) or pred (the "
-                         "attacked model's own predictions on the clean images)")  # fmt: skip
+        raise ValueError(
+            f"attack_labels={labels} is not valid: choose gt (the ground truth, the paper's) or pred (the "
+            "attacked model's own predictions on the clean images)"
+        )
     if not is_number(conf) or not 0 < conf < 1:
-        raise ValueError(f"attack_conf={conf} is outside (0, 1): it is the confidence above which a prediction is an "
-                         "attack target with attack_labels=pred, e.g. attack_conf=0.25")  # fmt: skip
+        raise ValueError(
+            f"attack_conf={conf} is outside (0, 1): it is the confidence above which a prediction is an "
+            "attack target with attack_labels=pred, e.g. attack_conf=0.25"
+        )
     return name
 
 
@@ -178,7 +182,13 @@ def attack_settings(
         raise ValueError(f"random_start={random_start} must be True or False")
     if name == "deepfool":
         deepfool = check_deepfool(DEEPFOOL_VARIANTS[0] if deepfool is None else deepfool)
-    settings = {"eps": parse_eps(eps), "norm": check_norm(norm), "steps": DEFAULT_STEPS[name] if steps is None else steps,
-                "step_size": step_size, "random_start": random_start, "deepfool": deepfool}  # fmt: skip
+    settings = {
+        "eps": parse_eps(eps),
+        "norm": check_norm(norm),
+        "steps": DEFAULT_STEPS[name] if steps is None else steps,
+        "step_size": step_size,
+        "random_start": random_start,
+        "deepfool": deepfool,
+    }
     build_attack(name, **{**settings, "eps": eps})  # each attack checks its own rules (naming the value given)
     return {"attack": name, **settings}

@@ -217,8 +217,10 @@ def resolve_settings(overrides: dict, trainer: type | None = None, default_data:
         found = model_task(overrides, opened)
         if trainer and found != task:
             given = "resume" if resume else "model"
-            raise ValueError(f"{given}={overrides[given]} is a {found} model and {trainer.__name__} trains {task} "
-                             "models: use advamd_trainer(), which picks the trainer by task")  # fmt: skip
+            raise ValueError(
+                f"{given}={overrides[given]} is a {found} model and {trainer.__name__} trains {task} "
+                "models: use advamd_trainer(), which picks the trainer by task"
+            )
         task = found
     advamd = check_advamd_cfg({**advamd_defaults(source.get("method")), **source}, task)
     if advamd["attack_model"] == "auto":
@@ -263,7 +265,12 @@ def parse_cli(argv: list[str] | None = None) -> dict:
 
 
 def help_text(
-    program: str, usage: str, keys: dict, ultralytics_keys: bool = True, notes: dict | None = None, methods: bool = False
+    program: str,
+    usage: str,
+    keys: dict,
+    ultralytics_keys: bool = True,
+    notes: dict | None = None,
+    methods: bool = False,
 ) -> str:
     """Help for a CLI: usage, its own keys with defaults (and `notes` on them), the training methods when asked, and
     whether Ultralytics' keys are accepted too."""

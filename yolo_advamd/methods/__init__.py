@@ -30,6 +30,8 @@ def check_method(cfg: dict, task: str | None = None) -> type[Method]:
     method.check(cfg)
     if task is not None and task not in method.tasks:
         fit = [name for name, m in METHODS.items() if task in m.tasks]
-        raise ValueError(f"method={method.name} is a detection method (box attacks, neck features): for task={task} "
-                         f"use method={', '.join(fit[:-1])} or {fit[-1]}")  # fmt: skip
+        raise ValueError(
+            f"method={method.name} is a detection method (box attacks, neck features): for task={task} "
+            f"use method={', '.join(fit[:-1])} or {fit[-1]}"
+        )
     return method

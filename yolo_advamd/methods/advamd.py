@@ -9,5 +9,7 @@ class AdvAmd(Method):
     `advamd_loss`) combine freely: the paper's ablations (Table 3)."""
 
     name = "advamd"
-    about = ("benign + mediate views (main BN) + adversarial view (auxiliary BN, classification loss weighted by "
-             "A-bar); Yu, Chen and Gan, IJCAI 2023; hyps/advamd-fgsm.yaml, -pgd, -deepfool")  # fmt: skip
+    about = (
+        "benign + mediate views (main BN) + adversarial view (auxiliary BN, classification loss weighted by "
+        "A-bar); Yu, Chen and Gan, IJCAI 2023; hyps/advamd-fgsm.yaml, -pgd, -deepfool"
+    )

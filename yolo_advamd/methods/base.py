@@ -108,9 +108,14 @@ class Method:
         a = self.args
         adv = name == "adv"
         weighted = adv and a.advamd_loss and abar is not None
-        return View(name, self.column(name), {"benign": a.beta1, "med": a.beta2, "adv": a.beta3}[name],
-                    aux_bn=adv and a.aux_bn, class_weights=abar if weighted else None,
-                    abar_scope=a.abar_scope if weighted else "positive")  # fmt: skip
+        return View(
+            name,
+            self.column(name),
+            {"benign": a.beta1, "med": a.beta2, "adv": a.beta3}[name],
+            aux_bn=adv and a.aux_bn,
+            class_weights=abar if weighted else None,
+            abar_scope=a.abar_scope if weighted else "positive",
+        )
 
     def view_batch(self, batch: dict, name: str, abar: torch.Tensor | None) -> dict:
         """Return the batch of one view of an attacked batch, for `model(view_batch)`.

@@ -15,8 +15,10 @@ class DetAdvProp(Method):
     """
 
     name = "detadvprop"
-    about = ("benign view + the stronger of a classification and a localization attack per image (current model, "
-             "made and trained through the auxiliary BN); Chen et al., CVPR 2021; hyps/detadvprop.yaml")  # fmt: skip
+    about = (
+        "benign view + the stronger of a classification and a localization attack per image (current model, "
+        "made and trained through the auxiliary BN); Chen et al., CVPR 2021; hyps/detadvprop.yaml"
+    )
     defaults = {"attack": "fgsm", "eps": 1 / 255, "attack_model": "current", "attack_terms": "max"}
     fixed = {"mediate": False, "aux_bn": True, "advamd_loss": False}
     tasks = ("detect", "segment")

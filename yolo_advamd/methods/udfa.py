@@ -23,8 +23,10 @@ class UDFA(Method):
     """
 
     name = "udfa"
-    about = ("benign detection loss + the adversarial neck features (current model) aligned with the frozen starting "
-             "checkpoint's on the clean images; Xu et al., ICIP 2022; hyps/udfa.yaml (model= must be a .pt)")  # fmt: skip
+    about = (
+        "benign detection loss + the adversarial neck features (current model) aligned with the frozen starting "
+        "checkpoint's on the clean images; Xu et al., ICIP 2022; hyps/udfa.yaml (model= must be a .pt)"
+    )
     defaults = {"attack": "fgsm", "eps": 2 / 255, "aux_bn": False}
     fixed = {"attack_model": "current", "mediate": False, "advamd_loss": False}
     tasks = ("detect", "segment")
