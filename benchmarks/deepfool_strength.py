@@ -18,7 +18,7 @@ with `attacks=deepfool deepfool=<variant>` on the same images.
 Timings are wall times of one call on a CPU that other jobs may share; the strength figures do not depend on it.
 
 Examples:
-    $ python benchmarks/deepfool_strength.py --cache /tmp/df   # fits three models first: most of an hour on 2 busy cores
+    $ python benchmarks/deepfool_strength.py --cache /tmp/df  # fits three models first: most of an hour on 2 busy cores
     $ python benchmarks/deepfool_strength.py --models detector classifier
 """
 

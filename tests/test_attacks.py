@@ -324,7 +324,10 @@ def test_random_start_is_deterministic_for_a_fixed_seed():
     model = classifier()
     images = torch.rand(2, 3, 16, 16)
     objective = ClassifierObjective(model, torch.tensor([1, 2]))
-    run = lambda seed: build_attack("pgd", eps=0.03, steps=2, random_start=True, seed=seed)(images, objective).delta
+
+    def run(seed):
+        return build_attack("pgd", eps=0.03, steps=2, random_start=True, seed=seed)(images, objective).delta
+
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
 

@@ -1,4 +1,4 @@
-"""ViewLoss: each view's loss is Ultralytics' own detection loss, scaled by its β and weighted by Ā in the chosen scope."""
+"""ViewLoss: each view's loss is Ultralytics' own detection loss, scaled by its β, weighted by Ā in the chosen scope."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Offline by construction: training, validation and export through our CLIs make no network attempt, plots get a font."""
+"""Offline by construction: training, validation and export through our CLIs try no network, and plots get a font."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""The AdvAmd step's views: each routed to its BN inside `model(view)`, and a non-finite view undone, BN statistics too."""
+"""The AdvAmd step's views: each routed to its BN inside `model(view)`; a non-finite view undone, BN statistics too."""
 
 from types import SimpleNamespace
 

@@ -72,7 +72,7 @@ def test_task_trains_offline_with_three_views_an_aux_bn_and_abar(tmp_path, monke
 
 @pytest.mark.parametrize("task", TASKS)
 def test_adversarial_score_is_below_benign_for_a_fitted_model(fitted_tasks, tmp_path, task):
-    """val_advamd: mask mAP (and box mAP) of a segmentation model, top-1 and top-5 of a classifier, benign vs attacked."""
+    """val_advamd: mask mAP (and box mAP) of a segmentation model, top-1 and top-5 of a classifier, benign, attacked."""
     d = fitted_tasks[task]
     out = validate_advamd(
         str(d["ckpt"]),
@@ -142,7 +142,7 @@ def test_export_gives_a_stock_model_and_an_onnx_equal_to_pytorch(fitted_tasks, t
 
 
 def test_attack_draws_adversarial_masks_and_reports_top1_before_and_after(fitted_tasks, tmp_path):
-    """attack(): a segmentation model's side-by-side shows its masks; a classifier's results carry top-1 before/after."""
+    """attack(): a segmentation model's side-by-side shows its masks; a classifier's results hold top-1 before/after."""
     seg, cls = fitted_tasks["segment"], fitted_tasks["classify"]
     res = attack(
         str(seg["ckpt"]),

@@ -173,7 +173,7 @@ def weights_only_checkpoint(model: nn.Module, imgsz=None) -> dict:
 
 
 def load_state_dict_file(path: str | Path) -> nn.Module:
-    """Rebuild a model (detect, segment, classify) from a weights-only file written by `export_model(format="state_dict")`.
+    """Rebuild a model (detect, segment, classify) from a weights-only file of `export_model(format="state_dict")`.
 
     Without yolo-advamd, the same takes three lines of Ultralytics:
     `ckpt = torch.load(path, weights_only=True)`, `model = DetectionModel(ckpt["yaml"], nc=ckpt["nc"])` (or

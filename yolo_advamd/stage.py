@@ -98,8 +98,8 @@ class AttackStage:
             vulnerability (Vulnerability | None): Receives flip statistics when `collect_stats` is on.
             terms (str): "all", "cls", "box" or "max", the part of the detection loss the attack maximizes.
             collect_stats (bool): Feed flip statistics to `vulnerability` on each call.
-            attack_aux_bn (bool): Attack the current model through its auxiliary BNs (AdvProp's and Det-AdvProp's Algorithm 1:
-                adversarial examples are made with the auxiliary BN, the one their loss trains).
+            attack_aux_bn (bool): Attack the current model through its auxiliary BNs (AdvProp's and Det-AdvProp's
+                Algorithm 1: adversarial examples are made with the auxiliary BN, the one their loss trains).
             attack_labels (str): "gt" (the ground truth) or "pred" (the attacked model's predictions on clean images).
             attack_conf (float): Confidence in (0, 1) above which a prediction is a target with `attack_labels="pred"`.
         """

@@ -1,11 +1,13 @@
-"""One AdvAmd step, as the paper's Algorithm 1 writes it: attack the batch, make its views, weight their losses, backward.
+"""One AdvAmd step, as the paper's Algorithm 1 writes it: attack the batch, make its views, weight their losses,
+backward.
 
 `advamd_step` is called by `AdvAmdTrainer.preprocess_batch` inside Ultralytics' own loop:
-    1. attack: `AttackStage` adds the adversarial images x + δ and the mediate images x + φδ (eq. 4, 5); with FGSM on the
-       current model, the benign view runs first and its input gradient is the attack's (no pass of its own);
-    2. views: each view is a batch for the model (`Method.view_batch`): its images, its β, its BN (the adversarial view through
-       the auxiliary BN), its class weights Ā (eq. 6) or, for UDFA, the teacher's features to align with;
-    3. weighted losses: `model(view)` runs Ultralytics' detection loss through `ViewLoss`, which applies the view's β and Ā;
+    1. attack: `AttackStage` adds the adversarial images x + δ and the mediate images x + φδ (eq. 4, 5); with FGSM
+       on the current model, the benign view runs first and its input gradient is the attack's (no pass of its own);
+    2. views: each view is a batch for the model (`Method.view_batch`): its images, its β, its BN (the adversarial
+       view through the auxiliary BN), its class weights Ā (eq. 6) or, for UDFA, the teacher's features to align with;
+    3. weighted losses: `model(view)` runs Ultralytics' detection loss through `ViewLoss`, which applies the view's
+       β and Ā;
     4. backward: every view but one is backwarded here, one at a time (peak memory of one view), and the last view is
        returned for the loop's own `model(batch)` and backward, so the optimizer steps on Σ β ∇L of all views.
 `ViewGuard` routes each view to its BN inside `model(view)`, also the loop's, and holds a step with a non-finite view.
@@ -68,7 +70,8 @@ def train_view(model, view: dict, backward) -> dict:
     view of an optimizer step at once, and a non-finite one makes the trainer skip that step.
 
     Args:
-        model (callable): The training model as the loop calls it (DDP-wrapped under DDP): `model(batch) -> (loss, items)`.
+        model (callable): The training model as the loop calls it (DDP-wrapped under DDP):
+            `model(batch) -> (loss, items)`.
         view (dict): A view batch (`Method.view_batch`).
         backward (callable): `backward(loss)` as the loop does it (AMP scaling, DDP world size).
     """
@@ -87,7 +90,8 @@ def logged_items(method, order: tuple[str, ...], trained: dict) -> dict:
 
 
 class ViewGuard:
-    """Forward hooks that let each view batch choose its BN, and undo the BN statistics of a step with a non-finite view.
+    """Forward hooks that let each view batch choose its BN, and undo the BN statistics of a step with a non-finite
+    view.
 
     Registered on the trained model (the module inside DDP), they act on calls with a view batch (a `View` under
     `view`): the
@@ -135,7 +139,7 @@ class ViewGuard:
             self.losses.append((args[0]["view"].name, output[0].detach().sum()))
 
     def pop_bad(self) -> dict:
-        """Return the views with a non-finite loss since the last call, restoring BN statistics if any; one device sync."""
+        """Return the views with a non-finite loss since the last call, restoring BN statistics if any (one sync)."""
         values = torch.stack([loss.float() for _, loss in self.losses]).tolist() if self.losses else []
         bad = {name: v for (name, _), v in zip(self.losses, values) if not math.isfinite(v)}
         if bad:

@@ -200,7 +200,7 @@ class AdvAmdMixin:
         self.save_advamd_state()
 
     def log_vulnerability(self):
-        """Plot the flip matrix and Ā to `vulnerability.png` and, when Ultralytics' TensorBoard is on, to TensorBoard."""
+        """Plot the flip matrix and Ā to `vulnerability.png` and, when Ultralytics' TensorBoard is on, there too."""
         if RANK not in {-1, 0}:
             return
         figure = self.vulnerability.figure(self.data["names"])

@@ -98,7 +98,8 @@ class DetectionObjective(Objective):
 
     `loss(x)` is the model's own training loss, `criterion(model(x), batch)` summed over its box, cls and dfl terms
     with the hyperparameter gains (what the trainer minimizes, paper eq. 4), or only its classification term with
-    `terms="cls"`, or only its localization terms (box + dfl) with `terms="box"`. For an end-to-end head (`E2ELoss`, e.g. yolo26) both branches count with their current weights.
+    `terms="cls"`, or only its localization terms (box + dfl) with `terms="box"`. For an end-to-end head (`E2ELoss`,
+    e.g. yolo26) both branches count with their current weights.
 
     Targets are assigned to anchors once, at the clean images `batch["img"]`, and kept for every other x: the loss
     is L(F(x), y) with y the ground truth as the criterion's `TaskAlignedAssigner` places it on the clean images, so

@@ -1,4 +1,5 @@
-"""Datasets: the embedded digits builders and `resolve_dataset`, which turns a `data=` argument into what Ultralytics takes.
+"""Datasets: the embedded digits builders and `resolve_dataset`, which turns a `data=` argument into what Ultralytics
+takes.
 
 `resolve_dataset` is the one gate between a user's `data=` and Ultralytics: it builds an embedded digits dataset
 (digits-det, digits-seg, digits-cls) when asked for it and refuses, with the expected location and how to get the
@@ -129,7 +130,7 @@ def check_task_data(task: str, data: str) -> None:
 
 
 def _build(name, keys):
-    """Build embedded dataset `name` with builder `keys` and return its data YAML, or for classification its directory."""
+    """Build embedded dataset `name` with builder `keys`; return its data YAML, or for classification its directory."""
     built = build_digits(name, **keys)
     return str(built) if dataset_spec(name).task == "classify" else str(built / f"{name}.yaml")
 

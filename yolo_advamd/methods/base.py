@@ -86,7 +86,7 @@ class Method:
 
         The loop's pass is the benign view, except when the benign pass must come first to hand its input gradient to
         FGSM (`reuse_gradient`): then the loop runs the last extra view. Views with a zero β, or the mediate view with
-        `mediate=False`, are left out (the benign view stays the loop's pass even with β1 = 0, as Ultralytics needs one).
+        `mediate=False`, are left out (the benign view stays the loop's pass even with β1 = 0: Ultralytics needs one).
         """
         a = self.args
         extra = [n for n, on in (("med", a.mediate and a.beta2 > 0), ("adv", a.beta3 > 0)) if on]

@@ -42,7 +42,8 @@ class UDFA(Method):
         """Refuse a run without a teacher: `model=` is not a checkpoint (and the run is not resumed)."""
         if not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
             raise ValueError(
-                f"method=udfa aligns the model with a teacher, the starting checkpoint, and model={overrides.get('model')} "
+                "method=udfa aligns the model with a teacher, the starting checkpoint, and "
+                f"model={overrides.get('model')} "
                 "has none: pass a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt"
             )
 
