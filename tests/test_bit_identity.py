@@ -8,6 +8,7 @@ skips. Record anew (only for an intended change of behaviour, said in the commit
 `YOLO_ADVAMD_RECORD=1 python -m pytest tests/test_bit_identity.py`.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import results, tiny
+from helpers import fit, folder_batch, results, save_ckpt, tiny, val_batch
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SegmentationModel
 
+from yolo_advamd.data import build_digits
 from yolo_advamd.trainer import advamd_trainer
 
 REFERENCES = Path(__file__).with_name("references") / "bit_identity.json"
@@ -51,18 +54,44 @@ def signature() -> dict:
     }
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
+@contextlib.contextmanager
+def one_thread():
     """One torch thread, as the references were recorded (Ultralytics' select_device applies its NUM_THREADS)."""
     import ultralytics.utils as uu
     import ultralytics.utils.torch_utils as tu
 
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(uu, "NUM_THREADS", 1)
-    monkeypatch.setattr(tu, "NUM_THREADS", 1)
+    saved = torch.get_num_threads(), uu.NUM_THREADS, tu.NUM_THREADS
+    uu.NUM_THREADS = tu.NUM_THREADS = 1
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        uu.NUM_THREADS, tu.NUM_THREADS = saved[1:]
+
+
+@pytest.fixture(scope="module")
+def starts(tmp_path_factory, tiny_data) -> dict:
+    """Per task, its data and a checkpoint to start from (M_T, UDFA's teacher): a model fitted to the val images on
+    one thread by this module, so the start does not depend on which test built the session's fitted models."""
+    root = tmp_path_factory.mktemp("starts")
+    digits = tmp_path_factory.mktemp("digits")  # the splits of the session's fitted_tasks, without their fits
+    seg = build_digits("digits-seg", root=digits, seed=1, n_train=2, n_val=16, imgsz=64) / "digits-seg.yaml"
+    cls = build_digits("digits-cls", root=digits, seed=1, n_train=20, n_val=20, imgsz=32)
+    fits = {
+        "detect": (DetectionModel, "yolov8n.yaml", lambda: val_batch(tiny_data), tiny_data, 64),
+        "segment": (SegmentationModel, "yolov8n-seg.yaml", lambda: val_batch(seg, "segment"), seg, 64),
+        "classify": (ClassificationModel, "yolov8n-cls.yaml", lambda: folder_batch(cls), cls, 32),
+    }
+    out = {}
+    with one_thread():
+        for task, (cls_, yaml, batch, data, imgsz) in fits.items():
+            torch.manual_seed(1)
+            model = fit(cls_(yaml, nc=10, verbose=False), batch())
+            model.names = {i: str(i) for i in range(10)}
+            ckpt = save_ckpt(model, root / f"{task}.pt", train_args={"model": yaml, "imgsz": imgsz, "task": task})
+            out[task] = {"model": str(ckpt), "data": str(data), "imgsz": imgsz}
+    return out
 
 
 def digest(state: dict) -> str:
@@ -81,17 +110,13 @@ def outcome(trainer) -> dict:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_training_matches_the_recorded_reference(case, tmp_path, tiny_data, digits, fitted_tasks, one_thread):
-    """A 2-epoch tiny run of `case` (from a fitted checkpoint, so M_T and UDFA's teacher exist) ends where it did."""
+def test_training_matches_the_recorded_reference(case, tmp_path, starts):
+    """A 2-epoch tiny run of `case` (from a checkpoint, so M_T and UDFA's teacher exist) ends where it did."""
     task, settings = CASES[case]
-    if task == "detect":
-        start = {"model": str(digits["stock"]), "data": tiny_data}
-    else:
-        t = fitted_tasks[task]
-        start = {"model": str(t["ckpt"]), "data": str(t["data"]), "imgsz": t["imgsz"]}
-    trainer = advamd_trainer(tiny(tmp_path, name="run", **{**start, "epochs": 2, "val": True, **settings}))
-    trainer.train()
-    got = {**outcome(trainer), "signature": signature()}
+    with one_thread():
+        trainer = advamd_trainer(tiny(tmp_path, name="run", **{**starts[task], "epochs": 2, "val": True, **settings}))
+        trainer.train()
+        got = {**outcome(trainer), "signature": signature()}
     refs = json.loads(REFERENCES.read_text()) if REFERENCES.is_file() else {}
     if RECORD:
         REFERENCES.parent.mkdir(exist_ok=True)
