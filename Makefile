@@ -17,7 +17,9 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed  ## train, fine-tune with AdvAmd and validate on the embedded digits-det dataset
 	$(BIN)/python train_advamd.py
 
-test: $(VENV)/.installed  ## the test suite (what CI runs)
+test: $(VENV)/.installed  ## lint and format checks, then the test suite (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed  ## speed and memory ratios against stock Ultralytics

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Adversarial images from an Ultralytics detector, segmentation model or classifier, at their original size, with or without labels.
+"""Adversarial images from an Ultralytics detector, segmentation model or classifier, at their original size, with or
+without labels.
 
     python attack.py model=best.pt source=images/ method=fgsm eps=0.03          # pseudo-targets: the model's own boxes
     python attack.py model=best.pt source=images/ method=pgd eps=8/255 steps=10 objective=vanish

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Export an amended (or stock) checkpoint as a plain, stock Ultralytics model: zero inference overhead.
 
-    python export.py model=best.pt format=onnx          # also engine, torchscript, openvino, ... (Ultralytics' exporter)
-    python export.py model=best.pt format=pt            # a stock Ultralytics checkpoint: YOLO(path) loads it anywhere
-    python export.py model=best.pt format=state_dict    # weights only, for torch.load(weights_only=True)
+python export.py model=best.pt format=onnx          # also engine, torchscript, openvino, ... (Ultralytics' exporter)
+python export.py model=best.pt format=pt            # a stock Ultralytics checkpoint: YOLO(path) loads it anywhere
+python export.py model=best.pt format=state_dict    # weights only, for torch.load(weights_only=True)
 """
 
 import sys

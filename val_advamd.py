@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benign and adversarial mAP of a checkpoint (stock or amended), in the layout of the paper's Table 1.
 
-    python val_advamd.py model=best.pt data=data/coco.yaml attacks=fgsm,pgd eps=0.01,0.1 baseline=stock.pt save_json=True
-    python val_advamd.py help
+python val_advamd.py model=best.pt data=data/coco.yaml attacks=fgsm,pgd eps=0.01,0.1 baseline=stock.pt save_json=True
+python val_advamd.py help
 """
 
 import sys

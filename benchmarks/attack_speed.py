@@ -21,11 +21,11 @@ import copy
 import statistics
 import time
 
-import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 import torch
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
+import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 from yolo_advamd.attacks import DeepFool, build_attack
 from yolo_advamd.attacks.objectives import DetectionObjective
 

@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
     use_all_cores()
     settings = {**arms.SCHEDULE, **plans.study_settings(arm, "vanilla", seed), **args}
     settings["data"] = runner.arm_data(arm)
-    trainers = {"vanilla": ("vanilla (AdvAmdClassificationTrainer, method=vanilla)", AdvAmdClassificationTrainer),
-                "stock": ("stock ClassificationTrainer", ClassificationTrainer)}  # fmt: skip
+    trainers = {
+        "vanilla": ("vanilla (AdvAmdClassificationTrainer, method=vanilla)", AdvAmdClassificationTrainer),
+        "stock": ("stock ClassificationTrainer", ClassificationTrainer),
+    }
     if bad := [t for t in chosen if t not in trainers]:
         raise ValueError(f"trainers={bad[0]} is not one: choose vanilla, stock or vanilla,stock")
     recipe = {k: v for k, v in settings.items() if k != "data"}
@@ -60,8 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
                 overrides.pop("method")
             curve, seconds = out[label] = top1_curve(trainer_class, overrides)
             ok = len(curve) >= epoch and curve[epoch - 1] > bar
-            print(f"\n{label}: {'meets' if ok else 'FAILS'} the criterion, {seconds / 60:.1f} min (other jobs shared "
-                  f"the 2 cores), top-1 per epoch: " + " ".join(f"{v:.1f}" for v in curve), flush=True)  # fmt: skip
+            print(
+                f"\n{label}: {'meets' if ok else 'FAILS'} the criterion, {seconds / 60:.1f} min (other jobs shared "
+                f"the 2 cores), top-1 per epoch: " + " ".join(f"{v:.1f}" for v in curve),
+                flush=True,
+            )
     return out
 
 

@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 import cv2
 import numpy as np
 from ultralytics.models.yolo.detect import DetectionValidator
 
+import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 from yolo_advamd.checkpoint import load_model
 from yolo_advamd.cli import use_all_cores
 from yolo_advamd.corruptions import (
@@ -74,16 +74,21 @@ def corruption_costs(sizes: list[int], n_images: int, n_stock: int, model, root:
                     corrupt_image(image, name, s)
             results[name, size] = (time.perf_counter() - t) / (len(images) * len(SEVERITIES))
         results["stock", size] = stock
-    print(f"\nCost per image of each corruption (mean over severities 1-5, {n_images} digits-det scenes, one process), "
-          f"ms, and its ratio to one stock Ultralytics validation per image (yolov8n, batch 16, {n_stock} scenes):\n")
+    print(
+        f"\nCost per image of each corruption (mean over severities 1-5, {n_images} digits-det scenes, one process), "
+        f"ms, and its ratio to one stock Ultralytics validation per image (yolov8n, batch 16, {n_stock} scenes):\n"
+    )
     print("| corruption | " + " | ".join(f"{s} px ms | {s} px ×val" for s in sizes) + " |")
     print("|---|" + "---|---|" * len(sizes))
     for name in names:
         cells = [f"{1000 * results[name, s]:.1f} | {results[name, s] / results['stock', s]:.2f}" for s in sizes]
         print(f"| {name} | " + " | ".join(cells) + " |")
     mean = {s: np.mean([results[n, s] for n in corruption_names("common")]) for s in sizes}
-    print("| mean of the 15 common | " + " | ".join(
-        f"{1000 * mean[s]:.1f} | {mean[s] / results['stock', s]:.2f}" for s in sizes) + " |")  # fmt: skip
+    print(
+        "| mean of the 15 common | "
+        + " | ".join(f"{1000 * mean[s]:.1f} | {mean[s] / results['stock', s]:.2f}" for s in sizes)
+        + " |"
+    )
     print("| stock validation | " + " | ".join(f"{1000 * results['stock', s]:.1f} | 1.00" for s in sizes) + " |")
 
 
@@ -94,8 +99,10 @@ def elastic_displacement(sizes: list[int], seeds: int = 8) -> None:
     the values it returns are the source coordinates (mod 256) of each output pixel. Above 256 px, output pixels
     within `WRAP_MARGIN` px of a wrap (255 -> 0) are left out: a source across it reads as a blend of 255 and 0.
     """
-    print("\nelastic_transform: how far pixels move (99th percentile / maximum over pixels, px; "
-          f"{seeds} images per cell, labels are not moved):\n")  # fmt: skip
+    print(
+        "\nelastic_transform: how far pixels move (99th percentile / maximum over pixels, px; "
+        f"{seeds} images per cell, labels are not moved):\n"
+    )
     print("| severity | " + " | ".join(f"{s} px p99 | {s} px max" for s in sizes) + " |")
     print("|---|" + "---|---|" * len(sizes))
     rows = {s: [] for s in SEVERITIES}
@@ -146,14 +153,18 @@ def wall_time(model: str, names: list[str], severities: list[int], imgsz: int) -
     n, sets = len(split.images), len(names) * len(severities)
     print(f"\nWall time on digits-det val ({n} images, {imgsz} px), {os.cpu_count()} cores, {model}:\n")
     print("| what | s | × one clean validation |\n|---|---|---|")
-    for what, seconds in ((f"one clean validation (median of {', '.join(f'{c:.1f}' for c in cleans)} s)", clean),
-                          (f"building the {sets} corrupted sets (cold cache, {n * sets} images)", build),
-                          (f"validating clean + the {sets} sets (warm cache)", validate),
-                          ("  of which one validation, on average", validate / (sets + 1)),
-                          ("total, cold cache", build + validate)):  # fmt: skip
+    for what, seconds in (
+        (f"one clean validation (median of {', '.join(f'{c:.1f}' for c in cleans)} s)", clean),
+        (f"building the {sets} corrupted sets (cold cache, {n * sets} images)", build),
+        (f"validating clean + the {sets} sets (warm cache)", validate),
+        ("  of which one validation, on average", validate / (sets + 1)),
+        ("total, cold cache", build + validate),
+    ):
         print(f"| {what} | {seconds:.1f} | {seconds / clean:.1f} |")
-    print(f"\nmPC {100 * out['rows'][0]['stats']['mPC']['metrics/mAP50-95(B)']:.2f}, "
-          f"rPC {100 * out['rows'][0]['stats']['rPC']['metrics/mAP50-95(B)']:.2f} (box mAP50-95, %)")
+    print(
+        f"\nmPC {100 * out['rows'][0]['stats']['mPC']['metrics/mAP50-95(B)']:.2f}, "
+        f"rPC {100 * out['rows'][0]['stats']['rPC']['metrics/mAP50-95(B)']:.2f} (box mAP50-95, %)"
+    )
 
 
 def main() -> None:

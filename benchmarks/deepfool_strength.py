@@ -18,7 +18,7 @@ with `attacks=deepfool deepfool=<variant>` on the same images.
 Timings are wall times of one call on a CPU that other jobs may share; the strength figures do not depend on it.
 
 Examples:
-    $ python benchmarks/deepfool_strength.py --cache /tmp/df   # fits three models first: most of an hour on 2 busy cores
+    $ python benchmarks/deepfool_strength.py --cache /tmp/df  # fits three models first: most of an hour on 2 busy cores
     $ python benchmarks/deepfool_strength.py --models detector classifier
 """
 
@@ -30,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 import torch
 from ultralytics.nn.tasks import DetectionModel
+
+import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's fitted models and batches
@@ -44,7 +45,9 @@ from yolo_advamd.attacks.objectives import objective_for  # noqa: E402
 from yolo_advamd.attacks.settings import DEEPFOOL_VARIANTS  # noqa: E402
 from yolo_advamd.checkpoint import attack_copy, load_model  # noqa: E402
 from yolo_advamd.cli import use_all_cores  # noqa: E402
-from yolo_advamd.validate import BENIGN, TABLE_METRICS, column_name, validate_advamd  # noqa: E402
+from yolo_advamd.results_table import BENIGN, column_name  # noqa: E402
+from yolo_advamd.tasks import TASKS  # noqa: E402
+from yolo_advamd.validate import validate_advamd  # noqa: E402
 
 EPS = (0.01, 8 / 255)
 FLIPS, SIZE, DAMAGE = 0.9, 1.1, 0.9  # the criterion: flips >= 0.9x exact, ||delta|| <= 1.1x, >= 90 % of the damage
@@ -88,10 +91,21 @@ def strength(setup: dict, variant: str, base: Path) -> dict:
             adv = (batch["img"] + result.delta.clamp(-eps, eps)).clamp(0, 1)
             flipped = objective.object_logits(adv).argmax(1) != objective.labels
             flips[eps] = float((flipped & clean).sum() / clean.sum().clamp(min=1))
-    table = validate_advamd(setup["ckpt"], str(setup["data"]), attacks="deepfool", eps=list(EPS), deepfool=variant,
-                            imgsz=setup["imgsz"], batch=16, device="cpu", project=str(base / "val"), name=variant,
-                            plots=False, verbose=False)  # fmt: skip
-    key = next(iter(TABLE_METRICS[table["task"]].values()))  # mAP50-95, or top-1 accuracy
+    table = validate_advamd(
+        setup["ckpt"],
+        str(setup["data"]),
+        attacks="deepfool",
+        eps=list(EPS),
+        deepfool=variant,
+        imgsz=setup["imgsz"],
+        batch=16,
+        device="cpu",
+        project=str(base / "val"),
+        name=variant,
+        plots=False,
+        verbose=False,
+    )
+    key = next(iter(TASKS[table["task"]].scores.values()))  # mAP50-95, or top-1 accuracy
     stats = table["rows"][0]["stats"]
     return {
         "size": float(result.delta.flatten(1).abs().amax(1).median()),
@@ -119,8 +133,13 @@ def verdict(fast: dict, exact: dict) -> list[str]:
 def main() -> None:
     """Measure both variants on each model and print the table and the verdict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=("detector", "classifier", "crowded80"),
-                        default=["detector", "classifier", "crowded80"], help="models to measure")  # fmt: skip
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=("detector", "classifier", "crowded80"),
+        default=["detector", "classifier", "crowded80"],
+        help="models to measure",
+    )
     parser.add_argument("--cache", default=None, help="keep the data and fitted models here (default: a temp dir)")
     args = parser.parse_args()
     use_all_cores()
@@ -136,8 +155,10 @@ def main() -> None:
             if misses := verdict(results["fast"], results["exact"]):
                 failed.append(f"{name}: {', '.join(misses)}")
     e1, e2 = (f"{e:.4g}" for e in EPS)
-    print(f"\nDeepFool variants, eval mode, L-inf, default steps and candidates; {torch.get_num_threads()} threads "
-          "(time: one call, CPU shared with other jobs)")  # fmt: skip
+    print(
+        f"\nDeepFool variants, eval mode, L-inf, default steps and candidates; {torch.get_num_threads()} threads "
+        "(time: one call, CPU shared with other jobs)"
+    )
     head = f"{'model':11s}{'variant':>8s}{'objects':>8s}{'flip ' + e1:>12s}{'flip ' + e2:>12s}{'|d|inf pre':>11s}"
     print(head + f"{'clean':>8s}{'att ' + e1:>11s}{'att ' + e2:>11s}{'s/call':>8s}")
     for name, variant, r in rows:
@@ -145,10 +166,18 @@ def main() -> None:
         line += f"{r['size']:11.4f}{r['clean']:8.3f}{r['metric'][EPS[0]]:11.3f}{r['metric'][EPS[1]]:11.3f}"
         print(line + f"{r['seconds']:8.2f}")
     print("clean / att: mAP50-95 (top-1 accuracy for the classifier) benign and under DeepFool at each eps.")
-    print(f"Criterion: fast flips >= {FLIPS}x exact at each eps, ||delta|| before projection <= {SIZE}x exact, and "
-          f"at least {DAMAGE:.0%} of the exact variant's metric drop at each eps, on every model.")  # fmt: skip
-    print("Verdict: " + ("the fast variant meets the criterion on every model." if not failed
-                         else "the fast variant misses it: " + "; ".join(failed)))  # fmt: skip
+    print(
+        f"Criterion: fast flips >= {FLIPS}x exact at each eps, ||delta|| before projection <= {SIZE}x exact, and "
+        f"at least {DAMAGE:.0%} of the exact variant's metric drop at each eps, on every model."
+    )
+    print(
+        "Verdict: "
+        + (
+            "the fast variant meets the criterion on every model."
+            if not failed
+            else "the fast variant misses it: " + "; ".join(failed)
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,14 +18,20 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
-from yolo_advamd import validate
+from yolo_advamd import validate, validators
 from yolo_advamd.cfg import parse_cli
 
-DEFAULTS = {"attack_model": "docs/results/targets/full.pt", "data": "data/digits-det.yaml", "imgsz": 160, "eps": 0.01,
-            "attacks": "fgsm,pgd", "steps": 3}  # fmt: skip
+DEFAULTS = {
+    "attack_model": "docs/results/targets/full.pt",
+    "data": "data/digits-det.yaml",
+    "imgsz": 160,
+    "eps": 0.01,
+    "attacks": "fgsm,pgd",
+    "steps": 3,
+}
 
 
-class ShiftedLabelValidator(validate.AdvDetectionValidator):
+class ShiftedLabelValidator(validators.AdvDetectionValidator):
     """Attack with every target's class replaced by the next one; validate against the true labels."""
 
     def attack_targets_of(self, batch: dict) -> dict:
@@ -65,8 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nmAP50-95 on attacks made on {args['attack_model']} at eps={args['eps']}: true labels -> shifted labels")
     for m in models:
         cols = [c for c in true[m] if c != validate.BENIGN]
-        print(f"{m}: benign {true[m][validate.BENIGN]:.2f}; "
-              + "; ".join(f"{c} {true[m][c]:.2f} -> {shifted[m][c]:.2f}" for c in cols))  # fmt: skip
+        print(
+            f"{m}: benign {true[m][validate.BENIGN]:.2f}; "
+            + "; ".join(f"{c} {true[m][c]:.2f} -> {shifted[m][c]:.2f}" for c in cols)
+        )
     return {"true": true, "shifted": shifted}
 
 

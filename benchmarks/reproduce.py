@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 
 import yaml
-
 from study import paths
 from study.arms import ARMS, STUDY, TASKS
 from study.records import archive
@@ -45,9 +44,14 @@ def main() -> None:
     parser.add_argument("--vary", nargs="+", metavar="KEY=VALUE", help="train (c) AdvAmd with these settings only")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds of (a), (b), (c) instead of the profile's")
     parser.add_argument("--fresh", action="store_true", help="archive the profile's records and run it anew")
-    parser.add_argument("--study", nargs="*", metavar="ARM", choices=[*ARMS, "capacity"],
-                        help=f"run the study's arms ({', '.join(STUDY)}, then capacity; all when none is named) or the "
-                        f"task rows of --quick alone ({', '.join(TASKS)})")
+    parser.add_argument(
+        "--study",
+        nargs="*",
+        metavar="ARM",
+        choices=[*ARMS, "capacity"],
+        help=f"run the study's arms ({', '.join(STUDY)}, then capacity; all when none is named) or the "
+        f"task rows of --quick alone ({', '.join(TASKS)})",
+    )
     opt = parser.parse_args()
     if opt.study is not None and not opt.report:
         try:

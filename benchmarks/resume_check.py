@@ -48,9 +48,9 @@ def max_weight_difference(trainer_class, settings: dict, project: Path) -> float
 
 def main() -> None:
     """Print the difference for stock Ultralytics and for AdvAmd (FGSM)."""
-    import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
     from ultralytics.models.yolo.detect import DetectionTrainer
 
+    import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
     from yolo_advamd.cli import use_all_cores
     from yolo_advamd.data import resolve_dataset
     from yolo_advamd.trainer import AdvAmdTrainer
@@ -59,9 +59,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="advamd-resume-") as tmp:
         tmp = Path(tmp)
         (tmp / "tiny.yaml").write_text("builder: digits-det\nseed: 3\nn_train: 32\nn_val: 16\nimgsz: 64\n")
-        settings = {"model": "yolov8n.yaml", "data": str(resolve_dataset(str(tmp / "tiny.yaml"))), "epochs": 2,
-                    "imgsz": 64, "batch": 8, "workers": 0, "optimizer": "SGD", "lr0": 0.01, "warmup_epochs": 0,
-                    "deterministic": True, "seed": 0, "plots": False, "verbose": False}  # fmt: skip
+        settings = {
+            "model": "yolov8n.yaml",
+            "data": str(resolve_dataset(str(tmp / "tiny.yaml"))),
+            "epochs": 2,
+            "imgsz": 64,
+            "batch": 8,
+            "workers": 0,
+            "optimizer": "SGD",
+            "lr0": 0.01,
+            "warmup_epochs": 0,
+            "deterministic": True,
+            "seed": 0,
+            "plots": False,
+            "verbose": False,
+        }
         rows = [
             ("stock DetectionTrainer", max_weight_difference(DetectionTrainer, settings, tmp / "stock")),
             ("AdvAmdTrainer fgsm", max_weight_difference(AdvAmdTrainer, {**settings, "abar_batches": 2}, tmp / "amd")),

@@ -240,10 +240,10 @@ def instrument(trainer, clock) -> dict:
 
 def worker(method: str, args: argparse.Namespace) -> dict:
     """Measure `method` in this process and return its results."""
-    import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
     import torch
     from ultralytics.utils.torch_utils import autocast
 
+    import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
     from yolo_advamd.cli import use_all_cores
 
     use_all_cores()
@@ -307,9 +307,9 @@ def worker(method: str, args: argparse.Namespace) -> dict:
 def make_checkpoint(args: argparse.Namespace) -> str:
     """Train yolov8n for one vanilla epoch on 5% of the dataset (all synthetic scenes) into `args.project`; return
     its last.pt."""
-    import yolo_advamd  # noqa: F401
     from ultralytics.models.yolo.detect import DetectionTrainer
 
+    import yolo_advamd  # noqa: F401
     from yolo_advamd.cli import use_all_cores
 
     use_all_cores()
@@ -384,25 +384,35 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     for method in ("deepfool", "deepfool-exact"):
         if method in by and "pgd" in by:
             ratio = by[method]["time"] / by["pgd"]["time"]
-            print(f"{method}: {ratio:.2f}x the AdvAmd-PGD step with as many attack steps (issue 29 target: "
-                  f"<= {DEEPFOOL_TARGET:.0f}x).")
+            print(
+                f"{method}: {ratio:.2f}x the AdvAmd-PGD step with as many attack steps (issue 29 target: "
+                f"<= {DEEPFOOL_TARGET:.0f}x)."
+            )
     if "fgsm" in by and "fgsm-max" in by:
         ratio = by["fgsm-max"]["parts"]["attack"] / by["fgsm"]["parts"]["attack"]
-        print(f"attack_terms=max: its attack part costs {ratio:.2f} FGSM attacks (a cls and a box attack, then one "
-              "forward of each result to keep the stronger per image).")
+        print(
+            f"attack_terms=max: its attack part costs {ratio:.2f} FGSM attacks (a cls and a box attack, then one "
+            "forward of each result to keep the stronger per image)."
+        )
     for gt, pred in (("fgsm", "fgsm-pred"), ("fgsm-current", "fgsm-current-pred")):
         if gt in by and pred in by:
             step, attack = by[pred]["time"] - by[gt]["time"], by[pred]["parts"]["attack"] - by[gt]["parts"]["attack"]
             unit = stock["time"] if stock else float("nan")
-            print(f"attack_labels=pred ({pred}): {by[pred]['time'] / by[gt]['time']:.2f}x the {gt} step "
-                  f"({1000 * step:+.0f} ms, {step / unit:+.2f} stock steps); its attack part {1000 * attack:+.0f} ms "
-                  f"({attack / unit:+.2f} stock steps: the prediction pass and NMS, and with `current` the attack "
-                  "pass the benign gradient no longer stands in for).")
-    print("Memory: peak MB = peak memory growth over the pre-step baseline (CPU: RSS, includes allocator caching); "
-          "graph MB = peak bytes held by autograd graphs for backward.")
-    print("Parts: attack = AttackStage call, views = the views trained inside preprocess_batch (forward + backward), "
-          "loop = the loop's model(batch) + backward (the benign view; the last view when FGSM reuses the benign "
-          "gradient), optimizer = optimizer_step(), preprocess = the rest of preprocess_batch.")
+            print(
+                f"attack_labels=pred ({pred}): {by[pred]['time'] / by[gt]['time']:.2f}x the {gt} step "
+                f"({1000 * step:+.0f} ms, {step / unit:+.2f} stock steps); its attack part {1000 * attack:+.0f} ms "
+                f"({attack / unit:+.2f} stock steps: the prediction pass and NMS, and with `current` the attack "
+                "pass the benign gradient no longer stands in for)."
+            )
+    print(
+        "Memory: peak MB = peak memory growth over the pre-step baseline (CPU: RSS, includes allocator caching); "
+        "graph MB = peak bytes held by autograd graphs for backward."
+    )
+    print(
+        "Parts: attack = AttackStage call, views = the views trained inside preprocess_batch (forward + backward), "
+        "loop = the loop's model(batch) + backward (the benign view; the last view when FGSM reuses the benign "
+        "gradient), optimizer = optimizer_step(), preprocess = the rest of preprocess_batch."
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -432,7 +442,6 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args.worker, args)))
         return
     import yolo_advamd  # noqa: F401
-
     from yolo_advamd.data import resolve_dataset
 
     os.chdir(ROOT)

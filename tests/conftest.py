@@ -1,11 +1,11 @@
 """Shared test setup: the package is imported first, so every test runs offline; fixtures used by several modules."""
 
-import yolo_advamd  # noqa: F401  (sets the offline environment before Ultralytics is imported)
 import os
 
 import pytest
 from helpers import checkpoints, digits_data, task_checkpoints
 
+import yolo_advamd  # noqa: F401  (sets the offline environment before Ultralytics is imported)
 from yolo_advamd.data import resolve_dataset
 
 

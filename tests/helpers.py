@@ -106,10 +106,16 @@ def task_checkpoints(base: Path) -> dict:
     """A yolov8n-seg fitted to a 16-scene digits-seg val split (64 px) and a yolov8n-cls fitted to a 20-image
     digits-cls val split (32 px), saved as stock checkpoints beside their data, session-cached."""
     root = base / "digits"
-    out = {"segment": {"data": build_digits("digits-seg", root=root, seed=1, n_train=2, n_val=16, imgsz=IMGSZ)
-                       / "digits-seg.yaml", "imgsz": IMGSZ},
-           "classify": {"data": build_digits("digits-cls", root=root, seed=1, n_train=20, n_val=20, imgsz=32),
-                        "imgsz": 32}}  # fmt: skip
+    out = {
+        "segment": {
+            "data": build_digits("digits-seg", root=root, seed=1, n_train=2, n_val=16, imgsz=IMGSZ) / "digits-seg.yaml",
+            "imgsz": IMGSZ,
+        },
+        "classify": {
+            "data": build_digits("digits-cls", root=root, seed=1, n_train=20, n_val=20, imgsz=32),
+            "imgsz": 32,
+        },
+    }
     for task, d in out.items():
         d["ckpt"] = base / f"{task}-fitted.pt"
         if not d["ckpt"].is_file():
@@ -141,12 +147,27 @@ def amend(model):
 
 def save_ckpt(model, file, train_args: dict | None = None, **extra):
     """Save `model` the way Ultralytics' trainer does (EMA in fp16, its args, train_args), plus `extra` keys."""
-    train_args = {"model": "yolov8n.yaml", "imgsz": IMGSZ, "epochs": 3, "attack": "fgsm", "eps": 0.01, "beta1": 1.0,
-                  **(train_args or {})}  # fmt: skip
+    train_args = {
+        "model": "yolov8n.yaml",
+        "imgsz": IMGSZ,
+        "epochs": 3,
+        "attack": "fgsm",
+        "eps": 0.01,
+        "beta1": 1.0,
+        **(train_args or {}),
+    }
     ema = deepcopy(model).half()
     ema.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **train_args})  # the trainer's args, AdvAmd keys too
-    ckpt = {"epoch": 2, "best_fitness": 0.5, "model": None, "ema": ema, "updates": 10,
-            "optimizer": {"state": {}, "param_groups": []}, "train_args": train_args, **extra}
+    ckpt = {
+        "epoch": 2,
+        "best_fitness": 0.5,
+        "model": None,
+        "ema": ema,
+        "updates": 10,
+        "optimizer": {"state": {}, "param_groups": []},
+        "train_args": train_args,
+        **extra,
+    }
     torch.save(ckpt, file)
     return file
 

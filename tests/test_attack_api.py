@@ -52,8 +52,18 @@ def same_boxes(a, b) -> bool:
 def test_saved_pngs_reproduce_the_attack_within_the_budget(setup, objective):
     """predict() on the saved PNGs gives the attack's `after` results, worse than on the originals; L-inf <= eps."""
     model = YOLO(str(setup["stock"]))
-    results = attack(model, setup["images"], method="pgd", eps=EPS, objective=objective, imgsz=IMGSZ, save=True,
-                     project=str(setup["runs"]), name=objective, verbose=False)  # fmt: skip
+    results = attack(
+        model,
+        setup["images"],
+        method="pgd",
+        eps=EPS,
+        objective=objective,
+        imgsz=IMGSZ,
+        save=True,
+        project=str(setup["runs"]),
+        name=objective,
+        verbose=False,
+    )
     assert len(results) == 4
     hits = []
     for r in results:
@@ -115,16 +125,18 @@ def test_yolo_object_path_and_detection_model_are_attacked_and_left_unchanged(se
 
 def test_ground_truth_targets_with_data_and_pseudo_targets_without(setup):
     """data= and split=: each image's YOLO labels (in pixels) are the targets; without: the clean predictions."""
-    with_labels = attack(str(setup["stock"]), data=str(setup["data"]), split="val", method="fgsm", eps=EPS,
-                         imgsz=IMGSZ, verbose=False)  # fmt: skip
+    with_labels = attack(
+        str(setup["stock"]), data=str(setup["data"]), split="val", method="fgsm", eps=EPS, imgsz=IMGSZ, verbose=False
+    )
     assert len(with_labels) == 16  # the whole val split is the source
     for r in with_labels:
         label = np.loadtxt(Path(r.path.replace("/images/", "/labels/")).with_suffix(".txt"), ndmin=2)
         h, w = r.orig_img.shape[:2]
         x, y, bw, bh = label[:, 1:].T * [[w], [h], [w], [h]]
         assert r.targets["source"] == "labels" and r.targets["cls"].tolist() == label[:, 0].astype(int).tolist()
-        np.testing.assert_allclose(r.targets["xyxy"], np.stack([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2], 1),
-                                   atol=1e-3)  # fmt: skip
+        np.testing.assert_allclose(
+            r.targets["xyxy"], np.stack([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2], 1), atol=1e-3
+        )
     assert sum(affected(r.before, r.after) for r in with_labels) >= 8  # same-budget random sign noise: none of 16
     for r in attack(str(setup["stock"]), setup["images"], method="fgsm", eps=EPS, imgsz=IMGSZ, verbose=False):
         assert r.targets["source"] == "predictions" and r.targets["cls"].tolist() == r.before.boxes.cls.int().tolist()
@@ -140,9 +152,22 @@ def test_image_of_another_size_is_letterboxed_differentiably_and_attacked_at_its
     theirs = LetterBox(IMGSZ, auto=True, stride=32)(image=scene)  # what predict() feeds the model: 64x64
     assert ours.shape == theirs.shape == (64, 64, 3) and np.abs(ours - theirs).max() <= 1  # cv2 rounds to uint8
 
-    from_array, from_tensor = (attack(str(setup["stock"]), s, method="pgd", eps=EPS, objective="vanish", imgsz=IMGSZ,
-                                      save=True, project=str(tmp_path), name="x", exist_ok=True, verbose=False)[0]
-                               for s in (scene, x))  # fmt: skip
+    from_array, from_tensor = (
+        attack(
+            str(setup["stock"]),
+            s,
+            method="pgd",
+            eps=EPS,
+            objective="vanish",
+            imgsz=IMGSZ,
+            save=True,
+            project=str(tmp_path),
+            name="x",
+            exist_ok=True,
+            verbose=False,
+        )[0]
+        for s in (scene, x)
+    )
     assert np.array_equal(from_array.adv_img, from_tensor.adv_img) and from_array.path == "image0.jpg"
     assert from_array.adv_img.shape == (130, 200, 3) and np.abs(from_array.delta).max() == 8
     again = YOLO(str(setup["stock"])).predict(str(from_array.files["adversarial"]), imgsz=IMGSZ, verbose=False)[0]
@@ -175,8 +200,17 @@ def test_bad_inputs_fail_with_one_clear_error_and_keep_written_files(setup, tmp_
 def test_cli_writes_pngs_side_by_side_jpgs_and_csvs_and_names_bad_keys(setup, tmp_path, capsys, monkeypatch):
     """`python attack.py key=value`: the run directory's files; an unknown key is refused with a suggestion."""
     monkeypatch.setenv("YOLO_ADVAMD_THREADS", "1")  # two threads on two shared cores run 10x slower here
-    cmd = [sys.executable, str(ROOT / "attack.py"), f"model={setup['stock']}", f"source={setup['images']}",
-           "method=fgsm", "eps=0.03", f"imgsz={IMGSZ}", f"project={tmp_path}", "name=exp"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "attack.py"),
+        f"model={setup['stock']}",
+        f"source={setup['images']}",
+        "method=fgsm",
+        "eps=0.03",
+        f"imgsz={IMGSZ}",
+        f"project={tmp_path}",
+        "name=exp",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     stems = sorted(f.stem for f in setup["images"].glob("*.png"))

@@ -1,7 +1,6 @@
 """attack_labels=pred: attacks pushed against the attacked model's own predictions (no label to leak), for every task,
 in training and validation; flips and Ā still count against the ground truth."""
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -105,8 +104,12 @@ def test_pred_does_not_reuse_the_benign_gradient_and_attacks_the_predictions():
         model.model[-1].cv3[0][-1].bias.fill_(-0.5)
     g = torch.Generator().manual_seed(1)
     boxes = torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.6, 0.2, 0.4]])
-    batch = {"img": torch.rand(2, 3, 64, 64, generator=g), "cls": torch.tensor([[1.0], [2.0]]), "bboxes": boxes,
-             "batch_idx": torch.tensor([0.0, 1.0])}  # fmt: skip
+    batch = {
+        "img": torch.rand(2, 3, 64, 64, generator=g),
+        "cls": torch.tensor([[1.0], [2.0]]),
+        "bboxes": boxes,
+        "batch_idx": torch.tensor([0.0, 1.0]),
+    }
     stage = AttackStage(build_attack("fgsm", eps=EPS), 0.5, "current", model=model, attack_labels="pred")
     assert not stage.reuses_gradient
     assert AttackStage(build_attack("fgsm", eps=EPS), 0.5, "current", model=model).reuses_gradient
@@ -149,8 +152,9 @@ def test_segmentation_targets_carry_the_predicted_masks_in_the_batch_layout(fitt
         for i in range(len(batch["im_file"])):
             assert masks[i].max() <= (targets["batch_idx"] == i).sum()
         assert targets["sem_masks"].shape == batch["sem_masks"].shape
-        per_object = [masks[int(b)] == 1 + int((targets["batch_idx"][:k] == b).sum()) for k, b in
-                      enumerate(targets["batch_idx"])]  # fmt: skip
+        per_object = [
+            masks[int(b)] == 1 + int((targets["batch_idx"][:k] == b).sum()) for k, b in enumerate(targets["batch_idx"])
+        ]
     else:
         assert masks.shape == (n, h, w)
         per_object = list(masks.bool())
@@ -164,11 +168,14 @@ def test_segmentation_targets_carry_the_predicted_masks_in_the_batch_layout(fitt
     torch.testing.assert_close(fgsm_stage(model, attack_labels="pred")(batch)["img_adv"], gt, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("attack_labels", "truth", "attack_labels=truth is not valid: choose gt"),
-    ("attack_conf", 1.5, "attack_conf=1.5 is outside (0, 1)"),
-    ("attack_conf", "high", "attack_conf=high is outside (0, 1)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("attack_labels", "truth", "attack_labels=truth is not valid: choose gt"),
+        ("attack_conf", 1.5, "attack_conf=1.5 is outside (0, 1)"),
+        ("attack_conf", "high", "attack_conf=high is outside (0, 1)"),
+    ],
+)
 def test_bad_attack_labels_are_refused_by_name(key, value, message):
     with pytest.raises(ValueError) as e:
         resolve_advamd_cfg({key: value})
@@ -178,8 +185,13 @@ def test_bad_attack_labels_are_refused_by_name(key, value, message):
 @pytest.mark.parametrize("program", ["train_advamd.py", "val_advamd.py"])
 def test_cli_refuses_bad_attack_labels_before_any_work(tmp_path, digits, program):
     model = ["model=yolov8n.yaml"] if program == "train_advamd.py" else [f"model={digits['stock']}"]
-    r = subprocess.run([sys.executable, str(ROOT / program), *model, "attack_labels=truth", f"project={tmp_path}/runs"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, str(ROOT / program), *model, "attack_labels=truth", f"project={tmp_path}/runs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "attack_labels=truth is not valid" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -209,15 +221,20 @@ def test_training_with_pred_targets_runs_for_every_task(tmp_path, monkeypatch, t
 @pytest.mark.parametrize("task", ["detect", "classify"])
 def test_validation_attacks_the_predictions_of_the_attacked_model(digits, fitted_tasks, tmp_path, task):
     """With attack_labels=pred the validator's adversarial images are the attack on the model's predictions."""
-    from yolo_advamd.validate import VALIDATORS
+    from yolo_advamd.validators import VALIDATORS
 
     d = {"detect": {**digits, "ckpt": digits["stock"], "imgsz": 64}, "classify": fitted_tasks["classify"]}[task]
     model = victim(d["ckpt"])
     batch = val_batch(d["data"]) if task == "detect" else folder_batch(d["data"])
     for labels, targets in (("gt", batch), ("pred", predicted_targets(model, batch, 0.5))):
-        validator = VALIDATORS[task](save_dir=tmp_path, args={"data": str(d["data"]), "imgsz": d["imgsz"]},
-                                          attack=build_attack("fgsm", eps=EPS), attack_model=model,
-                                          attack_labels=labels, attack_conf=0.5)  # fmt: skip
+        validator = VALIDATORS[task](
+            save_dir=tmp_path,
+            args={"data": str(d["data"]), "imgsz": d["imgsz"]},
+            attack=build_attack("fgsm", eps=EPS),
+            attack_model=model,
+            attack_labels=labels,
+            attack_conf=0.5,
+        )
         expected = build_attack("fgsm", eps=EPS)(batch["img"], objective_for(model, targets))
         torch.testing.assert_close(validator.adversarial(batch), expected.adv, atol=0, rtol=0)
 
@@ -227,9 +244,24 @@ def test_val_cli_with_pred_targets_scores_on_the_ground_truth(tmp_path, digits):
     the ground truth, and the run's settings say which targets were used."""
     import json
 
-    r = subprocess.run([sys.executable, str(ROOT / "val_advamd.py"), f"model={digits['stock']}", f"data={digits['data']}",
-                        "attacks=fgsm", "eps=8/255", "imgsz=64", "attack_labels=pred", "attack_conf=0.5",
-                        f"project={tmp_path}", "name=val"], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "val_advamd.py"),
+            f"model={digits['stock']}",
+            f"data={digits['data']}",
+            "attacks=fgsm",
+            "eps=8/255",
+            "imgsz=64",
+            "attack_labels=pred",
+            "attack_conf=0.5",
+            f"project={tmp_path}",
+            "name=val",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads((tmp_path / "val" / "results.json").read_text())
     assert out["settings"]["attack_labels"] == "pred" and out["settings"]["attack_conf"] == 0.5

@@ -10,11 +10,8 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.attacks import DeepFool, build_attack
-from yolo_advamd.attacks.objectives import (
-    ClassifierObjective,
-    DetectionObjective,
-    attack_batch,
-)
+from yolo_advamd.attacks.objectives import ClassifierObjective, DetectionObjective
+from yolo_advamd.attacks.strategies import attack_batch
 from yolo_advamd.checkpoint import attack_copy, load_model
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -263,8 +260,12 @@ def test_image_losses_are_each_images_own_stock_loss_at_the_clean_images(fitted)
         ours = objective.image_losses(batch["img"])
         for i in range(len(batch["img"])):
             keep = batch["batch_idx"] == i
-            one = {"img": batch["img"][i : i + 1], "cls": batch["cls"][keep], "bboxes": batch["bboxes"][keep],
-                   "batch_idx": torch.zeros(int(keep.sum()))}  # fmt: skip
+            one = {
+                "img": batch["img"][i : i + 1],
+                "cls": batch["cls"][keep],
+                "bboxes": batch["bboxes"][keep],
+                "batch_idx": torch.zeros(int(keep.sum())),
+            }
             assert torch.allclose(ours[i], model.loss(one)[0].sum(), rtol=1e-5), i
 
 
@@ -323,7 +324,10 @@ def test_random_start_is_deterministic_for_a_fixed_seed():
     model = classifier()
     images = torch.rand(2, 3, 16, 16)
     objective = ClassifierObjective(model, torch.tensor([1, 2]))
-    run = lambda seed: build_attack("pgd", eps=0.03, steps=2, random_start=True, seed=seed)(images, objective).delta
+
+    def run(seed):
+        return build_attack("pgd", eps=0.03, steps=2, random_start=True, seed=seed)(images, objective).delta
+
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
 

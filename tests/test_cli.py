@@ -143,6 +143,12 @@ def test_readme_test_command_is_what_ci_runs():
     commands = re.findall(r"^make (\w+)$", ci, flags=re.M)
     assert commands == ["test"]
     assert re.search(r"^make test$", readme, flags=re.M) and re.search(r"^make demo$", readme, flags=re.M)
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M)[1].split("\n")
+    assert [line.strip() for line in recipe if line] == [
+        "$(BIN)/ruff check .",
+        "$(BIN)/ruff format --check .",
+        "$(BIN)/python -m pytest -q",
+    ]  # lint, format, then the tests
 
 
 @pytest.mark.parametrize(
@@ -152,7 +158,11 @@ def test_readme_test_command_is_what_ci_runs():
         ("val_advamd.py", ["model=missing.pt"], "model=missing.pt is not on disk"),
         ("val_advamd.py", ["data=data/coco.yaml"], "model= is required"),
         ("export.py", ["model=missing.pt", "format=onnx"], "model=missing.pt is not on disk"),
-        ("export.py", ["model=missing.pt", "opset=12", "bogus=1"], "'bogus' is not a valid argument.\nValid keys: model"),
+        (
+            "export.py",
+            ["model=missing.pt", "opset=12", "bogus=1"],
+            "'bogus' is not a valid argument.\nValid keys: model",
+        ),
     ],
 )
 def test_val_and_export_cli_errors(tmp_path, program, args, message):
@@ -162,15 +172,33 @@ def test_val_and_export_cli_errors(tmp_path, program, args, message):
 
 
 @pytest.mark.slow
-def test_demo_trains_a_baseline_fine_tunes_it_and_prints_the_benign_and_fgsm_table(tmp_path, tiny_data, capsys,
-                                                                                     monkeypatch):  # fmt: skip
+def test_demo_trains_a_baseline_fine_tunes_it_and_prints_the_benign_and_fgsm_table(
+    tmp_path, tiny_data, capsys, monkeypatch
+):
     """`make demo` (no arguments) at a tiny size: baseline, AdvAmd fine-tune, then the val table of both with Δ."""
     from yolo_advamd import cli
 
-    shared = {**cli.DEMO["shared"], "data": tiny_data, "imgsz": 64, "batch": 8, "fraction": 1.0, "close_mosaic": 0,
-              "project": str(tmp_path), "workers": 0, "plots": False}  # fmt: skip
-    monkeypatch.setattr(cli, "DEMO", {**cli.DEMO, "shared": shared, "baseline": {**cli.DEMO["baseline"], "epochs": 1},
-                                      "advamd": {**cli.DEMO["advamd"], "abar_batches": 1}})  # fmt: skip
+    shared = {
+        **cli.DEMO["shared"],
+        "data": tiny_data,
+        "imgsz": 64,
+        "batch": 8,
+        "fraction": 1.0,
+        "close_mosaic": 0,
+        "project": str(tmp_path),
+        "workers": 0,
+        "plots": False,
+    }
+    monkeypatch.setattr(
+        cli,
+        "DEMO",
+        {
+            **cli.DEMO,
+            "shared": shared,
+            "baseline": {**cli.DEMO["baseline"], "epochs": 1},
+            "advamd": {**cli.DEMO["advamd"], "abar_batches": 1},
+        },
+    )
     monkeypatch.setenv("YOLO_ADVAMD_THREADS", str(torch.get_num_threads()))
     assert cli.main_train([]) == 0
     out = capsys.readouterr().out

@@ -44,9 +44,22 @@ def scene(digits) -> np.ndarray:
 def test_the_benchmark_corruptions_are_named_as_in_coco_c():
     common = parse_corruptions("common")
     assert common == [
-        "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-        "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-    ]  # fmt: skip
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "defocus_blur",
+        "glass_blur",
+        "motion_blur",
+        "zoom_blur",
+        "snow",
+        "frost",
+        "fog",
+        "brightness",
+        "contrast",
+        "elastic_transform",
+        "pixelate",
+        "jpeg_compression",
+    ]
     assert parse_corruptions("all") == common + ["speckle_noise", "gaussian_blur", "spatter", "saturate"]
     assert parse_corruptions("fog, Gaussian_noise,fog") == ["fog", "gaussian_noise"]
     assert parse_corruptions(None) == [] == parse_corruptions("none")
@@ -133,11 +146,27 @@ def test_classification_sets_keep_the_class_folders(fitted_tasks, cache):
 def test_detector_validates_under_corruptions_through_the_cli_with_mpc_and_rpc(digits, cache, tmp_path):
     """`val_advamd.py corruptions=gaussian_noise,fog severities=1,5 attacks=fgsm baseline=...`: one table with the
     attack, mPC and rPC, their Δ; mPC is the mean of the per-corruption table and rPC = mPC / benign."""
-    args = [f"model={digits['stock']}", f"data={digits['data']}", f"baseline={digits['amended']}", "imgsz=64",
-            "attacks=fgsm", "eps=0.05", f"corruptions={TWO}", "severities=1,5", f"project={tmp_path}", "name=val"]
+    args = [
+        f"model={digits['stock']}",
+        f"data={digits['data']}",
+        f"baseline={digits['amended']}",
+        "imgsz=64",
+        "attacks=fgsm",
+        "eps=0.05",
+        f"corruptions={TWO}",
+        "severities=1,5",
+        f"project={tmp_path}",
+        "name=val",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, str(ROOT / "val_advamd.py"), *args], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "val_advamd.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     save_dir = tmp_path / "val"
     results = json.loads((save_dir / "results.json").read_text())
@@ -163,12 +192,21 @@ def test_detector_validates_under_corruptions_through_the_cli_with_mpc_and_rpc(d
 
 
 @pytest.mark.parametrize("task", ["segment", "classify"])
-def test_segmenter_and_classifier_validate_under_two_corruptions_and_two_severities(fitted_tasks, cache, tmp_path,
-                                                                                     task):
+def test_segmenter_and_classifier_validate_under_two_corruptions_and_two_severities(
+    fitted_tasks, cache, tmp_path, task
+):
     """Mask mAP50-95 for a segmentation model, top-1 for a classifier, per corruption × severity, and their mPC."""
     d = fitted_tasks[task]
-    out = validate_advamd(str(d["ckpt"]), str(d["data"]), attacks="", corruptions=TWO, severities="2,4",
-                          imgsz=d["imgsz"], project=str(tmp_path), name=task)  # fmt: skip
+    out = validate_advamd(
+        str(d["ckpt"]),
+        str(d["data"]),
+        attacks="",
+        corruptions=TWO,
+        severities="2,4",
+        imgsz=d["imgsz"],
+        project=str(tmp_path),
+        name=task,
+    )
     stats, key = out["rows"][0]["stats"], SCORE[task]
     sets = [f"{n} s{s}" for n in TWO.split(",") for s in (2, 4)]
     assert stats["benign"][key] > 0.5 and all(0 <= stats[c][key] <= 1 for c in sets)
@@ -181,8 +219,13 @@ def test_segmenter_and_classifier_validate_under_two_corruptions_and_two_severit
 
 def test_mpc_averages_the_common_corruptions_and_leaves_held_out_ones_out():
     """As in the benchmark: the held-out corruptions are reported, not averaged into mPC; rPC = mPC / P."""
-    stats = {"benign": {"s": 0.8}, "fog s1": {"s": 0.6}, "fog s2": {"s": 0.4}, "spatter s1": {"s": 0.0},
-             "spatter s2": {"s": 0.0}}  # fmt: skip
+    stats = {
+        "benign": {"s": 0.8},
+        "fog s1": {"s": 0.6},
+        "fog s2": {"s": 0.4},
+        "spatter s1": {"s": 0.0},
+        "spatter s2": {"s": 0.0},
+    }
     out = corruptions.robustness(stats, ["fog", "spatter"], [1, 2])
     assert out == {"mPC": {"s": pytest.approx(0.5)}, "rPC": {"s": pytest.approx(0.625)}}
     assert corruptions.robustness(stats, ["spatter"], [1, 2])["mPC"] == {"s": 0.0}  # only held-out ones: theirs
@@ -205,13 +248,22 @@ def bad_data(tmp_path: Path, digits, case: str) -> Path:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"corruptions": "fogg"}, r"corruptions=fogg names 'fogg', not a corruption: use common .* names among "
-                                  r"gaussian_noise, shot_noise"),
+        (
+            {"corruptions": "fogg"},
+            r"corruptions=fogg names 'fogg', not a corruption: use common .* names among "
+            r"gaussian_noise, shot_noise",
+        ),
         ({"corruptions": "fog", "severities": "0,1"}, r"severities=0,1 has 0: severities are whole numbers 1 to 5"),
         ({"corruptions": "fog", "severities": 6}, r"severities=6 has 6"),
-        ({"corruptions": "fog", "data": "no-test", "split": "test"}, r"corruptions= corrupts the test images and "
-                                                                    r"data=.* has none"),
-        ({"corruptions": "fog", "data": "small"}, r"corruptions= needs images of at least 32 px .*/a.png is 20x20: use larger"),
+        (
+            {"corruptions": "fog", "data": "no-test", "split": "test"},
+            r"corruptions= corrupts the test images and "
+            r"data=.* has none",
+        ),
+        (
+            {"corruptions": "fog", "data": "small"},
+            r"corruptions= needs images of at least 32 px .*/a.png is 20x20: use larger",
+        ),
     ],
 )
 def test_bad_corruption_settings_are_refused_before_any_work(digits, cache, tmp_path, kwargs, match):
@@ -224,8 +276,13 @@ def test_bad_corruption_settings_are_refused_before_any_work(digits, cache, tmp_
 
 
 def test_cli_refuses_an_unknown_corruption_in_one_line(digits, tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "val_advamd.py"), f"model={digits['stock']}", "corruptions=fogg"],
-                       cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "val_advamd.py"), f"model={digits['stock']}", "corruptions=fogg"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("val_advamd.py: error: corruptions=fogg names 'fogg', not a corruption")
     assert not (tmp_path / "runs").exists()

@@ -72,7 +72,7 @@ def file_bytes(root):
 
 
 def ink_mask(scan, square, imgsz):
-    """Return the (imgsz, imgsz) bool mask of the pixels whose centres fall in a scan's inked cells drawn in `square`."""
+    """Return the (imgsz, imgsz) bool mask of the pixels whose centres fall in the inked cells of a scan in `square`."""
     x, y, s = square
     cells = ((np.arange(s) + 0.5) * 8 / s).astype(int)
     mask = np.zeros((imgsz, imgsz), bool)

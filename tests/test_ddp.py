@@ -24,16 +24,17 @@ def synthetic_batch(rank: int, n: int = 2, size: int = 64) -> dict:
 
 def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -> None:
     """Worker: build the same (dual-BN) model on each rank, run the method's views under DDP, return flat gradients."""
-    import yolo_advamd  # noqa: F401  (offline before Ultralytics, in the spawned process)
     from types import SimpleNamespace
 
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
+    import yolo_advamd  # noqa: F401  (offline before Ultralytics, in the spawned process)
     from yolo_advamd.attacks import build_attack
     from yolo_advamd.cfg import resolve_advamd_cfg
     from yolo_advamd.checkpoint import freeze_target
     from yolo_advamd.loss import wrap_criterion
+    from yolo_advamd.methods import METHODS
     from yolo_advamd.nn.dual_bn import DualBatchNorm2d, convert_dual_bn
     from yolo_advamd.stage import AttackStage
     from yolo_advamd.step import ViewGuard, advamd_step
@@ -44,16 +45,22 @@ def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -
     model = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
     settings = resolve_advamd_cfg({"method": method, "attack": attack, "eps": 0.03, "steps": 1})
     model.args = SimpleNamespace(**{**vars(get_cfg()), **settings})
-    teacher = freeze_target(model) if method == "udfa" else None
+    run = METHODS[method](model.args)
+    run.setup(freeze_target(model) if run.needs_target() else None)
     module = wrap_criterion((convert_dual_bn(model) if settings["aux_bn"] else model).train())
     ddp = DistributedDataParallel(module, find_unused_parameters=True)  # as Ultralytics builds it
     guard = ViewGuard(module)
-    stage = AttackStage(build_attack(attack, eps=0.03, steps=1), phi=0.7, attack_model="current",
-                        terms=settings["attack_terms"], attack_aux_bn=method == "detadvprop")  # as the trainer builds it
+    stage = AttackStage(
+        build_attack(attack, eps=0.03, steps=1),
+        phi=0.7,
+        attack_model="current",
+        terms=settings["attack_terms"],
+        attack_aux_bn=run.attack_aux_bn(),
+    )  # as the trainer builds it
     abar = torch.linspace(0.5, 1.5, 10)
     batch = synthetic_batch(rank)
     backward = lambda loss: (loss * WORLD).backward()  # noqa: E731
-    view = advamd_step(ddp, module, batch, stage, model.args, abar, backward, teacher=teacher)
+    view = advamd_step(ddp, module, batch, stage, run, abar, backward)
     loss, items = ddp(view)  # the last view, as Ultralytics' loop does it
     (loss.sum() * WORLD).backward()
     aux = [m.aux.weight.grad for m in module.modules() if isinstance(m, DualBatchNorm2d)]
@@ -63,7 +70,7 @@ def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -
         "aux_norm": float(torch.cat(aux).norm()) if aux else 0.0,
         "bad": guard.pop_bad(),
         "n": len(aux),
-        "loop_view": view["view"],
+        "loop_view": view["view"].name,
         "items": list(items),
     }
     dist.destroy_process_group()

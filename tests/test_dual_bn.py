@@ -26,8 +26,16 @@ from yolo_advamd.nn import (
     strip_aux_bn,
 )
 
-CFGS = ["yolov5nu.yaml", "yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml", "yolov8n-seg.yaml", "yolov8n-cls.yaml",
-        "yolo11n-seg.yaml", "yolo11n-cls.yaml"]  # fmt: skip
+CFGS = [
+    "yolov5nu.yaml",
+    "yolov8n.yaml",
+    "yolo11n.yaml",
+    "yolo26n.yaml",
+    "yolov8n-seg.yaml",
+    "yolov8n-cls.yaml",
+    "yolo11n-seg.yaml",
+    "yolo11n-cls.yaml",
+]
 
 
 @functools.cache

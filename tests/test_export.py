@@ -25,8 +25,25 @@ from yolo_advamd.export import export_model, load_state_dict_file, pickled_globa
 from yolo_advamd.nn.dual_bn import aux_bn, has_dual_bn
 
 TESTS = Path(__file__).parent
-STOCK_CKPT_KEYS = {"date", "version", "license", "docs", "epoch", "best_fitness", "stopper", "model", "ema", "updates",
-                   "modelopt", "optimizer", "scaler", "train_args", "train_metrics", "train_results", "git"}
+STOCK_CKPT_KEYS = {
+    "date",
+    "version",
+    "license",
+    "docs",
+    "epoch",
+    "best_fitness",
+    "stopper",
+    "model",
+    "ema",
+    "updates",
+    "modelopt",
+    "optimizer",
+    "scaler",
+    "train_args",
+    "train_metrics",
+    "train_results",
+    "git",
+}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +109,11 @@ def test_stock_checkpoint_predicts_validates_and_exports_without_yolo_advamd(ckp
     env = {**os.environ, "OFFLINE_GUARD_LOG": str(tmp_path / "network.log")}
     out = subprocess.run(
         [sys.executable, "-c", BLOCKED_RUN, str(TESTS), stock_pt, str(ckpts["data"])],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -128,7 +149,10 @@ def test_amended_resume_checkpoint_loads_under_ultralytics_safe_load(ckpts):
     env = {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1"}
     out = subprocess.run(
         [sys.executable, "-c", SAFE_LOAD_RUN, str(ckpts["amended"])],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

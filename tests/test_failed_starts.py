@@ -23,8 +23,9 @@ FINISHED = "runs/fin/weights/last.pt"
 def cli(program: str, *args, cwd: Path) -> subprocess.CompletedProcess:
     """Run one of the package's CLIs as a user does, from `cwd`, outside pytest (as from a shell)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    return subprocess.run([sys.executable, str(ROOT / program), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / program), *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def tree(root: Path) -> dict:
@@ -47,8 +48,18 @@ def project(tmp_path_factory, tiny_data):
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     root = tmp_path_factory.mktemp("project")
-    r = cli("train_advamd.py", "model=yolov8n.yaml", f"data={tiny_data}", "imgsz=64", "epochs=1", "batch=8",
-            "abar_batches=1", f"project={root / 'runs'}", "name=fin", cwd=root)  # fmt: skip
+    r = cli(
+        "train_advamd.py",
+        "model=yolov8n.yaml",
+        f"data={tiny_data}",
+        "imgsz=64",
+        "epochs=1",
+        "batch=8",
+        "abar_batches=1",
+        f"project={root / 'runs'}",
+        "name=fin",
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
 
     class Interrupt(Exception):
@@ -57,9 +68,20 @@ def project(tmp_path_factory, tiny_data):
     def stop(trainer):
         raise Interrupt
 
-    stock = DetectionTrainer(overrides={"model": "yolov8n.yaml", "data": tiny_data, "imgsz": 64, "epochs": 2,
-                                        "batch": 8, "workers": 0, "plots": False, "val": False,
-                                        "project": str(root / "runs"), "name": "stock"})  # fmt: skip
+    stock = DetectionTrainer(
+        overrides={
+            "model": "yolov8n.yaml",
+            "data": tiny_data,
+            "imgsz": 64,
+            "epochs": 2,
+            "batch": 8,
+            "workers": 0,
+            "plots": False,
+            "val": False,
+            "project": str(root / "runs"),
+            "name": "stock",
+        }
+    )
     stock.add_callback("on_fit_epoch_end", stop)
     with pytest.raises(Interrupt):
         stock.train()
@@ -103,21 +125,39 @@ def test_resuming_a_path_that_does_not_exist_does_not_resume_another_run(project
 @pytest.mark.parametrize("program", ["train_advamd.py", "val_advamd.py"])
 def test_an_empty_val_folder_is_named_before_any_cache_or_run_directory(project, program):
     model = "model=yolov8n.yaml" if program == "train_advamd.py" else f"model={FINISHED}"
-    message = refused(project, program, model, "data=data/empty-val/digits-det.yaml", "imgsz=64",
-                      f"project={project / 'runs'}", "name=fin", "exist_ok=True")  # fmt: skip
+    message = refused(
+        project,
+        program,
+        model,
+        "data=data/empty-val/digits-det.yaml",
+        "imgsz=64",
+        f"project={project / 'runs'}",
+        "name=fin",
+        "exist_ok=True",
+    )
     val = project / "data/empty-val/images/val"
     assert message.startswith(f"Dataset data/empty-val/digits-det.yaml: the val images {val} hold no image (")
-    assert message.endswith("put the val images there, or point 'val:' in data/empty-val/digits-det.yaml at a folder "
-                            "that has them.")  # fmt: skip
+    assert message.endswith(
+        "put the val images there, or point 'val:' in data/empty-val/digits-det.yaml at a folder that has them."
+    )
 
 
 def test_a_broken_image_is_named_as_a_broken_file_not_a_missing_package(project):
-    message = refused(project, "train_advamd.py", "data=data/broken/digits-det.yaml", "imgsz=64",
-                      f"project={project / 'runs'}", "name=fin", "exist_ok=True")  # fmt: skip
+    message = refused(
+        project,
+        "train_advamd.py",
+        "data=data/broken/digits-det.yaml",
+        "imgsz=64",
+        f"project={project / 'runs'}",
+        "name=fin",
+        "exist_ok=True",
+    )
     first = next((project / "data/broken/images/train").iterdir())
-    assert message == (f"Dataset data/broken/digits-det.yaml: 1 train file(s) are not images (corrupt, missing or "
-                       f"another kind of file), e.g. {first}: replace them, or delete them with their label "
-                       "files.")  # fmt: skip
+    assert message == (
+        f"Dataset data/broken/digits-det.yaml: 1 train file(s) are not images (corrupt, missing or "
+        f"another kind of file), e.g. {first}: replace them, or delete them with their label "
+        "files."
+    )
 
 
 @pytest.mark.parametrize("program", ["train_advamd.py", "val_advamd.py"])
@@ -134,8 +174,16 @@ def test_an_unknown_export_format_lists_every_format_and_offers_no_cloud(project
 
 
 def test_val_advamd_prints_its_table_once(project, tiny_data):
-    r = cli("val_advamd.py", "model=runs/fin/weights/best.pt", f"data={tiny_data}", "attacks=fgsm", "eps=0.01",
-            "imgsz=64", f"project={project / 'val'}", cwd=project)  # fmt: skip
+    r = cli(
+        "val_advamd.py",
+        "model=runs/fin/weights/best.pt",
+        f"data={tiny_data}",
+        "attacks=fgsm",
+        "eps=0.01",
+        "imgsz=64",
+        f"project={project / 'val'}",
+        cwd=project,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("| model | attacked model | benign | fgsm eps=0.01 |") == 2  # the mAP50-95 and mAP50 tables
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import yolo_advamd.validate as validate
+import yolo_advamd.validators as validators
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import label_leak  # noqa: E402
@@ -21,7 +22,7 @@ def test_the_attack_is_made_with_the_next_class_and_the_batch_keeps_the_true_one
         seen.append(batch["cls"].clone())
         return SimpleNamespace(delta=torch.full_like(batch["img"], 0.01)), None
 
-    monkeypatch.setattr(validate, "attack_batch", fake_attack_batch)
+    monkeypatch.setattr(validators, "attack_batch", fake_attack_batch)
     attack = SimpleNamespace(clip=(0.0, 1.0))
     validator = label_leak.ShiftedLabelValidator(args={"task": "detect"}, attack=attack, attack_model=nn.Identity())
     validator.data = {"names": {0: "a", 1: "b", 2: "c"}}

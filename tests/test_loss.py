@@ -1,4 +1,4 @@
-"""ViewLoss: each view's loss is Ultralytics' own detection loss, scaled by its β and weighted by Ā in the chosen scope."""
+"""ViewLoss: each view's loss is Ultralytics' own detection loss, scaled by its β, weighted by Ā in the chosen scope."""
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_advamd.loss import ViewLoss
+from yolo_advamd.views import View
 
 NC = 10
 
@@ -21,7 +22,9 @@ def setup():
     batch = {
         "img": torch.rand(2, 3, 64, 64, generator=g),
         "cls": torch.tensor([[1.0], [4.0], [4.0], [7.0]]),
-        "bboxes": torch.tensor([[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]),
+        "bboxes": torch.tensor(
+            [[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]
+        ),
         "batch_idx": torch.tensor([0.0, 0.0, 1.0, 1.0]),
     }
     with torch.no_grad():
@@ -40,8 +43,9 @@ def stock(model, preds, batch, class_weights=None):
 
 
 def view_loss(model, preds, batch, **view):
-    """ViewLoss on a view batch with the given view keys."""
-    return ViewLoss(model.init_criterion())(preds, {**batch, **view})[0]
+    """ViewLoss on the adversarial view batch with the given `View` settings (none: a plain batch)."""
+    view = View("adv", "adv_loss", **{"loss_scale": 1.0, **view}) if view else None
+    return ViewLoss(model.init_criterion())(preds, {**batch, "view": view} if view else batch)[0]
 
 
 def test_positive_scope_weights_only_each_foreground_anchors_assigned_class(setup):

@@ -15,6 +15,7 @@ from yolo_advamd.attacks import build_attack
 from yolo_advamd.cfg import parse_cli, resolve_advamd_cfg
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.loss import wrap_criterion
+from yolo_advamd.methods import METHODS
 from yolo_advamd.nn.dual_bn import aux_bn, convert_dual_bn
 from yolo_advamd.stage import AttackStage
 from yolo_advamd.step import ViewGuard, advamd_step
@@ -29,7 +30,9 @@ def batch() -> dict:
     return {
         "img": torch.rand(2, 3, 64, 64, generator=g),
         "cls": torch.tensor([[1.0], [4.0], [4.0], [7.0]]),
-        "bboxes": torch.tensor([[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]),
+        "bboxes": torch.tensor(
+            [[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]
+        ),
         "batch_idx": torch.tensor([0.0, 0.0, 1.0, 1.0]),
     }
 
@@ -40,14 +43,22 @@ def step(method: str, **kw):
     model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
     settings = resolve_advamd_cfg({"method": method, "eps": 0.03, "beta1": 0.7, "beta2": 0.9, "beta3": 1.3, **kw})
     model.args = SimpleNamespace(**{**vars(get_cfg()), **settings})
-    teacher = freeze_target(model) if method == "udfa" else None
+    run = METHODS[method](model.args)
+    teacher = freeze_target(model) if run.needs_target() else None
+    run.setup(teacher)
     module = wrap_criterion(convert_dual_bn(model) if settings["aux_bn"] else model).train()
     ViewGuard(module)
     a = model.args
-    stage = AttackStage(build_attack(a.attack, eps=a.eps, steps=a.steps), a.phi, a.attack_model, model=module,
-                        terms=a.attack_terms, attack_aux_bn=method == "detadvprop")  # as the trainer builds it
+    stage = AttackStage(
+        build_attack(a.attack, eps=a.eps, steps=a.steps),
+        a.phi,
+        a.attack_model,
+        model=module,
+        terms=a.attack_terms,
+        attack_aux_bn=run.attack_aux_bn(),
+    )  # as the trainer builds it
     losses = []
-    view = advamd_step(module, module, batch(), stage, a, torch.linspace(0.5, 1.5, NC), losses.append, teacher=teacher)
+    view = advamd_step(module, module, batch(), stage, run, torch.linspace(0.5, 1.5, NC), losses.append)
     losses.append(module(view)[0].sum())
     return module, view, sum(losses), teacher
 
@@ -67,15 +78,20 @@ def detection(module, images, b, routed=False, weights=None) -> torch.Tensor:
 def test_advamd_step_is_the_weighted_sum_of_its_three_views():
     module, view, total, _ = step("advamd", abar_scope="all", attack_model="current")
     b, abar = batch(), torch.linspace(0.5, 1.5, NC)
-    hand = (0.7 * detection(module, b["img"], b) + 0.9 * detection(module, view["img_med"], b)
-            + 1.3 * detection(module, view["img_adv"], b, routed=True, weights=abar))  # fmt: skip
+    hand = (
+        0.7 * detection(module, b["img"], b)
+        + 0.9 * detection(module, view["img_med"], b)
+        + 1.3 * detection(module, view["img_adv"], b, routed=True, weights=abar)
+    )
     assert torch.allclose(total, hand, rtol=1e-5)
 
 
 def test_detadvprop_step_is_the_clean_loss_plus_the_adversarial_loss_through_the_aux_bn():
     module, view, total, _ = step("detadvprop")
     b = batch()
-    assert view["view"] == "benign"  # attack_terms=max: the attack needs passes of its own, the loop trains the clean view
+    assert (
+        view["view"].name == "benign"
+    )  # attack_terms=max: the attack needs passes of its own, the loop trains the clean view
     hand = 0.7 * detection(module, b["img"], b) + 1.3 * detection(module, view["img_adv"], b, routed=True)
     assert torch.allclose(total, hand, rtol=1e-5)
 
@@ -83,12 +99,14 @@ def test_detadvprop_step_is_the_clean_loss_plus_the_adversarial_loss_through_the
 def test_udfa_step_is_the_clean_loss_plus_the_feature_alignment_with_the_teacher():
     module, view, total, teacher = step("udfa")
     b = batch()
-    assert view["view"] == "adv"  # FGSM from the clean pass's input gradient, as UDFA's code does
+    assert view["view"].name == "adv"  # FGSM from the clean pass's input gradient, as UDFA's code does
 
     def neck(model, images):
         feats = {}
-        hooks = [model.model[j].register_forward_hook(lambda m, i, o, k=k: feats.update({k: o}))
-                 for k, j in enumerate(neck_layers(model))]  # fmt: skip
+        hooks = [
+            model.model[j].register_forward_hook(lambda m, i, o, k=k: feats.update({k: o}))
+            for k, j in enumerate(neck_layers(model))
+        ]
         model.predict(images)
         for h in hooks:
             h.remove()
@@ -110,8 +128,11 @@ def test_udfa_step_is_the_clean_loss_plus_the_feature_alignment_with_the_teacher
 
 
 def test_level_masks_mark_each_box_on_the_level_of_its_size():
-    b = {"img": torch.zeros(1, 3, 512, 512), "bboxes": torch.tensor([[0.25, 0.25, 0.125, 0.125], [0.5, 0.5, 0.5, 0.5]]),
-         "batch_idx": torch.zeros(2)}  # fmt: skip
+    b = {
+        "img": torch.zeros(1, 3, 512, 512),
+        "bboxes": torch.tensor([[0.25, 0.25, 0.125, 0.125], [0.5, 0.5, 0.5, 0.5]]),
+        "batch_idx": torch.zeros(2),
+    }
     masks = level_masks(b, [(64, 64), (32, 32), (16, 16)], (512, 512))
     small, large = masks[0][0, 0], masks[2][0, 0]  # sqrt(64 * 64) / 56 -> level 0; sqrt(256 * 256) / 56 -> level 2
     assert small.sum() == 8 * 8 and small[12:20, 12:20].all()

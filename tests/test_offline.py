@@ -1,4 +1,4 @@
-"""Offline by construction: training, validation and export through our CLIs make no network attempt, plots get a font."""
+"""Offline by construction: training, validation and export through our CLIs try no network, and plots get a font."""
 
 import os
 import subprocess
@@ -27,9 +27,7 @@ def run_guarded(args, tmp_path, home, program="train_advamd.py"):
         f"sys.argv = [{program!r}, *{args!r}]; "
         "runpy.run_path(sys.argv[0], run_name='__main__')"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return r, log.read_text().splitlines() if log.exists() else []
 
 

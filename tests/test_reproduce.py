@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from study import arms, paths, plans, records, recommend, report, runner  # noqa: E402
+from study import arms, paths, plans, recommend, records, report, runner  # noqa: E402
 
 
 @pytest.fixture
@@ -43,9 +43,20 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
     monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     monkeypatch.setattr(paths, "ROOT", files)  # the repository: recorded paths are relative to it
-    records.record({"key": "vanilla//seed0", "profile": "quick", "name": "vanilla", "seed": 0, "method": "vanilla",
-                    "attack": "fgsm", "eps": 0.01, "train_seconds": 1, "weights": "v.pt",
-                    "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}})
+    records.record(
+        {
+            "key": "vanilla//seed0",
+            "profile": "quick",
+            "name": "vanilla",
+            "seed": 0,
+            "method": "vanilla",
+            "attack": "fgsm",
+            "eps": 0.01,
+            "train_seconds": 1,
+            "weights": "v.pt",
+            "map": {"benign": 50.0, "fgsm eps=0.01": 20.0},
+        }
+    )
     runner.run_protocol("quick")
     assert trained == ["target", "advtrain_fgsm-0.01_seed0", "advamd_fgsm-0.01_seed0"]  # vanilla was recorded
     target = next(e for e in records.load() if e["key"] == "target")
@@ -66,8 +77,16 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
     (files / "targets" / "quick.pt").unlink()
     with pytest.raises(FileNotFoundError, match="recorded M_T of profile 'quick'"):
         runner.run_protocol("quick", seeds=[0, 1, 2])
-    records.record({"key": "target", "profile": "full", "weights": "targets/full.pt", "train_seconds": 60,
-                    "curve": [70.0, 80.0], "map": {"benign": 80.0}})
+    records.record(
+        {
+            "key": "target",
+            "profile": "full",
+            "weights": "targets/full.pt",
+            "train_seconds": 60,
+            "curve": [70.0, 80.0],
+            "map": {"benign": 80.0},
+        }
+    )
     quick = [line for line in paths.RESULTS.read_text().splitlines() if '"profile": "quick"' in line]
     dest = records.archive("quick")  # --fresh: the profile's records are kept aside, other profiles stay
     assert dest.read_text().splitlines() == quick
@@ -82,12 +101,21 @@ def test_protocol_resumes_and_skips_recorded_runs(files, monkeypatch):
 def test_report_deltas_are_against_the_same_seed_control(files):
     base = {"profile": "quick", "attack": "fgsm", "eps": 0.01, "train_seconds": 60}
     for seed, (van, amd) in enumerate([(50.0, 52.0), (48.0, 51.0)]):
-        records.record({**base, "key": f"v{seed}", "name": "vanilla", "seed": seed,
-                        "map": {"benign": van, "fgsm eps=0.01": 10.0}})
-        records.record({**base, "key": f"a{seed}", "name": "advamd", "seed": seed,
-                        "map": {"benign": amd, "fgsm eps=0.01": 15.0}})
-    records.record({"profile": "quick", "key": "target", "train_seconds": 60,
-                    "curve": [40.0, 48.0, 48.5, 49.0, 49.5, 50.0], "map": {"benign": 50.5, "fgsm eps=0.01": 5.0}})
+        records.record(
+            {**base, "key": f"v{seed}", "name": "vanilla", "seed": seed, "map": {"benign": van, "fgsm eps=0.01": 10.0}}
+        )
+        records.record(
+            {**base, "key": f"a{seed}", "name": "advamd", "seed": seed, "map": {"benign": amd, "fgsm eps=0.01": 15.0}}
+        )
+    records.record(
+        {
+            "profile": "quick",
+            "key": "target",
+            "train_seconds": 60,
+            "curve": [40.0, 48.0, 48.5, 49.0, 49.5, 50.0],
+            "map": {"benign": 50.5, "fgsm eps=0.01": 5.0},
+        }
+    )
     paths.BENCH.write_text("fgsm  1318 ms  3.79x stock")  # the last --bench tables stay in every report
     paths.DISCUSSION.write_text("## What the numbers say\n\nAdvAmd is below the control here.")  # and the reading
     text = report.report()
@@ -122,8 +150,14 @@ def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(
         runner, "evaluate", lambda w, d, eps, n: asked.append(eps) or {"benign": 1.0, "fgsm eps=0.1": 5.0}
     )
     (files / "v.pt").touch()
-    entry = {"key": "vanilla//seed0", "profile": "full", "name": "vanilla", "seed": 0, "weights": str(files / "v.pt"),
-             "map": {"benign": 50.0, "fgsm eps=0.01": 20.0}}
+    entry = {
+        "key": "vanilla//seed0",
+        "profile": "full",
+        "name": "vanilla",
+        "seed": 0,
+        "weights": str(files / "v.pt"),
+        "map": {"benign": 50.0, "fgsm eps=0.01": 20.0},
+    }
     records.record(entry)
     done = runner.complete(entry, [0.01, 0.1], "data.yaml")
     assert asked == [[0.1]]  # only the missing budget is evaluated; the recorded columns are kept
@@ -140,10 +174,27 @@ def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(
 
 def test_paper_table_pairs_each_training_setting_with_the_same_attack(files):
     base = {"profile": "full", "train_seconds": 60, "seed": 0}
-    records.record({**base, "key": "v", "name": "vanilla", "attack": "fgsm", "eps": 0.01,
-                    "map": {"benign": 50.0, "fgsm eps=0.01": 10.0, "pgd eps=0.1": 1.0}})
-    records.record({**base, "key": "a", "name": "advamd", "attack": "pgd", "eps": 0.1, "steps": 3,
-                    "map": {"benign": 49.0, "fgsm eps=0.1": 9.0, "pgd eps=0.1": 8.0}})
+    records.record(
+        {
+            **base,
+            "key": "v",
+            "name": "vanilla",
+            "attack": "fgsm",
+            "eps": 0.01,
+            "map": {"benign": 50.0, "fgsm eps=0.01": 10.0, "pgd eps=0.1": 1.0},
+        }
+    )
+    records.record(
+        {
+            **base,
+            "key": "a",
+            "name": "advamd",
+            "attack": "pgd",
+            "eps": 0.1,
+            "steps": 3,
+            "map": {"benign": 49.0, "fgsm eps=0.1": 9.0, "pgd eps=0.1": 8.0},
+        }
+    )
     text = report.report()
     assert "| method | M | B | L | Δ adv, pgd-3 ε=0.1 | Δ benign, pgd-3 ε=0.1 |" in text
     assert "| advamd | ✓ | ✓ | ✓ | +7.00 | -1.00 |" in text
@@ -157,14 +208,17 @@ def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(f
     confirmed = ("vanilla", "advamd", "advtrain", "advamd current")  # the retrain arm's `confirm`, round 2 included
     assert [r for r in runs if r[2] > 0] == [("retrain", m, s) for s in (1, 2) for m in confirmed]
     record = {"profile": "scratch", "train_seconds": 1, "seed": 0}
-    screened = [{**record, "key": "vanilla/seed0", "name": "vanilla", "map": {"benign": 50.0}},
-               {**record, "key": "advamd/seed0", "name": "advamd", "map": {"benign": 49.6}},  # Δ -0.4: confirmed
-               {**record, "key": "detadvprop/seed0", "name": "detadvprop", "map": {"benign": 49.4}}]  # Δ -0.6: not
+    screened = [
+        {**record, "key": "vanilla/seed0", "name": "vanilla", "map": {"benign": 50.0}},
+        {**record, "key": "advamd/seed0", "name": "advamd", "map": {"benign": 49.6}},  # Δ -0.4: confirmed
+        {**record, "key": "detadvprop/seed0", "name": "detadvprop", "map": {"benign": 49.4}},
+    ]  # Δ -0.6: not
     confirmed = [r for r in plans.study_plan(screened) if r[0] == "scratch" and r[2] > 0]
     assert confirmed == [("scratch", m, s) for s in (1, 2) for m in ("vanilla", "advamd")]
     tasks = plans.study_plan([], arms.TASKS)  # the other tasks: every method at seed 0, or at the arm's seeds
     assert tasks == [(t, m, 0) for t, a in arms.TASKS.items() for m in a["methods"]] + [
-        ("cls-r2", m, s) for s in (1, 2) for m in ("vanilla", "advamd", "aux-BN only", "advamd attack_labels=pred")]
+        ("cls-r2", m, s) for s in (1, 2) for m in ("vanilla", "advamd", "aux-BN only", "advamd attack_labels=pred")
+    ]
     assert all({"vanilla", "advamd"} <= set(a["methods"]) for a in arms.TASKS.values())
 
 
@@ -186,8 +240,10 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
         run = files / "runs" / overrides["name"]
         (run / "weights").mkdir(parents=True, exist_ok=True)
         (run / "weights" / "best.pt").touch()
-        (run / "results.csv").write_text("epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/mAP50-95(B)\n"
-                                         "1,10,1.0,1.0,1.0,0.5\n2,20,0.5,0.5,0.5,0.6\n")
+        (run / "results.csv").write_text(
+            "epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/mAP50-95(B)\n"
+            "1,10,1.0,1.0,1.0,0.5\n2,20,0.5,0.5,0.5,0.6\n"
+        )
         return run / "weights" / "best.pt", 20.0
 
     monkeypatch.setattr(paths, "ROOT", files)
@@ -195,8 +251,11 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     monkeypatch.setattr(runner, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 60.0})
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
-    monkeypatch.setitem(arms.STUDY, "retrain", {**arms.STUDY["retrain"], "methods": {
-        k: arms.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}})
+    monkeypatch.setitem(
+        arms.STUDY,
+        "retrain",
+        {**arms.STUDY["retrain"], "methods": {k: arms.STUDY["retrain"]["methods"][k] for k in ("vanilla", "advamd")}},
+    )
     (files / "targets").mkdir()
     (files / "targets" / "full.pt").touch()  # M_T, kept in the repository
     runner.run_study(["retrain"])
@@ -215,8 +274,10 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
     assert trained == []
     text = report.report()
     assert "| retrain | advamd | 3 | +0.00 ± 0.00 | +0.00 ± 0.00 |" in text
-    assert ("vanilla 80.00 / 70.00 at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds); advamd 80.00 / 70.00 "
-            "at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds).") in text
+    assert (
+        "vanilla 80.00 / 70.00 at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds); advamd 80.00 / 70.00 "
+        "at ε = 0.01 (3 seeds) → 60.00 / 60.00 at ε = 0.01 (3 seeds)."
+    ) in text
 
     # a run recorded before its arm measured through M_T gets the maps it lacks on the next pass, once, if its weights
     # are still there
@@ -233,8 +294,9 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
     assert "transfer" not in after["vanilla/seed7"] and "are gone: left as is" in capsys.readouterr().out
 
 
-def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_and_the_report_its_delta(files,
-                                                                                                  monkeypatch, capsys):
+def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_and_the_report_its_delta(
+    files, monkeypatch, capsys
+):
     """Every study run gets mPC / rPC (COCO-C) once: new runs when they finish, older ones after the planned runs if
     their weights are on disk; "Where does it lift?" then shows Δ mPC vs the same-seed vanilla run (and none before)."""
     measured = []
@@ -257,12 +319,27 @@ def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_an
     monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n, imgsz=160, *a: {"benign": 50.0})
     monkeypatch.setattr(runner, "evaluate_corruptions", fake_corruptions)
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
-    scratch = {**arms.STUDY["scratch"], "methods": {k: arms.STUDY["scratch"]["methods"][k]
-                                                         for k in ("vanilla", "detadvprop")}}
+    scratch = {
+        **arms.STUDY["scratch"],
+        "methods": {k: arms.STUDY["scratch"]["methods"][k] for k in ("vanilla", "detadvprop")},
+    }
     monkeypatch.setitem(arms.STUDY, "scratch", scratch)
-    old = [{"profile": "scratch", "key": f"{label}/seed0", "name": label, "seed": 0, "settings": {}, "attack": "fgsm",
-            "eps": 1 / 255, "weights": f"runs/old-{label}/weights/best.pt", "train_seconds": 1, "epoch_seconds": [1.0],
-            "map": {"benign": 50.0}} for label in ("vanilla", "detadvprop")]
+    old = [
+        {
+            "profile": "scratch",
+            "key": f"{label}/seed0",
+            "name": label,
+            "seed": 0,
+            "settings": {},
+            "attack": "fgsm",
+            "eps": 1 / 255,
+            "weights": f"runs/old-{label}/weights/best.pt",
+            "train_seconds": 1,
+            "epoch_seconds": [1.0],
+            "map": {"benign": 50.0},
+        }
+        for label in ("vanilla", "detadvprop")
+    ]
     for e in old:
         records.record(e)
     assert "Δ mPC" not in report.report()  # no corruption map yet: the report as before
@@ -285,10 +362,21 @@ def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_an
 
 def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_screen_is_in(files, monkeypatch):
     def screen(best: tuple[str, str]) -> list[dict]:
-        return [{"profile": arm, "key": f"{label}/seed0", "name": label, "seed": 0, "train_seconds": 1,
-                 "attack": "fgsm", "eps": 0.01, "epoch_seconds": [1.0],
-                 "map": {"benign": 50.5 if (arm, label) == best else 50.0}}
-                for arm, a in arms.STUDY.items() for label in a["methods"]]
+        return [
+            {
+                "profile": arm,
+                "key": f"{label}/seed0",
+                "name": label,
+                "seed": 0,
+                "train_seconds": 1,
+                "attack": "fgsm",
+                "eps": 0.01,
+                "epoch_seconds": [1.0],
+                "map": {"benign": 50.5 if (arm, label) == best else 50.0},
+            }
+            for arm, a in arms.STUDY.items()
+            for label in a["methods"]
+        ]
 
     screened = screen(("scratch", "detadvprop"))
     assert plans.capacity_arm(screened[1:]) == {}  # one screen run missing: not chosen yet
@@ -322,8 +410,11 @@ def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_scre
         records.record(e)
     runner.run_study(["capacity"])
     kept = str(files / "targets" / "full-yolov8s.pt")
-    assert trained[:3] == [("targets", "full-yolov8s", "yolov8s.yaml"), ("capacity", "vanilla_seed0", kept),
-                           ("capacity", "udfa_seed0", kept)]
+    assert trained[:3] == [
+        ("targets", "full-yolov8s", "yolov8s.yaml"),
+        ("capacity", "vanilla_seed0", kept),
+        ("capacity", "udfa_seed0", kept),
+    ]
     assert (files / "targets" / "full-yolov8s.pt").read_text() == "full-yolov8s"
     start = next(e for e in records.load() if (e["profile"], e["key"]) == ("capacity", "start"))
     assert start["weights"] == "targets/full-yolov8s.pt" and start["curve"] == [50.0] and start["train_seconds"] == 10
@@ -392,9 +483,19 @@ def test_recommendation_follows_the_fixed_rule_and_writes_a_loadable_hyp(files):
 
     def run(arm, name, seed, benign, fgsm, eps=0.01):
         col = column_name("fgsm", eps)
-        records.record({"profile": arm, "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": eps,
-                        "attack": "fgsm", "train_seconds": 10, "epoch_seconds": [10.0],
-                        "map": {"benign": benign, col: fgsm}})
+        records.record(
+            {
+                "profile": arm,
+                "key": f"{name}/seed{seed}",
+                "name": name,
+                "seed": seed,
+                "eps": eps,
+                "attack": "fgsm",
+                "train_seconds": 10,
+                "epoch_seconds": [10.0],
+                "map": {"benign": benign, col: fgsm},
+            }
+        )
 
     for seed in range(3):
         run("retrain", "vanilla", seed, 80.0, 40.0)
@@ -416,9 +517,19 @@ def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other
     on the other; the largest mean Δ wins."""
 
     def run(name, seed, benign, mpc):
-        records.record({"profile": "retrain", "key": f"{name}/seed{seed}", "name": name, "seed": seed, "eps": 0.01,
-                        "attack": "fgsm", "train_seconds": 10, "map": {"benign": benign, "fgsm eps=0.01": 40.0},
-                        "corruption": {"mPC": mpc, "rPC": mpc / benign}})
+        records.record(
+            {
+                "profile": "retrain",
+                "key": f"{name}/seed{seed}",
+                "name": name,
+                "seed": seed,
+                "eps": 0.01,
+                "attack": "fgsm",
+                "train_seconds": 10,
+                "map": {"benign": benign, "fgsm eps=0.01": 40.0},
+                "corruption": {"mPC": mpc, "rPC": mpc / benign},
+            }
+        )
 
     for seed, (a, b, c) in enumerate(((0.9, 1.9, -0.15), (1.1, 2.1, 0.05), (1.0, 2.0, -0.05))):
         run("vanilla", seed, 80.0, 50.0)

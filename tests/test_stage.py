@@ -16,8 +16,8 @@ from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import DetectionObjective
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.loss import wrap_criterion
+from yolo_advamd.methods import METHODS
 from yolo_advamd.stage import DEFAULT_PHI, AttackStage, preprocess
-from yolo_advamd.step import make_view
 from yolo_advamd.vulnerability import Vulnerability
 
 NC, IMGSZ, EPS = 10, 64, 0.03
@@ -155,7 +155,9 @@ def test_benign_training_gradient_gives_the_attacks_fgsm(model):
     batch = make_batch()
     attacked = stage(batch, model)
     img = batch["img"].clone().requires_grad_(True)
-    loss, _ = model(make_view({**batch, "img": img}, "benign", args, None))  # the trainer's benign view
+    loss, _ = model(
+        METHODS["advamd"](args).view_batch({**batch, "img": img}, "benign", None)
+    )  # the trainer's benign view
     loss.sum().backward()
     assert img.grad is not None and img.grad.abs().sum() > 0
     reused = stage(batch, model, grad=img.grad)

@@ -23,11 +23,21 @@ from yolo_advamd.validate import validate_advamd
 
 TESTS = Path(__file__).parent
 TASKS = {  # task: (model YAML, builder YAML, image size, benign loss columns, headline metric)
-    "segment": ("yolov8n-seg.yaml", "builder: digits-seg\nseed: 3\nn_train: 16\nn_val: 8\nimgsz: 64\n", 64,
-                ["box_loss", "seg_loss", "cls_loss", "dfl_loss", "sem_loss"], "metrics/mAP50-95(M)"),
-    "classify": ("yolov8n-cls.yaml", "builder: digits-cls\nseed: 3\nn_train: 20\nn_val: 10\nimgsz: 32\n", 32,
-                 ["loss"], "metrics/accuracy_top1"),
-}  # fmt: skip
+    "segment": (
+        "yolov8n-seg.yaml",
+        "builder: digits-seg\nseed: 3\nn_train: 16\nn_val: 8\nimgsz: 64\n",
+        64,
+        ["box_loss", "seg_loss", "cls_loss", "dfl_loss", "sem_loss"],
+        "metrics/mAP50-95(M)",
+    ),
+    "classify": (
+        "yolov8n-cls.yaml",
+        "builder: digits-cls\nseed: 3\nn_train: 20\nn_val: 10\nimgsz: 32\n",
+        32,
+        ["loss"],
+        "metrics/accuracy_top1",
+    ),
+}
 
 
 @pytest.mark.slow
@@ -37,8 +47,20 @@ def test_task_trains_offline_with_three_views_an_aux_bn_and_abar(tmp_path, monke
     model, builder, imgsz, benign, _ = TASKS[task]
     monkeypatch.setenv("YOLO_ADVAMD_DATA", str(tmp_path / "cache"))
     (tmp_path / "data.yaml").write_text(builder)
-    trainer = train({"model": model, "data": str(tmp_path / "data.yaml"), "epochs": 1, "imgsz": imgsz, "batch": 8,
-                     "workers": 0, "abar_batches": 1, "plots": False, "project": str(tmp_path), "name": task})  # fmt: skip
+    trainer = train(
+        {
+            "model": model,
+            "data": str(tmp_path / "data.yaml"),
+            "epochs": 1,
+            "imgsz": imgsz,
+            "batch": 8,
+            "workers": 0,
+            "abar_batches": 1,
+            "plots": False,
+            "project": str(tmp_path),
+            "name": task,
+        }
+    )
     assert trainer.args.task == task and trainer.stage.reuses_gradient  # FGSM on the current model, from a YAML
     row = results(trainer.save_dir)[0]
     assert [k.removeprefix("train/") for k in row if k.startswith("train/")] == [*benign, "med_loss", "adv_loss"]
@@ -50,10 +72,19 @@ def test_task_trains_offline_with_three_views_an_aux_bn_and_abar(tmp_path, monke
 
 @pytest.mark.parametrize("task", TASKS)
 def test_adversarial_score_is_below_benign_for_a_fitted_model(fitted_tasks, tmp_path, task):
-    """val_advamd: mask mAP (and box mAP) of a segmentation model, top-1 and top-5 of a classifier, benign vs attacked."""
+    """val_advamd: mask mAP (and box mAP) of a segmentation model, top-1 and top-5 of a classifier, benign, attacked."""
     d = fitted_tasks[task]
-    out = validate_advamd(str(d["ckpt"]), str(d["data"]), attacks="fgsm,pgd", eps="8/255", steps=3, imgsz=d["imgsz"],
-                          baseline=str(d["ckpt"]), project=str(tmp_path), name=task)  # fmt: skip
+    out = validate_advamd(
+        str(d["ckpt"]),
+        str(d["data"]),
+        attacks="fgsm,pgd",
+        eps="8/255",
+        steps=3,
+        imgsz=d["imgsz"],
+        baseline=str(d["ckpt"]),
+        project=str(tmp_path),
+        name=task,
+    )
     key = TASKS[task][4]
     stats = out["rows"][0]["stats"]
     assert stats["benign"][key] > 0.5, stats["benign"]  # a working model, so the comparison means something
@@ -84,8 +115,14 @@ def test_export_gives_a_stock_model_and_an_onnx_equal_to_pytorch(fitted_tasks, t
     stock = export_model(str(d["ckpt"]), format="pt")
     assert not [g for g in pickled_globals(stock) if g.startswith("yolo_advamd")]
     env = {**os.environ, "OFFLINE_GUARD_LOG": str(tmp_path / "network.log")}
-    out = subprocess.run([sys.executable, "-c", BLOCKED, str(TESTS), stock, str(d["data"]), str(d["imgsz"])],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", BLOCKED, str(TESTS), stock, str(d["data"]), str(d["imgsz"])],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded["task"] == task and loaded["fitness"] > 0.3 and not loaded["advamd"]
@@ -98,19 +135,43 @@ def test_export_gives_a_stock_model_and_an_onnx_equal_to_pytorch(fitted_tasks, t
     while isinstance(ours, (tuple, list)):  # the first output: detections and mask coefficients, or class scores
         ours = ours[0]
     session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])  # a batch of one, as exported
-    theirs = np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i : i + 1].numpy()})[0] for i in range(4)])
+    theirs = np.concatenate(
+        [session.run(None, {session.get_inputs()[0].name: x[i : i + 1].numpy()})[0] for i in range(4)]
+    )
     np.testing.assert_allclose(theirs, ours.numpy(), rtol=1e-3, atol=1e-3)
 
 
 def test_attack_draws_adversarial_masks_and_reports_top1_before_and_after(fitted_tasks, tmp_path):
-    """attack(): a segmentation model's side-by-side shows its masks; a classifier's results carry top-1 before/after."""
+    """attack(): a segmentation model's side-by-side shows its masks; a classifier's results hold top-1 before/after."""
     seg, cls = fitted_tasks["segment"], fitted_tasks["classify"]
-    res = attack(str(seg["ckpt"]), data=str(seg["data"]), split="val", method="pgd", eps=8 / 255, steps=3,
-                 imgsz=seg["imgsz"], save=True, project=str(tmp_path), name="seg", verbose=False)  # fmt: skip
+    res = attack(
+        str(seg["ckpt"]),
+        data=str(seg["data"]),
+        split="val",
+        method="pgd",
+        eps=8 / 255,
+        steps=3,
+        imgsz=seg["imgsz"],
+        save=True,
+        project=str(tmp_path),
+        name="seg",
+        verbose=False,
+    )
     assert res[0].before.masks is not None and res[0].plot().shape[1] > 3 * res[0].orig_img.shape[1]
     assert any(len(r.after.boxes) != len(r.before.boxes) or r.after.masks is None for r in res)
-    res = attack(str(cls["ckpt"]), data=str(cls["data"]), split="val", method="pgd", eps=8 / 255, steps=3,
-                 imgsz=cls["imgsz"], save=True, project=str(tmp_path), name="cls", verbose=False)  # fmt: skip
+    res = attack(
+        str(cls["ckpt"]),
+        data=str(cls["data"]),
+        split="val",
+        method="pgd",
+        eps=8 / 255,
+        steps=3,
+        imgsz=cls["imgsz"],
+        save=True,
+        project=str(tmp_path),
+        name="cls",
+        verbose=False,
+    )
     assert len(res) == 20 and all(np.abs(r.delta).max() <= 8 for r in res)
     summary = res[0].summary()
     assert {"top1_before", "top1_after", "conf_before", "conf_after", "flipped"} <= set(summary)

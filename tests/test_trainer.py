@@ -84,7 +84,9 @@ def test_advamd_epoch_logs_three_views_and_checkpoints_state(tmp_path, tiny_data
 def test_finetune_from_checkpoint_attacks_frozen_target_and_resume_restores_it(tmp_path, tiny_data):
     base = AdvAmdTrainer(overrides=tiny(tmp_path, tiny_data, "base", method="vanilla"))
     base.train()
-    kw = tiny(tmp_path, tiny_data, "ft", model=str(base.last), epochs=2, attack="pgd", steps=2, eps=0.02, abar_update="none")
+    kw = tiny(
+        tmp_path, tiny_data, "ft", model=str(base.last), epochs=2, attack="pgd", steps=2, eps=0.02, abar_update="none"
+    )
 
     class Interrupt(Exception):
         pass
@@ -178,17 +180,34 @@ def test_tensorboard_on_logs_views_vulnerability_and_view_losses(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # Ultralytics mutes TensorBoard in tests
-    env.update(YOLO_CONFIG_DIR=str(tmp_path / "config"), YOLO_ADVAMD_DATA=str(tmp_path / "cache"), YOLO_ADVAMD_THREADS="1")
+    env.update(
+        YOLO_CONFIG_DIR=str(tmp_path / "config"), YOLO_ADVAMD_DATA=str(tmp_path / "cache"), YOLO_ADVAMD_THREADS="1"
+    )
     data = tmp_path / "tiny.yaml"
     data.write_text("builder: digits-det\nseed: 3\nn_train: 16\nn_val: 8\nimgsz: 64\n")
     on = "import yolo_advamd; from ultralytics import settings; settings.update(tensorboard=True)"
     subprocess.run([sys.executable, "-c", on], env=env, check=True, timeout=120)
     run = subprocess.run(
-        [sys.executable, str(Path(__file__).parents[1] / "train_advamd.py"), f"data={data}", "model=yolov8n.yaml",
-         "epochs=1", "imgsz=64", "batch=8", "workers=0", "abar_batches=1", "plots=True", f"project={tmp_path}",
-         "name=tb", "exist_ok=True"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "train_advamd.py"),
+            f"data={data}",
+            "model=yolov8n.yaml",
+            "epochs=1",
+            "imgsz=64",
+            "batch=8",
+            "workers=0",
+            "abar_batches=1",
+            "plots=True",
+            f"project={tmp_path}",
+            "name=tb",
+            "exist_ok=True",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert {"advamd/views", "advamd/vulnerability"} <= set(events.Tags()["images"])

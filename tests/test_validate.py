@@ -16,6 +16,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_advamd.validate as validate
+import yolo_advamd.validators as validators
 from yolo_advamd.attacks import DeepFool
 from yolo_advamd.checkpoint import load_model
 from yolo_advamd.validate import validate_advamd
@@ -130,9 +131,18 @@ def test_deepfool_is_exact_by_default_and_fast_with_deepfool_fast_from_the_api_a
     fast = run(setup, "deepfool-fast", attacks="deepfool", eps="8/255", deepfool="fast")
     assert steps and set(steps) == {"fast"}
     assert stats(fast, column)["metrics/mAP50-95(B)"] < stats(fast)["metrics/mAP50-95(B)"]
-    cli = [sys.executable, str(Path(validate.__file__).parents[1] / "val_advamd.py"), f"model={setup['stock']}",
-           f"data={setup['data']}", "attacks=deepfool", "eps=8/255", "deepfool=fast", f"imgsz={IMGSZ}",
-           f"project={setup['runs']}", "name=deepfool-cli"]  # fmt: skip
+    cli = [
+        sys.executable,
+        str(Path(validate.__file__).parents[1] / "val_advamd.py"),
+        f"model={setup['stock']}",
+        f"data={setup['data']}",
+        "attacks=deepfool",
+        "eps=8/255",
+        "deepfool=fast",
+        f"imgsz={IMGSZ}",
+        f"project={setup['runs']}",
+        "name=deepfool-cli",
+    ]
     subprocess.run(cli, check=True, capture_output=True, timeout=600)
     saved = json.loads((setup["runs"] / "deepfool-cli" / "results.json").read_text())
     assert saved["settings"]["deepfool"] == "fast"
@@ -144,14 +154,14 @@ def test_attacks_use_the_evaluated_model_unless_attack_model_names_another(setup
     """White-box: attacks differentiate the evaluated weights; transfer: those of attack_model, as the table says."""
     seen = []
 
-    attack_batch = validate.attack_batch
+    attack_batch = validators.attack_batch
 
     def spy(attack, model, batch, terms="all"):
         seen.append(next(model.parameters()).detach().clone())
         return attack_batch(attack, model, batch, terms)
 
-    monkeypatch.setattr(validate, "attack_batch", spy)
-    first_weight = {k: next(load_model(setup[k], 'test')[0].parameters()) for k in ("stock", "untrained")}
+    monkeypatch.setattr(validators, "attack_batch", spy)
+    first_weight = {k: next(load_model(setup[k], "test")[0].parameters()) for k in ("stock", "untrained")}
     white = run(setup, "white", attacks="fgsm", eps=0.01)
     assert seen and all(torch.equal(w, first_weight["stock"]) for w in seen)
     seen.clear()
@@ -173,8 +183,9 @@ def wide_copy(data: str, root: Path) -> Path:
         labels = np.loadtxt(source / "labels" / "val" / f"{f.stem}.txt", ndmin=2)
         labels[:, [1, 3]] *= 64 / 96  # x and w, normalized by the new width
         np.savetxt(root / "labels" / f"{f.stem}.txt", labels, fmt="%g")
-    (root / "wide.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images", "val": "images",
-                                                    "names": {i: str(i) for i in range(10)}}))
+    (root / "wide.yaml").write_text(
+        yaml.safe_dump({"path": str(root), "train": "images", "val": "images", "names": {i: str(i) for i in range(10)}})
+    )
     return root / "wide.yaml"
 
 

@@ -12,7 +12,8 @@ and 30, the same ratio: scale them with `beta3`). Each box marks the cells it co
 as UDFA does (`floor(log2(sqrt(w h) / 56))`, clamped to the levels there are). There is no projector: teacher and
 student share the architecture.
 
-Reused from Ultralytics' feature distillation (`ultralytics/nn/distill_model.py`): `DistillationModel.get_distill_layers`
+Reused from Ultralytics' feature distillation (`ultralytics/nn/distill_model.py`):
+`DistillationModel.get_distill_layers`
 (the layers that feed the Detect head) and its picklable `FeatureHook`. Not reused: the `DistillationModel` wrapper (a
 student-teacher module in every checkpoint, which validation and export would have to unwrap), its projector and its
 teacher-score-weighted L2 loss (UDFA weighs by ground-truth masks).
@@ -106,5 +107,8 @@ def teacher_targets(teacher: nn.Module, batch: dict) -> dict:
     with captured(teacher, layers) as feats:
         teacher(batch["img"])
     features = [feats[i] for i in range(len(layers))]
-    return {"layers": layers, "teacher": features,
-            "masks": level_masks(batch, [f.shape[-2:] for f in features], batch["img"].shape[-2:])}  # fmt: skip
+    return {
+        "layers": layers,
+        "teacher": features,
+        "masks": level_masks(batch, [f.shape[-2:] for f in features], batch["img"].shape[-2:]),
+    }

@@ -8,6 +8,7 @@ everywhere, and a checkpoint that is not on disk is refused the same way everywh
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +17,55 @@ from torch import nn
 from yolo_advamd.nn.dual_bn import strip_aux_bn
 
 ADVAMD_ATTRIBUTES = ("advamd_state",)  # set on the model (and its EMA) by AdvAmdTrainer.save_advamd_state
+
+
+@dataclass
+class Opened:
+    """A checkpoint opened once (`open_checkpoint`), for everyone who needs it: its task, its model, its settings.
+
+    Attributes:
+        path (Path): The `.pt` file.
+        model (nn.Module): Its model (EMA if saved) in fp32, as Ultralytics' `load_checkpoint` returns it, `args` set.
+        ckpt (dict): The checkpoint's dict (`epoch`, `train_args`, optimizer state, ...).
+    """
+
+    path: Path
+    model: nn.Module
+    ckpt: dict
+
+    @property
+    def task(self) -> str:
+        """The task of its model (`task_of`)."""
+        return task_of(self.model)
+
+
+def open_checkpoint(model: str | Path, why: str | None = None, key: str = "model") -> Opened | None:
+    """Open the `.pt` checkpoint `model` names, once, as Ultralytics' trainer does (`load_checkpoint`); None for a YAML.
+
+    Args:
+        model (str | Path): The `model=` argument: a YAML (built from scratch) or a checkpoint path.
+        why (str | None): Why a `.pt` checkpoint is required here (`check_local_weights`); None accepts a YAML too.
+        key (str): The argument's name, for messages.
+
+    Returns:
+        (Opened | None): The checkpoint, or None for a YAML.
+
+    Raises:
+        FileNotFoundError: If `model` names a checkpoint that is not on disk (nothing is downloaded).
+        ValueError: If the file holds no model (e.g. a weights-only state dict).
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+
+    if (path := check_local_weights(model, why, key)) is None:
+        return None
+    try:
+        net, ckpt = load_checkpoint(path)
+    except TypeError as e:  # Ultralytics' "references types outside the supported Ultralytics checkpoint format"
+        raise ValueError(
+            f"{model} holds no model (a weights-only file from export format=state_dict?): pass the "
+            "training checkpoint, e.g. model=runs/detect/train/weights/best.pt"
+        ) from e
+    return Opened(path, net, ckpt)
 
 
 def check_local_weights(model: str | Path, why: str | None = None, key: str = "model") -> Path | None:
@@ -121,8 +171,8 @@ def freeze_target(model: nn.Module) -> nn.Module:
     return target
 
 
-def resume_checkpoint(resume: bool | str | Path) -> tuple[Path, dict]:
-    """Return the checkpoint that `resume=` continues and its training settings, refusing one that cannot be resumed.
+def resume_checkpoint(resume: bool | str | Path) -> Opened:
+    """Open the checkpoint that `resume=` continues, refusing one that cannot be resumed.
 
     `resume=True` takes the newest `last*.pt` under the working directory, as Ultralytics does; a path must exist
     (Ultralytics would silently resume the newest run instead). A finished run (its final strip set `epoch=-1`) and a
@@ -132,28 +182,31 @@ def resume_checkpoint(resume: bool | str | Path) -> tuple[Path, dict]:
         resume (bool | str | Path): The `resume=` argument: True or a `last.pt` path.
 
     Returns:
-        (tuple[Path, dict]): The checkpoint's path and its `train_args`.
+        (Opened): The checkpoint; its `train_args` are the run's settings.
 
     Raises:
         FileNotFoundError: If there is no such checkpoint.
         ValueError: If its training is finished or it is not an AdvAmd checkpoint, saying to fine-tune it instead.
     """
-    from ultralytics.nn.tasks import torch_safe_load
     from ultralytics.utils.files import get_latest_run
 
     path = Path(get_latest_run() if resume is True else str(resume))
     if not path.is_file() or path.suffix != ".pt":
         found = "found no last.pt under the working directory" if resume is True else "is not a checkpoint on disk"
-        raise FileNotFoundError(f"resume={resume} {found}: pass the last.pt of an interrupted run, e.g. "
-                                "resume=runs/detect/train/weights/last.pt")  # fmt: skip
-    ckpt, _ = torch_safe_load(str(path))
-    args = ckpt.get("train_args") or {}
-    if not 0 < ckpt.get("epoch", -1) + 1 < args.get("epochs", 0):  # Ultralytics' own test, made in its trainer
+        raise FileNotFoundError(
+            f"resume={resume} {found}: pass the last.pt of an interrupted run, e.g. "
+            "resume=runs/detect/train/weights/last.pt"
+        )
+    opened = open_checkpoint(path, key="resume")
+    args = opened.ckpt.get("train_args") or {}
+    if not 0 < opened.ckpt.get("epoch", -1) + 1 < args.get("epochs", 0):  # Ultralytics' own test, in its trainer
         raise ValueError(f"training of {path} is finished: nothing to resume (use model={path} to fine-tune it)")
     if "method" not in args:
-        raise ValueError(f"{path} is not an AdvAmd checkpoint (its settings name no method=), so it cannot be resumed "
-                         f"here: use model={path} to fine-tune it")  # fmt: skip
-    return path, args
+        raise ValueError(
+            f"{path} is not an AdvAmd checkpoint (its settings name no method=), so it cannot be resumed "
+            f"here: use model={path} to fine-tune it"
+        )
+    return opened
 
 
 def task_of(model: nn.Module) -> str:
@@ -173,11 +226,12 @@ def task_of(model: nn.Module) -> str:
     return next((task for cls, task in kinds if isinstance(model, cls)), None) or guess_model_task(model)
 
 
-def model_task(overrides: dict) -> str:
+def model_task(overrides: dict, opened: Opened | None = None) -> str:
     """Return the task of a run: `task=`, else the model's (a `.pt`'s model class, a YAML's head).
 
     Args:
         overrides (dict): The run's settings: `task`, `model` or `resume`.
+        opened (Opened | None): The run's checkpoint, when it is open already (else a `.pt` is opened here).
 
     Returns:
         (str): "detect", "segment", "classify", ...
@@ -186,16 +240,12 @@ def model_task(overrides: dict) -> str:
         FileNotFoundError: If the model or resumed checkpoint is a `.pt` that is not on disk (before Ultralytics could
             guess a task from its name).
     """
-    from ultralytics.nn.tasks import guess_model_task, torch_safe_load, yaml_model_load
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
 
     if overrides.get("task"):
         return str(overrides["task"])
     resume = overrides.get("resume")
     model = str(resume if isinstance(resume, (str, Path)) and resume else overrides.get("model") or "yolov8n.yaml")
-    if check_local_weights(model, key="resume" if model == str(resume) else "model"):  # a .pt on disk, else refused
-        ckpt, _ = torch_safe_load(model)  # as Ultralytics loads it (ULTRALYTICS_SAFE_LOAD, legacy modules)
-        if not isinstance(net := ckpt.get("ema") or ckpt.get("model"), nn.Module):
-            raise ValueError(f"{model} holds no model (a weights-only file from export format=state_dict?): pass the "
-                             "training checkpoint, e.g. model=runs/detect/train/weights/best.pt")  # fmt: skip
-        return task_of(net)
+    if opened or (opened := open_checkpoint(model, key="resume" if model == str(resume) else "model")):
+        return opened.task
     return guess_model_task(yaml_model_load(model)) if model.endswith((".yaml", ".yml")) else guess_model_task(model)

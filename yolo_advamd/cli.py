@@ -34,13 +34,11 @@ DEMO = {  # the embedded demo: a short vanilla baseline, then an AdvAmd fine-tun
 }
 
 
-DEFAULT_DATA = {  # the embedded dataset of each task, when data= is not given
-    "detect": "data/digits-det.yaml",
-    "segment": "data/digits-seg.yaml",
-    "classify": "data/digits-cls.yaml",
-}
-VAL_CLI_DEFAULTS = {"data": "the task's embedded set (data/digits-det.yaml, -seg, -cls)", "attacks": "fgsm,pgd",
-                    "eps": "0.01,0.1"}  # val_advamd.py's own defaults for yolo_advamd.validate_advamd()
+VAL_CLI_DEFAULTS = {
+    "data": "the task's embedded set (data/digits-det.yaml, -seg, -cls)",
+    "attacks": "fgsm,pgd",
+    "eps": "0.01,0.1",
+}  # val_advamd.py's own defaults for yolo_advamd.validate_advamd()
 ATTACK_CLI_DEFAULTS = {"eps": "8/255", "save": True}  # attack.py's own defaults for yolo_advamd.attack()
 
 
@@ -60,13 +58,12 @@ def use_all_cores() -> None:
 
 def train(overrides: dict):
     """Train with the AdvAmd trainer of the model's task (`trainer.advamd_trainer`) and return the trainer."""
-    from yolo_advamd.checkpoint import model_task
+    from yolo_advamd.cfg import resolve_settings
     from yolo_advamd.trainer import advamd_trainer
 
     if not overrides.get("resume"):  # a resumed run keeps its own model and data
         overrides = {"model": "yolov8n.yaml", **overrides}
-        overrides = {"data": DEFAULT_DATA.get(model_task(overrides), DEFAULT_DATA["detect"]), **overrides}
-    trainer = advamd_trainer(overrides)
+    trainer = advamd_trainer(resolve_settings(overrides, default_data=True))
     trainer.train()
     return trainer
 
@@ -81,9 +78,17 @@ def demo():
 
     base = train({**DEMO["shared"], **DEMO["baseline"], "name": "baseline"})
     amended = train({**DEMO["shared"], **DEMO["advamd"], "model": str(base.best), "name": "advamd"})
-    table = validate_advamd(str(amended.best), DEMO["shared"]["data"], attacks="fgsm", eps=DEMO["val_eps"],
-                            baseline=str(base.best), imgsz=DEMO["shared"]["imgsz"], project=str(amended.save_dir.parent),
-                            name="val", exist_ok=True)  # fmt: skip
+    table = validate_advamd(
+        str(amended.best),
+        DEMO["shared"]["data"],
+        attacks="fgsm",
+        eps=DEMO["val_eps"],
+        baseline=str(base.best),
+        imgsz=DEMO["shared"]["imgsz"],
+        project=str(amended.save_dir.parent),
+        name="val",
+        exist_ok=True,
+    )
     print(f"\nAdvAmd fine-tune vs its baseline, benign and FGSM ε={DEMO['val_eps']} val (main BN), mAP in %:\n")
     print(table["markdown"])
     print(f"Runs: {base.save_dir}, {amended.save_dir}, {table['save_dir']}")
@@ -92,7 +97,15 @@ def demo():
 
 def main_train(argv: list[str] | None = None) -> int:
     """`python train_advamd.py key=value ...`; no arguments runs the embedded demo."""
-    return run(argv, "train_advamd.py", "model=yolov8n.yaml data=data/digits-det.yaml hyp=hyps/advamd-fgsm.yaml eps=0.01 epochs=30", ADVAMD_DEFAULTS, lambda a: train(a) if a else demo(), notes=ADVAMD_NOTES, methods=True)
+    return run(
+        argv,
+        "train_advamd.py",
+        "model=yolov8n.yaml data=data/digits-det.yaml hyp=hyps/advamd-fgsm.yaml eps=0.01 epochs=30",
+        ADVAMD_DEFAULTS,
+        lambda a: train(a) if a else demo(),
+        notes=ADVAMD_NOTES,
+        methods=True,
+    )
 
 
 def main_val(argv: list[str] | None = None) -> int:
@@ -105,15 +118,15 @@ def main_val(argv: list[str] | None = None) -> int:
         own = val_keys()
         check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)
         if not args.get("model"):
-            raise ValueError("model= is required: the checkpoint to evaluate, e.g. model=runs/detect/train/weights/best.pt")
-        if not args.get("data"):
-            from yolo_advamd.checkpoint import model_task
-
-            args["data"] = DEFAULT_DATA.get(model_task({"model": args["model"]}), DEFAULT_DATA["detect"])
+            raise ValueError(
+                "model= is required: the checkpoint to evaluate, e.g. model=runs/detect/train/weights/best.pt"
+            )
         print(validate_advamd(**args)["markdown"])
 
-    usage = ("model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] "
-             "[save_json=True] [save_adv=True]")
+    usage = (
+        "model=best.pt data=data/digits-det.yaml attacks=fgsm,pgd eps=0.01,0.1 [baseline=stock.pt] "
+        "[save_json=True] [save_adv=True]"
+    )
     return run(argv, "val_advamd.py", usage, val_keys(), job, notes=arg_notes(validate_advamd))
 
 
@@ -155,7 +168,9 @@ def main_export(argv: list[str] | None = None) -> int:
 
         check_keys({**DEFAULT_CFG_DICT, **own}, args, listed=own)  # before loading the checkpoint
         if not args.get("model"):
-            raise ValueError("model= is required: the checkpoint to export, e.g. model=runs/detect/train/weights/best.pt")
+            raise ValueError(
+                "model= is required: the checkpoint to export, e.g. model=runs/detect/train/weights/best.pt"
+            )
         print(export_model(args.pop("model"), args.pop("format", "onnx"), **args))
 
     usage = "model=amended.pt format=onnx [imgsz=640 half=False ...]"

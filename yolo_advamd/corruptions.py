@@ -51,6 +51,7 @@ from ultralytics.data.utils import check_cls_dataset, check_det_dataset, get_has
 from ultralytics.utils import LOGGER, TQDM
 
 from yolo_advamd.data.digits import COMPLETE_MARKER, PNG_PARAMS, cache_dir, is_complete, publish, temp_build_dir
+from yolo_advamd.tasks import TASKS
 
 PACKAGE = "imagecorruptions-imaug"  # the distribution that provides `imagecorruptions`
 SUBSETS = ("common", "all")
@@ -87,8 +88,10 @@ def parse_corruptions(value) -> list[str]:
     valid, names = corruption_names("all"), []
     for item in items:
         if item not in valid and item not in SUBSETS:
-            raise ValueError(f"corruptions={value} names {item!r}, not a corruption: use common (the benchmark's 15), "
-                             f"all (with the 4 held-out ones) or names among {', '.join(valid)}")  # fmt: skip
+            raise ValueError(
+                f"corruptions={value} names {item!r}, not a corruption: use common (the benchmark's 15), "
+                f"all (with the 4 held-out ones) or names among {', '.join(valid)}"
+            )
         names += [n for n in (corruption_names(item) if item in SUBSETS else [item]) if n not in names]
     return names
 
@@ -103,8 +106,10 @@ def parse_severities(value) -> list[int]:
     out = []
     for item in (str(v).strip() for v in items):
         if item not in {str(s) for s in SEVERITIES}:
-            raise ValueError(f"severities={value} has {item or 'an empty item'}: severities are whole numbers 1 to 5, "
-                             "e.g. severities=1,2,3,4,5 (the benchmark's)")  # fmt: skip
+            raise ValueError(
+                f"severities={value} has {item or 'an empty item'}: severities are whole numbers 1 to 5, "
+                "e.g. severities=1,2,3,4,5 (the benchmark's)"
+            )
         out += [int(item)] if int(item) not in out else []
     return out
 
@@ -150,8 +155,11 @@ def corruption_split(data: str, task: str, split: str = "val") -> CorruptionSpli
     Raises:
         ValueError: If the split has no images, or an image is unreadable or smaller than 32 px (the package's limit).
     """
-    info = (check_cls_dataset(data, split=split) if task == "classify"
-            else check_det_dataset(data, autodownload=False, split=split))
+    info = (
+        check_cls_dataset(data, split=split)
+        if TASKS[task].classifier
+        else check_det_dataset(data, autodownload=False, split=split)
+    )
     where = info.get(split)
     lister = type("Lister", (), {"prefix": "", "fraction": 1.0})()  # what BaseDataset.get_img_files reads of self
     try:  # Ultralytics' own listing: folders searched recursively, *.txt lists of files
@@ -159,8 +167,10 @@ def corruption_split(data: str, task: str, split: str = "val") -> CorruptionSpli
     except FileNotFoundError:  # no such split (None), or no image in it
         images = []
     if not images:
-        raise ValueError(f"corruptions= corrupts the {split} images and data={data} has none ({split}: {where}): "
-                         f"use data with {split} images, or leave corruptions= off")  # fmt: skip
+        raise ValueError(
+            f"corruptions= corrupts the {split} images and data={data} has none ({split}: {where}): "
+            f"use data with {split} images, or leave corruptions= off"
+        )
     for file in images:
         try:
             with Image.open(file) as im:
@@ -168,8 +178,10 @@ def corruption_split(data: str, task: str, split: str = "val") -> CorruptionSpli
         except OSError as e:
             raise ValueError(f"corruptions= cannot read {file} ({e}): repair or remove the image") from None
         if min(size) < MIN_SIDE:
-            raise ValueError(f"corruptions= needs images of at least {MIN_SIDE} px a side (the corruption package's "
-                             f"limit) and {file} is {size[0]}x{size[1]}: use larger images or leave corruptions= off")
+            raise ValueError(
+                f"corruptions= needs images of at least {MIN_SIDE} px a side (the corruption package's "
+                f"limit) and {file} is {size[0]}x{size[1]}: use larger images or leave corruptions= off"
+            )
     root = Path(os.path.commonpath([os.path.dirname(f) for f in images]))
     key = f"{Path(data).stem}-{split}-{get_hash(images)[:16]}"
     return CorruptionSplit(task, images, root, cache_dir() / "corruptions" / f"{PACKAGE}-{version(PACKAGE)}" / key)
@@ -195,8 +207,11 @@ def corrupted_sets(split: CorruptionSplit, names: list[str], severities: list[in
         LOGGER.info(f"Corrupting {len(split.images)} images of {split.root} into {len(missing)} sets in {split.cache}")
         temps = {ns: temp_build_dir(set_dir(split, *ns)) for ns in missing}
         try:
-            jobs = [(f, str(temps[ns] / "images" / os.path.relpath(f, split.root)), *ns) for ns in missing
-                    for f in split.images]  # fmt: skip
+            jobs = [
+                (f, str(temps[ns] / "images" / os.path.relpath(f, split.root)), *ns)
+                for ns in missing
+                for f in split.images
+            ]
             workers = min(os.cpu_count() or 1, len(jobs))
             with ProcessPoolExecutor(workers) as pool:
                 done = pool.map(_corrupt_file, jobs, chunksize=max(1, min(16, math.ceil(len(jobs) / (4 * workers)))))
@@ -224,15 +239,20 @@ def _corrupt_file(job: tuple[str, str, str, int]) -> None:
 
 def _finish_set(split: CorruptionSplit, tmp: Path, name: str, severity: int) -> None:
     """Copy the split's labels into a built set (detection, segmentation) and write its completion marker last."""
-    if split.task != "classify":
+    if not TASKS[split.task].classifier:
         for file in split.images:
             label = Path(img2label_paths([file])[0])
             if label.is_file():
                 new = Path(img2label_paths([str(tmp / "images" / os.path.relpath(file, split.root))])[0])
                 new.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(label, new)
-    marker = {"corruption": name, "severity": severity, "images": len(split.images), "source": str(split.root),
-              "package": f"{PACKAGE}-{version(PACKAGE)}"}  # fmt: skip
+    marker = {
+        "corruption": name,
+        "severity": severity,
+        "images": len(split.images),
+        "source": str(split.root),
+        "package": f"{PACKAGE}-{version(PACKAGE)}",
+    }
     (tmp / COMPLETE_MARKER).write_text(json.dumps(marker))
 
 
@@ -246,8 +266,11 @@ def mpc_note(names: list[str], severities: list[int]) -> str:
     used = mpc_corruptions(names)
     held_out = [n for n in names if n not in used]
     scope = "the benchmark's" if len(used) == 15 and len(severities) == 5 else "the benchmark: 15 × 5"
-    return (f"mPC: mean over {len(used)} corruption(s) × {len(severities)} severity level(s) ({scope})"
-            + (f", held-out {', '.join(held_out)} not included" if held_out else "") + "; rPC = mPC / benign.")
+    return (
+        f"mPC: mean over {len(used)} corruption(s) × {len(severities)} severity level(s) ({scope})"
+        + (f", held-out {', '.join(held_out)} not included" if held_out else "")
+        + "; rPC = mPC / benign."
+    )
 
 
 def robustness(stats: dict[str, dict], names: list[str], severities: list[int]) -> dict[str, dict]:

@@ -173,7 +173,7 @@ def weights_only_checkpoint(model: nn.Module, imgsz=None) -> dict:
 
 
 def load_state_dict_file(path: str | Path) -> nn.Module:
-    """Rebuild a model (detect, segment, classify) from a weights-only file written by `export_model(format="state_dict")`.
+    """Rebuild a model (detect, segment, classify) from a weights-only file of `export_model(format="state_dict")`.
 
     Without yolo-advamd, the same takes three lines of Ultralytics:
     `ckpt = torch.load(path, weights_only=True)`, `model = DetectionModel(ckpt["yaml"], nc=ckpt["nc"])` (or
@@ -185,17 +185,12 @@ def load_state_dict_file(path: str | Path) -> nn.Module:
     Returns:
         (nn.Module): The model in fp32 and eval mode, with `names` and `stride` restored.
     """
-    from ultralytics.nn.tasks import (
-        ClassificationModel,
-        DetectionModel,
-        SegmentationModel,
-    )
+    from yolo_advamd.tasks import TASKS
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    models = {"detect": DetectionModel, "segment": SegmentationModel, "classify": ClassificationModel}
-    if ckpt.get("task", "detect") not in models:
-        raise ValueError(f"{path} holds a task={ckpt['task']} model: load_state_dict_file rebuilds {', '.join(models)}")
-    model = models[ckpt.get("task", "detect")](ckpt["yaml"], nc=ckpt["nc"], verbose=False)
+    if (task := ckpt.get("task", "detect")) not in TASKS:
+        raise ValueError(f"{path} holds a task={task} model: load_state_dict_file rebuilds {', '.join(TASKS)}")
+    model = TASKS[task].model(ckpt["yaml"], nc=ckpt["nc"], verbose=False)
     model.load_state_dict(ckpt["state_dict"])
     model.names = ckpt["names"]
     model.stride = torch.tensor(ckpt["stride"])

@@ -12,8 +12,8 @@ from yolo_advamd.align import alignment_loss
 class ViewLoss:
     """Wrap a model's Ultralytics criterion so that each view's batch sets its own loss weight and class weights.
 
-    A batch without the keys in `VIEW_KEYS` (e.g. from the validator) gives exactly the wrapped criterion's result.
-    `class_weights` (nc,), the vulnerability Ā, weights the classification BCE (B, anchors, nc) through
+    A batch without a `View` under `view` (e.g. from the validator) gives exactly the wrapped criterion's result.
+    The view's `class_weights` (nc,), the vulnerability Ā, weights the classification BCE (B, anchors, nc) through
     `v8DetectionLoss.class_weights`, Ultralytics' hook, on top of any weights already there, in one of two scopes
     (`abar_scope`):
         - "positive" (the paper's eq. 5 and 6, -Σ_k Ā_k y_k log p_k): on each foreground anchor, the BCE element of the
@@ -25,9 +25,9 @@ class ViewLoss:
           per-class weighting; not the paper's y = 1 term only).
     A classifier's cross-entropy holds only the true-class term, so both scopes weight each image's cross-entropy by
     its class's Ā (the mean over the batch, as `v8ClassificationLoss` takes it).
-    `view_items` (the detached losses of the
-    other views, in log order) completes the returned loss items, so Ultralytics logs every view: the benign view's
-    own items come first, any other view's total goes in as `{view}_loss` (UDFA's adversarial view as `align_loss`).
+    `View.logged` (the detached losses of the other views, in log order) completes the returned loss items, so
+    Ultralytics logs every view: the benign view's own items come first, any other view's total goes in as its
+    `View.column` (`med_loss`, `adv_loss`, UDFA's adversarial view as `align_loss`).
 
     Attributes:
         criterion: The wrapped criterion (`v8DetectionLoss`, `E2ELoss`, ...); other attributes are delegated to it.
@@ -55,9 +55,10 @@ class ViewLoss:
         captured during its forward pass (`ViewGuard`), with the teacher's: `alignment_loss` times the batch size, as
         Ultralytics scales its detection loss, so the two keep UDFA's 1:1 ratio.
         """
-        weights = batch.get("class_weights")
-        if "align" in batch:
-            a = batch["align"]
+        view = batch.get("view")
+        weights = view.class_weights if view is not None else None
+        if view is not None and view.align is not None:
+            a = view.align
             value = alignment_loss([a["student"][i] for i in range(len(a["teacher"]))], a["teacher"], a["masks"])
             loss, items = value * batch["img"].shape[0], {"align": value.detach()}
         elif weights is None:
@@ -72,21 +73,22 @@ class ViewLoss:
             try:
                 for h, (w, assigner) in zip(heads, saved):
                     weights = weights.to(h.device, torch.float32)
-                    if batch.get("abar_scope", "positive") == "all":  # the default scope, as in cfg
-                        view = weights.view(1, 1, -1)
-                        h.class_weights = view if w is None else w * view
+                    if view.abar_scope == "all":
+                        scaled = weights.view(1, 1, -1)
+                        h.class_weights = scaled if w is None else w * scaled
                     else:
                         h.assigner = PositiveWeights(h, weights)
                 loss, items = self.criterion(preds, batch)
             finally:
                 for h, (w, assigner) in zip(heads, saved):
                     h.class_weights, h.assigner = w, assigner
-        if "loss_scale" in batch:
-            loss = loss * batch["loss_scale"]
-        logged = batch.get("view_items")
-        if logged is not None:
-            view = batch.get("view", "benign")
-            items = {**items, **logged} if view == "benign" else {**logged, item_name(view, "align" in batch): sum(items.values())}
+        if view is None:
+            return loss, items
+        loss = loss * view.loss_scale
+        if view.logged is not None:
+            items = (
+                {**items, **view.logged} if view.name == "benign" else {**view.logged, view.column: sum(items.values())}
+            )
         return loss, items
 
 
@@ -119,11 +121,3 @@ def wrap_criterion(model):
     criterion = getattr(model, "criterion", None) or model.init_criterion()
     model.criterion = criterion if isinstance(criterion, ViewLoss) else ViewLoss(criterion)
     return model
-
-
-VIEW_ITEMS = ("med_loss", "adv_loss", "align_loss")  # the loss items of the extra views (`item_name`)
-
-
-def item_name(view: str, align: bool) -> str:
-    """Return the loss column of an extra view: `med_loss`, `adv_loss`, or `align_loss` for UDFA's adversarial view."""
-    return "align_loss" if align else f"{view}_loss"

@@ -42,4 +42,3 @@ def place_font():
             shutil.copyfile(source, tmp)
             tmp.replace(target)  # atomic: a concurrent process never sees half a font
     return USER_CONFIG_DIR
-

@@ -71,19 +71,35 @@ def plot_corruptions(grids: dict, names: list[str], severities: list[int], metri
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(grids), figsize=(1.2 + 0.9 * len(severities) * len(grids) + 2.2 * len(grids),
-                                                      1.2 + 0.35 * len(names)), squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(grids),
+        figsize=(1.2 + 0.9 * len(severities) * len(grids) + 2.2 * len(grids), 1.2 + 0.35 * len(names)),
+        squeeze=False,
+    )
     for ax, (title, values) in zip(axes[0], grids.items()):
         values = 100 * values
         delta = title.startswith("Δ")
         limit = max(abs(values).max(), 1e-9) if delta else None
-        image = ax.imshow(values, cmap="RdBu" if delta else "viridis", aspect="auto",
-                          vmin=-limit if delta else 0, vmax=limit if delta else max(values.max(), 1e-9))  # fmt: skip
+        image = ax.imshow(
+            values,
+            cmap="RdBu" if delta else "viridis",
+            aspect="auto",
+            vmin=-limit if delta else 0,
+            vmax=limit if delta else max(values.max(), 1e-9),
+        )
         for (i, j), v in np.ndenumerate(values):
             shade = image.norm(v)  # dark cells: viridis' low end, RdBu's two ends
             dark = abs(shade - 0.5) > 0.3 if delta else shade < 0.6
-            ax.text(j, i, f"{v:{'+' if delta else ''}.1f}", ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{v:{'+' if delta else ''}.1f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
         ax.set_xticks(range(len(severities)), [f"s{s}" for s in severities])
         ax.set_yticks(range(len(names)), names)
         ax.set_title(title, fontsize=8)

@@ -12,8 +12,9 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks.base import Attack, AttackResult
 from yolo_advamd.attacks.fgsm import FGSM
-from yolo_advamd.attacks.objectives import Objective, attack_batch, check_terms, objective_for
+from yolo_advamd.attacks.objectives import Objective, check_terms, objective_for
 from yolo_advamd.attacks.settings import check_attack_labels, is_number
+from yolo_advamd.attacks.strategies import attack_batch
 from yolo_advamd.attacks.targets import attack_targets
 from yolo_advamd.checkpoint import freeze_target
 from yolo_advamd.nn.dual_bn import aux_bn
@@ -97,8 +98,8 @@ class AttackStage:
             vulnerability (Vulnerability | None): Receives flip statistics when `collect_stats` is on.
             terms (str): "all", "cls", "box" or "max", the part of the detection loss the attack maximizes.
             collect_stats (bool): Feed flip statistics to `vulnerability` on each call.
-            attack_aux_bn (bool): Attack the current model through its auxiliary BNs (AdvProp's and Det-AdvProp's Algorithm 1:
-                adversarial examples are made with the auxiliary BN, the one their loss trains).
+            attack_aux_bn (bool): Attack the current model through its auxiliary BNs (AdvProp's and Det-AdvProp's
+                Algorithm 1: adversarial examples are made with the auxiliary BN, the one their loss trains).
             attack_labels (str): "gt" (the ground truth) or "pred" (the attacked model's predictions on clean images).
             attack_conf (float): Confidence in (0, 1) above which a prediction is a target with `attack_labels="pred"`.
         """
@@ -115,8 +116,10 @@ class AttackStage:
                 raise ValueError("attack_model='target' needs model= (to freeze a copy of) or target= (a frozen copy)")
             target = freeze_target(model)
         if attack_aux_bn and attack_model != "current":
-            raise ValueError("attack_aux_bn=True attacks the model being trained through its auxiliary BN: use "
-                             "attack_model='current'")  # fmt: skip
+            raise ValueError(
+                "attack_aux_bn=True attacks the model being trained through its auxiliary BN: use "
+                "attack_model='current'"
+            )
         if collect_stats and vulnerability is None:
             raise ValueError("collect_stats=True needs vulnerability=Vulnerability(nc) to receive the flip statistics")
         self.attack = attack

@@ -4,22 +4,18 @@ auxiliary BN and three-view loss (`AdvAmdMixin`), one per task; `advamd_trainer`
 from __future__ import annotations
 
 from copy import deepcopy
+from pathlib import Path
 
 import torch
 from torch import distributed as dist
 from ultralytics.cfg import cfg2dict
-from ultralytics.models.yolo.classify import ClassificationTrainer
-from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, TQDM
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_advamd.attacks import build_attack
-from yolo_advamd.attacks.objectives import check_terms
-from yolo_advamd.cfg import ADVAMD_KEYS, advamd_defaults, check_advamd_cfg, merge_cfg
-from yolo_advamd.checkpoint import freeze_target, model_task, resume_checkpoint
-from yolo_advamd.data import check_task_data, resolve_dataset
-from yolo_advamd.loss import VIEW_ITEMS, wrap_criterion
+from yolo_advamd.cfg import ADVAMD_KEYS, Settings, resolve_settings
+from yolo_advamd.checkpoint import freeze_target
+from yolo_advamd.loss import wrap_criterion
 from yolo_advamd.nn.dual_bn import (
     convert_dual_bn,
     dual_bn_overhead,
@@ -29,6 +25,7 @@ from yolo_advamd.nn.dual_bn import (
 from yolo_advamd.plotting import plot_views, tensorboard_writer
 from yolo_advamd.stage import AttackStage
 from yolo_advamd.step import ViewGuard, advamd_step
+from yolo_advamd.tasks import TASKS
 from yolo_advamd.vulnerability import Vulnerability
 
 
@@ -46,53 +43,41 @@ class AdvAmdMixin:
     objective follows the model (`attacks.objectives.objective_for`).
     """
 
-    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
-        """Validate the AdvAmd settings before any work, then initialize the Ultralytics trainer with them.
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | Settings | None = None, _callbacks: dict | None = None):
+        """Resolve and check the settings before any work (`resolve_settings`), then initialize the task's trainer.
 
         A `.pt` model must be on disk (nothing is downloaded), `resume` must name an interrupted AdvAmd run
         (`resume_checkpoint`), and the dataset's images must be on disk (`resolve_dataset`; `data` may name the embedded
         digits-det dataset, built on first use), as on the command line: a start that fails writes nothing.
 
         Args:
-            cfg (str | dict | SimpleNamespace): Base configuration; AdvAmd defaults are added to it.
-            overrides (dict, optional): Ultralytics and AdvAmd settings, optionally `hyp=path/to.yaml`.
+            cfg (str | dict | SimpleNamespace): Base configuration; its AdvAmd keys are resolved with the overrides.
+            overrides (dict | Settings, optional): Ultralytics and AdvAmd settings, optionally `hyp=path/to.yaml`, or
+                settings resolved already.
             _callbacks (dict, optional): Ultralytics callbacks.
         """
-        overrides = merge_cfg(overrides or {})
-        data = overrides.get("data")
-        if overrides.get("resume"):  # Ultralytics would fall back to another run, or fail after making a directory
-            path, saved = resume_checkpoint(overrides["resume"])
-            overrides["resume"], data = str(path), data or saved.get("data")
-        defaults = advamd_defaults(overrides.get("method"))
-        checked = check_advamd_cfg({**defaults, **overrides})  # fail before any directory is made
-        if overrides.get("model"):
-            if (task := model_task({"model": overrides["model"]})) != self.task_name:  # a .pt must be on disk
-                raise ValueError(
-                    f"model={overrides['model']} is a {task} model and {type(self).__name__} trains {self.task_name} "
-                    "models: use advamd_trainer(), which picks the trainer by task"
-                )
-        check_task(checked["method"], checked, self.task_name)
-        if defaults["method"] == "udfa" and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
-            raise ValueError(
-                f"method=udfa aligns the model with a teacher, the starting checkpoint, and model={overrides.get('model')} "
-                "has none: pass a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt"
-            )
-        if data:  # the dataset's images checked before the run's directory is made
-            data = resolve_dataset(data)
-            check_task_data(self.task_name, data)
-            if overrides.get("data"):
-                overrides["data"] = data
-        super().__init__({**defaults, **cfg2dict(cfg)}, overrides, _callbacks)
-        for key, value in advamd_defaults(self.args.method).items():  # resumed from before a setting existed
-            vars(self.args).setdefault(key, value)
-        check_advamd_cfg(vars(self.args))  # resolves per-attack defaults in place, saved with train_args
-        if self.args.attack_model == "auto":
-            self.args.attack_model = "target" if str(self.args.model).endswith(".pt") else "current"
-        self.amend = self.args.method != "vanilla"
+        if not isinstance(overrides, Settings):  # AdvAmd keys of a cfg YAML count as the user's, under the overrides
+            own = {k: v for k, v in cfg2dict(cfg).items() if k in ADVAMD_KEYS}
+            overrides = resolve_settings({**own, **(overrides or {})}, type(self))
+        self.settings = overrides
+        super().__init__({**cfg2dict(cfg), **overrides.advamd}, overrides.overrides, _callbacks)
+        vars(self.args).update(overrides.advamd)  # resolved once; saved with train_args
+        self.method = overrides.method(self.args)
+        self.amend = self.method.amends
         self.stage = self.vulnerability = self.abar = self.resume_state = self.guard = self.target = None
         if self.amend:
             self.add_callback("on_train_start", type(self).setup_advamd)
             self.add_callback("on_train_epoch_end", type(self).refresh_abar)
+
+    def setup_model(self):
+        """Build the model as Ultralytics does, from the checkpoint the settings opened instead of opening it again."""
+        opened = self.settings.opened
+        same = opened is not None and Path(str(self.model)).resolve() == opened.path.resolve()
+        if not same or isinstance(self.args.pretrained, (str, Path)):
+            return super().setup_model()
+        weights = None if self.args.pretrained is False and not self.resume else opened.model
+        self.model = self.get_model(cfg=opened.model.yaml, weights=weights, verbose=RANK in {-1, 0})
+        return opened.ckpt
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         """Return the task's model, converted to dual BN when the auxiliary BN is on (before EMA is built)."""
@@ -133,7 +118,7 @@ class AdvAmdMixin:
         items = super().label_loss_items(loss_items, prefix)
         if prefix != "val":
             return items
-        extra = {f"val/{name}" for name in VIEW_ITEMS}
+        extra = {f"val/{name}" for name in self.method.columns()}
         if loss_items is None:  # the column names
             return [k for k in items if k not in extra]
         return {k: v for k, v in items.items() if k not in extra}
@@ -145,10 +130,11 @@ class AdvAmdMixin:
         self.vulnerability = Vulnerability(nc)
         state = self.resume_state or {}
         self.target = None  # M_T: the starting weights, frozen, in eval mode (attacked, or UDFA's teacher)
-        if args.attack_model == "target" or args.method == "udfa":
+        if self.method.needs_target():
             self.target = strip_aux_bn(freeze_target(model))
             if state.get("target") is not None:
                 self.target.load_state_dict(state["target"])
+        self.method.setup(self.target)
         attack = build_attack(
             args.attack,
             eps=args.eps,
@@ -166,7 +152,7 @@ class AdvAmdMixin:
             target=self.target if args.attack_model == "target" else None,
             vulnerability=self.vulnerability,
             terms=args.attack_terms,
-            attack_aux_bn=args.method == "detadvprop" and args.attack_model == "current",  # Det-AdvProp's Algorithm 1
+            attack_aux_bn=self.method.attack_aux_bn(),
             attack_labels=args.attack_labels,
             attack_conf=args.attack_conf,
         )
@@ -214,14 +200,18 @@ class AdvAmdMixin:
         self.save_advamd_state()
 
     def log_vulnerability(self):
-        """Plot the flip matrix and Ā to `vulnerability.png` and, when Ultralytics' TensorBoard is on, to TensorBoard."""
+        """Plot the flip matrix and Ā to `vulnerability.png` and, when Ultralytics' TensorBoard is on, there too."""
         if RANK not in {-1, 0}:
             return
         figure = self.vulnerability.figure(self.data["names"])
         if self.args.plots:
             figure.savefig(self.save_dir / "vulnerability.png", dpi=100)
-        if writer := tensorboard_writer():  # calibration runs before the first epoch, where Ultralytics has no self.epoch
-            writer.add_figure("advamd/vulnerability", figure, self.epoch + 1 if hasattr(self, "epoch") else self.start_epoch)
+        if (
+            writer := tensorboard_writer()
+        ):  # calibration runs before the first epoch, where Ultralytics has no self.epoch
+            writer.add_figure(
+                "advamd/vulnerability", figure, self.epoch + 1 if hasattr(self, "epoch") else self.start_epoch
+            )
 
     def save_advamd_state(self):
         """Attach Ā, the flip counts and the target's weights to the model and its EMA, so checkpoints carry them."""
@@ -245,11 +235,8 @@ class AdvAmdMixin:
         self.stage.collect_stats = a.advamd_loss and a.abar_update == "epoch" and self.refresh_batches < a.abar_batches
         self.refresh_batches += self.stage.collect_stats
         world = self.world_size if RANK != -1 else 1
-        teacher = self.target if a.method == "udfa" else None
-        return advamd_step(
-            self.model, module, batch, self.stage, a, self.abar, lambda loss: self.scaler.scale(loss * world).backward(),
-            teacher=teacher,
-        )
+        backward = lambda loss: self.scaler.scale(loss * world).backward()  # noqa: E731
+        return advamd_step(self.model, module, batch, self.stage, self.method, self.abar, backward)
 
     def optimizer_step(self):
         """Step like Ultralytics, but skip a step with a non-finite view or gradient (a NaN never reaches the weights);
@@ -282,7 +269,7 @@ class AdvAmdMixin:
         super().plot_training_samples(batch, ni)
 
 
-class AdvAmdTrainer(AdvAmdMixin, DetectionTrainer):
+class AdvAmdTrainer(AdvAmdMixin, TASKS["detect"].trainer):
     """Train a detector with Adversarial Amendment: `DetectionTrainer` with `AdvAmdMixin`.
 
     Examples:
@@ -293,7 +280,7 @@ class AdvAmdTrainer(AdvAmdMixin, DetectionTrainer):
     task_name = "detect"
 
 
-class AdvAmdSegmentationTrainer(AdvAmdMixin, SegmentationTrainer):
+class AdvAmdSegmentationTrainer(AdvAmdMixin, TASKS["segment"].trainer):
     """Train an instance-segmentation model with Adversarial Amendment: `SegmentationTrainer` with `AdvAmdMixin`.
 
     The attack maximizes the full segmentation loss (box, mask, cls, dfl) with `attack_terms=all`.
@@ -305,7 +292,7 @@ class AdvAmdSegmentationTrainer(AdvAmdMixin, SegmentationTrainer):
     task_name = "segment"
 
 
-class AdvAmdClassificationTrainer(AdvAmdMixin, ClassificationTrainer):
+class AdvAmdClassificationTrainer(AdvAmdMixin, TASKS["classify"].trainer):
     """Train an image classifier with Adversarial Amendment: `ClassificationTrainer` with `AdvAmdMixin`.
 
     The attack maximizes the cross-entropy; Ā weights each adversarial image's cross-entropy by its class.
@@ -320,25 +307,13 @@ class AdvAmdClassificationTrainer(AdvAmdMixin, ClassificationTrainer):
 TRAINERS = {t.task_name: t for t in (AdvAmdTrainer, AdvAmdSegmentationTrainer, AdvAmdClassificationTrainer)}
 
 
-def advamd_trainer(overrides: dict, _callbacks: dict | None = None) -> AdvAmdMixin:
+def advamd_trainer(overrides: dict | Settings, _callbacks: dict | None = None) -> AdvAmdMixin:
     """Return the AdvAmd trainer of the run's task (see `model_task`), like `yolo train` picks the task's trainer.
 
     Raises:
         ValueError: For a task AdvAmd does not train, naming the supported ones.
     """
-    if overrides.get("resume"):  # the checkpoint on disk and resumable, before its task is read
-        overrides = {**overrides, "resume": str(resume_checkpoint(overrides["resume"])[0])}
-    task = model_task(overrides)
-    if task not in TRAINERS:
-        raise ValueError(f"task={task} is not supported: AdvAmd trains {', '.join(TRAINERS)} models")
-    return TRAINERS[task](overrides=overrides, _callbacks=_callbacks)
-
-
-def check_task(method: str, cfg: dict, task: str) -> None:
-    """Refuse settings that do not exist for the task, before any work (e.g. localization attacks on a classifier)."""
-    if task != "classify":
-        return
-    if method in {"detadvprop", "udfa"}:
-        raise ValueError(f"method={method} is a detection method (box attacks, neck features): for task=classify use "
-                         "method=advamd, advtrain or vanilla")  # fmt: skip
-    check_terms(cfg["attack_terms"], classifier=True)
+    settings = overrides if isinstance(overrides, Settings) else resolve_settings(overrides)
+    if settings.task not in TRAINERS:
+        raise ValueError(f"task={settings.task} is not supported: AdvAmd trains {', '.join(TRAINERS)} models")
+    return TRAINERS[settings.task](overrides=settings, _callbacks=_callbacks)

@@ -25,10 +25,22 @@ TRAIN_STEPS = {"fgsm": 1, "pgd": 3}  # PGD-3 in training, step size 2.5 * eps / 
 EVAL_STEPS = 3  # PGD steps on val
 HEADLINE = {"detect": "metrics/mAP50-95(B)", "segment": "metrics/mAP50-95(M)", "classify": "metrics/accuracy_top1"}
 PROFILES = {  # 1,000 scenes and 2 fine-tune epochs: one run takes minutes on 2 CPU cores
-    "quick": {"target_epochs": 8, "fraction": 0.5, "ft_epochs": 2, "seeds": (0,), "train": [("fgsm", 0.01)],
-              "ablations": False},
-    "full": {"target_epochs": 30, "fraction": 0.5, "ft_epochs": 2, "seeds": (0, 1, 2),
-             "train": [("fgsm", 0.01), ("fgsm", 0.1), ("pgd", 0.01), ("pgd", 0.1)], "ablations": True},
+    "quick": {
+        "target_epochs": 8,
+        "fraction": 0.5,
+        "ft_epochs": 2,
+        "seeds": (0,),
+        "train": [("fgsm", 0.01)],
+        "ablations": False,
+    },
+    "full": {
+        "target_epochs": 30,
+        "fraction": 0.5,
+        "ft_epochs": 2,
+        "seeds": (0, 1, 2),
+        "train": [("fgsm", 0.01), ("fgsm", 0.1), ("pgd", 0.01), ("pgd", 0.1)],
+        "ablations": True,
+    },
 }
 
 

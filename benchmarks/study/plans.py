@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from yolo_advamd.methods import METHODS
+
 from . import paths
 from .arms import ARMS, CAPACITY, ROUND_2, SCREEN_BAR, STUDY, TABLE3, TASKS, TRAIN_STEPS, VANILLA
 
@@ -63,14 +65,14 @@ def plan(profile: dict, vary: dict | None = None) -> list[dict]:
 
 def eval_eps(run: dict, profile: dict, vary: dict | None = None) -> list[float]:
     """The budgets a run is evaluated at: its own, or for the control every budget planned (a varied ε included)."""
-    if run["method"] != "vanilla":
+    if METHODS[run["method"]].amends:
         return [run["eps"]]
     return sorted({eps for _, eps in profile["train"]} | {(vary or {}).get("eps", profile["train"][0][1])})
 
 
 def key(run: dict) -> str:
     """A run's identity in the results file."""
-    attack = "" if run["method"] == "vanilla" else f"{run['attack']}-{run['eps']}"
+    attack = f"{run['attack']}-{run['eps']}" if METHODS[run["method"]].amends else ""
     vary = "".join(f"/{k}={v}" for k, v in run.get("vary", {}).items())
     return f"{method_name(run)}/{attack}/seed{run['seed']}{vary}"
 
@@ -99,9 +101,14 @@ def study_plan(records: list[dict], arms: dict = STUDY) -> list[tuple[str, str, 
 def screen_deltas(records: list[dict], arms: dict) -> dict[tuple[str, str], float]:
     """The seed-0 Δ benign of every recorded (arm, method) of `arms` against the arm's seed-0 vanilla run."""
     benign = {(e["profile"], e["key"]): e["map"]["benign"] for e in records}
-    return {(arm, label): b - control for arm, a in arms.items() for label in a["methods"] if label != "vanilla"
-            and (control := benign.get((arm, study_key("vanilla", 0)))) is not None
-            and (b := benign.get((arm, study_key(label, 0)))) is not None}
+    return {
+        (arm, label): b - control
+        for arm, a in arms.items()
+        for label in a["methods"]
+        if label != "vanilla"
+        and (control := benign.get((arm, study_key("vanilla", 0)))) is not None
+        and (b := benign.get((arm, study_key(label, 0)))) is not None
+    }
 
 
 def capacity_arm(records: list[dict]) -> dict:
@@ -119,18 +126,28 @@ def capacity_arm(records: list[dict]) -> dict:
     yaml_start = a["start"].endswith(".yaml")
     start = a["start"].replace("yolov8n", CAPACITY) if yaml_start else f"{a['start']}-{CAPACITY}"
     origin = "from scratch" if yaml_start else f"from an M_T of {CAPACITY} trained as the {a['start']} profile's"
-    about = (f"{CAPACITY} {origin}, in the `{arm}` arm with {label}, the closest to a lift on the screen (seed 0: "
-             f"Δ benign {delta:+.2f}); {a['about']}")
-    return {"capacity": {"about": about, "start": start, "recipe": a["recipe"],
-                         "methods": {"vanilla": VANILLA, label: a["methods"][label]}}}
+    about = (
+        f"{CAPACITY} {origin}, in the `{arm}` arm with {label}, the closest to a lift on the screen (seed 0: "
+        f"Δ benign {delta:+.2f}); {a['about']}"
+    )
+    return {
+        "capacity": {
+            "about": about,
+            "start": start,
+            "recipe": a["recipe"],
+            "methods": {"vanilla": VANILLA, label: a["methods"][label]},
+        }
+    }
 
 
 def study_arms(records: list[dict], names: list[str] | None = None) -> dict:
     """The arms to run or report: those named (study or task arms), or every study arm; with `capacity` once defined."""
     every = {**ARMS, **capacity_arm(records)}
     if missing := [n for n in names or () if n not in every]:
-        raise ValueError(f"arm {missing[0]!r} is not defined yet: the capacity arm is chosen once every other study "
-                         f"arm's seed 0 is recorded; run --study without arm names first")
+        raise ValueError(
+            f"arm {missing[0]!r} is not defined yet: the capacity arm is chosen once every other study "
+            f"arm's seed 0 is recorded; run --study without arm names first"
+        )
     return {n: every[n] for n in names} if names else {n: a for n, a in every.items() if n not in TASKS}
 
 

@@ -41,8 +41,14 @@ def recommend(records: list[dict]) -> tuple[str, str, str] | None:
     if not robust:
         return None
     arm, label, n, mean, fgsm = max(robust, key=lambda r: (r[2] >= 3, r[3], r[4]))
-    return arm, label, (f"no lift anywhere yet; of the methods that gain robustness (Δ FGSM > 0) it has the best Δ "
-                        f"benign: {mean:+.2f}, Δ FGSM {fgsm:+.2f} over {n} seed(s)")
+    return (
+        arm,
+        label,
+        (
+            f"no lift anywhere yet; of the methods that gain robustness (Δ FGSM > 0) it has the best Δ "
+            f"benign: {mean:+.2f}, Δ FGSM {fgsm:+.2f} over {n} seed(s)"
+        ),
+    )
 
 
 def lift(d: dict, key: str) -> str:
@@ -59,8 +65,10 @@ def lift(d: dict, key: str) -> str:
         return ""
     else:
         checked = f"{other_name} {mo:+.2f} ± {so:.2f}"
-    return (f"{name} lift of {statistics.mean(v):+.2f} ± {statistics.stdev(v):.2f} over {len(v)} seeds, the largest "
-            f"measured ({checked})")
+    return (
+        f"{name} lift of {statistics.mean(v):+.2f} ± {statistics.stdev(v):.2f} over {len(v)} seeds, the largest "
+        f"measured ({checked})"
+    )
 
 
 def deltas(records: list[dict], arm: str, label: str) -> dict:
@@ -87,7 +95,9 @@ def write_recommended(a: dict, arm: str, label: str, why: str) -> None:
     why."""
     settings = {**a["methods"][label]}
     recipe = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in a["recipe"].items())
-    header = (f"# Recommended by benchmarks/reproduce.py (rule: `recommend`) from docs/results/results.jsonl:\n"
-              f"# {label} in the study's `{arm}` regime ({a['about']}),\n# chosen for {why}.\n"
-              f"# Regime on digits-det: {recipe}; see docs/RESULTS.md.\n")
+    header = (
+        f"# Recommended by benchmarks/reproduce.py (rule: `recommend`) from docs/results/results.jsonl:\n"
+        f"# {label} in the study's `{arm}` regime ({a['about']}),\n# chosen for {why}.\n"
+        f"# Regime on digits-det: {recipe}; see docs/RESULTS.md.\n"
+    )
     paths.RECOMMENDED.write_text(header + yaml.safe_dump(settings, sort_keys=False))

@@ -46,8 +46,13 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
     if "target" not in done:
         kept = paths.TARGETS / f"{profile_name}.pt"
         trained = train_target("yolov8n.yaml", profile_name, data, project, "target", kept)
-        done["target"] = {"key": "target", "profile": profile_name, "weights": stored(kept), **trained,
-                          "map": evaluate(kept, data, budgets, f"{profile_name}-target")}
+        done["target"] = {
+            "key": "target",
+            "profile": profile_name,
+            "weights": stored(kept),
+            **trained,
+            "map": evaluate(kept, data, budgets, f"{profile_name}-target"),
+        }
         record(done["target"])
     target = str(on_disk(done["target"]["weights"]))
     if not Path(target).is_file():
@@ -62,13 +67,31 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
             continue
         name = k.replace("/", "_")
         settings = {k: v for k, v in run.items() if k != "vary"}
-        weights, seconds = train({"model": target, "data": data, "epochs": profile["ft_epochs"], "lr0": 0.0005,
-                                  "close_mosaic": profile["ft_epochs"], "fraction": profile["fraction"],
-                                  "attack_model": "target", "abar_batches": 10, "project": project, "name": name,
-                                  **settings})
+        weights, seconds = train(
+            {
+                "model": target,
+                "data": data,
+                "epochs": profile["ft_epochs"],
+                "lr0": 0.0005,
+                "close_mosaic": profile["ft_epochs"],
+                "fraction": profile["fraction"],
+                "attack_model": "target",
+                "abar_batches": 10,
+                "project": project,
+                "name": name,
+                **settings,
+            }
+        )
         scores = evaluate(weights, data, eval_eps(run, profile, vary), f"{profile_name}-{name}")
-        done[k] = {"key": k, "profile": profile_name, **run, "name": method_name(run), "train_seconds": seconds,
-                   "weights": stored(weights), "map": scores}
+        done[k] = {
+            "key": k,
+            "profile": profile_name,
+            **run,
+            "name": method_name(run),
+            "train_seconds": seconds,
+            "weights": stored(weights),
+            "map": scores,
+        }
         record(done[k])
         report()
 
@@ -99,8 +122,17 @@ def run_study(names: list[str] | None = None) -> None:
                 project = str(paths.ROOT / "runs" / "study-targets")
                 trained = train_target(f"{model}.yaml", profile, data, project, a["start"], kept)
             if kept.is_file():
-                record({"key": "start", "profile": arm, "name": "M_T", "weights": stored(kept), "train_seconds": 0,
-                        **trained, "map": evaluate(kept, data, study_budgets(a, "vanilla"), f"{arm}-start")})
+                record(
+                    {
+                        "key": "start",
+                        "profile": arm,
+                        "name": "M_T",
+                        "weights": stored(kept),
+                        "train_seconds": 0,
+                        **trained,
+                        "map": evaluate(kept, data, study_budgets(a, "vanilla"), f"{arm}-start"),
+                    }
+                )
         if kept and not kept.is_file():
             raise FileNotFoundError(f"study arm {arm!r} starts from {kept}, which is not on disk")
         settings = study_settings(a, label, seed)
@@ -112,10 +144,21 @@ def run_study(names: list[str] | None = None) -> None:
         curves = epoch_curves(weights.parents[1] / "results.csv", task)
         imgsz = settings.get("imgsz", SCHEDULE["imgsz"])
         model = {**settings, "model": stored(kept) if kept else a["start"]}
-        entry = {"key": study_key(label, seed), "profile": arm, "name": label, "seed": seed, "settings": model,
-                 "attack": settings.get("attack"), "eps": settings.get("eps"), "steps": settings.get("steps"),
-                 "train_seconds": seconds, "machine": machine(), "weights": stored(weights), **curves,
-                 "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz)}
+        entry = {
+            "key": study_key(label, seed),
+            "profile": arm,
+            "name": label,
+            "seed": seed,
+            "settings": model,
+            "attack": settings.get("attack"),
+            "eps": settings.get("eps"),
+            "steps": settings.get("steps"),
+            "train_seconds": seconds,
+            "machine": machine(),
+            "weights": stored(weights),
+            **curves,
+            "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz),
+        }
         record({**entry, **added_scores(entry, a)})
         report()
     # then runs recorded before their arm measured through M_T or corruptions, while their weights exist
@@ -128,8 +171,17 @@ def run_study(names: list[str] | None = None) -> None:
 def train_target(model: str, profile: str, data: str, project: str, name: str, kept: Path) -> dict:
     """Train an M_T from scratch (`model`, seed 0) with `profile`'s target recipe and keep a copy at `kept`; return its
     training time and per-epoch curves (its val mAP shows the plateau, or not)."""
-    weights, seconds = train({"model": model, "data": data, "method": "vanilla", "seed": 0,
-                              **target_recipe(PROFILES[profile]), "project": project, "name": name})
+    weights, seconds = train(
+        {
+            "model": model,
+            "data": data,
+            "method": "vanilla",
+            "seed": 0,
+            **target_recipe(PROFILES[profile]),
+            "project": project,
+            "name": name,
+        }
+    )
     kept.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(weights, kept)
     return {"train_seconds": seconds, **epoch_curves(weights.parents[1] / "results.csv")}
@@ -209,12 +261,22 @@ def evaluate(
     model's mask mAP50-95, a classifier's top-1 accuracy); attacks on `attack_model` instead when one is given, made
     with every object's class moved to the next one when `shifted` (a detector's; benchmarks/label_leak.py)."""
     from label_leak import shifted_labels
+
     from yolo_advamd.validate import validate_advamd
 
     with shifted_labels() if shifted else nullcontext():
-        res = validate_advamd(str(weights), data, attacks="fgsm,pgd", eps=eps, steps=EVAL_STEPS, imgsz=imgsz,
-                              attack_model=attack_model and str(attack_model),
-                              project=str(paths.ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)
+        res = validate_advamd(
+            str(weights),
+            data,
+            attacks="fgsm,pgd",
+            eps=eps,
+            steps=EVAL_STEPS,
+            imgsz=imgsz,
+            attack_model=attack_model and str(attack_model),
+            project=str(paths.ROOT / "runs" / "reproduce-val"),
+            name=name,
+            exist_ok=True,
+        )
     return headline_scores(res)
 
 
@@ -223,8 +285,16 @@ def evaluate_corruptions(weights: Path, data: str, name: str, imgsz: int = 160) 
     column (`benign`, one per corrupted set, `mPC`, `rPC`), the headline score as in `evaluate`."""
     from yolo_advamd.validate import validate_advamd
 
-    res = validate_advamd(str(weights), data, attacks="", corruptions="common", imgsz=imgsz,
-                          project=str(paths.ROOT / "runs" / "reproduce-val"), name=name, exist_ok=True)
+    res = validate_advamd(
+        str(weights),
+        data,
+        attacks="",
+        corruptions="common",
+        imgsz=imgsz,
+        project=str(paths.ROOT / "runs" / "reproduce-val"),
+        name=name,
+        exist_ok=True,
+    )
     return headline_scores(res)
 
 
@@ -259,8 +329,10 @@ def target_scores(entry: dict, a: dict) -> dict:
     if not a.get("transfer") or not kept or not (missing := [m for m in THROUGH_TARGET if m not in entry]):
         return {}
     if not (weights := on_disk(entry["weights"])).is_file():
-        print(f"reproduce.py: {entry['profile']} {entry['key']} lacks its {' and '.join(missing)} scores and its "
-              f"weights {weights} are gone: left as is")
+        print(
+            f"reproduce.py: {entry['profile']} {entry['key']} lacks its {' and '.join(missing)} scores and its "
+            f"weights {weights} are gone: left as is"
+        )
         return {}
     name = f"{entry['profile']}-{entry['key'].replace('/', '_')}"
     imgsz = entry["settings"].get("imgsz", SCHEDULE["imgsz"])
@@ -275,8 +347,10 @@ def corruption_scores(entry: dict, a: dict) -> dict:
     if "corruption" in entry:
         return {}
     if not (weights := on_disk(entry["weights"])).is_file():
-        print(f"reproduce.py: {entry['profile']} {entry['key']} lacks its corruption scores and its weights {weights} "
-              "are gone: left as is")
+        print(
+            f"reproduce.py: {entry['profile']} {entry['key']} lacks its corruption scores and its weights {weights} "
+            "are gone: left as is"
+        )
         return {}
     name = f"{entry['profile']}-{entry['key'].replace('/', '_')}-corruption"
     imgsz = entry["settings"].get("imgsz", SCHEDULE["imgsz"])

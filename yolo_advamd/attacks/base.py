@@ -96,6 +96,10 @@ class Attack:
         self.return_iterates = return_iterates
         self._generators = {}  # per device, seeded once: a fixed seed gives a reproducible sequence of starts
 
+    def reset(self) -> None:
+        """Restart the random starts: the next run draws the same sequence as a freshly built attack."""
+        self._generators = {}
+
     def __repr__(self) -> str:
         """Return the attack's name and settings."""
         keys = ("eps", "norm", "steps", "step_size", "random_start", "seed")

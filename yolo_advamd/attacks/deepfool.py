@@ -98,9 +98,7 @@ class DeepFool(Attack):
         if step_size is not None:
             raise ValueError(f"step_size={step_size}: attack=deepfool chooses its own steps, leave step_size empty")
         if random_start:
-            raise ValueError(
-                "random_start=True: DeepFool starts at the clean images, leave random_start empty"
-            )
+            raise ValueError("random_start=True: DeepFool starts at the clean images, leave random_start empty")
         if not is_number(overshoot) or overshoot < 0:
             raise ValueError(f"overshoot={overshoot} must be a number >= 0, e.g. overshoot=0.02")
         self.variant = check_deepfool(variant)

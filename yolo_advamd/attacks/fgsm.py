@@ -23,7 +23,9 @@ class FGSM(Attack):
     def __init__(self, eps: float, norm: str | int = "inf", steps: int = 1, step_size: float | None = None, **kwargs):
         """Check the settings: FGSM is a single step of size eps (see `Attack` for the arguments)."""
         if check_steps(steps) != 1:
-            raise ValueError(f"steps={steps} does not fit attack=fgsm (a single step): use steps=1, or attack=pgd for more")
+            raise ValueError(
+                f"steps={steps} does not fit attack=fgsm (a single step): use steps=1, or attack=pgd for more"
+            )
         if check_step_size(step_size) is not None and step_size != parse_eps(eps):
             raise ValueError(f"step_size={step_size}: FGSM steps by eps={eps}, leave step_size=None or use attack=pgd")
         super().__init__(eps, norm, steps=1, **kwargs)
@@ -34,7 +36,9 @@ class FGSM(Attack):
         grad, logits = self.gradient(objective, x)
         return self.step(images, grad, x, clean_logits=None if self.random_start else logits)
 
-    def step(self, images: torch.Tensor, grad: torch.Tensor, start: torch.Tensor | None = None, **kwargs) -> AttackResult:
+    def step(
+        self, images: torch.Tensor, grad: torch.Tensor, start: torch.Tensor | None = None, **kwargs
+    ) -> AttackResult:
         """Return the FGSM result for the input gradient `grad` taken at `start` (default: `images`).
 
         A training pass that already computed the loss's input gradient at the clean images (e.g. the benign view with

@@ -16,9 +16,6 @@ from torch import nn
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss, v8SegmentationLoss
 from ultralytics.utils.tal import make_anchors
 
-from yolo_advamd.attacks.base import AttackResult
-from yolo_advamd.attacks.fgsm import FGSM
-
 TERMS = {"all": "box + cls + dfl", "cls": "the classification term", "box": "the localization terms, box + dfl"}
 ATTACK_TERMS = (*TERMS, "max")  # max: the cls and the box attack, per image the one with the larger detection loss
 
@@ -101,7 +98,8 @@ class DetectionObjective(Objective):
 
     `loss(x)` is the model's own training loss, `criterion(model(x), batch)` summed over its box, cls and dfl terms
     with the hyperparameter gains (what the trainer minimizes, paper eq. 4), or only its classification term with
-    `terms="cls"`, or only its localization terms (box + dfl) with `terms="box"`. For an end-to-end head (`E2ELoss`, e.g. yolo26) both branches count with their current weights.
+    `terms="cls"`, or only its localization terms (box + dfl) with `terms="box"`. For an end-to-end head (`E2ELoss`,
+    e.g. yolo26) both branches count with their current weights.
 
     Targets are assigned to anchors once, at the clean images `batch["img"]`, and kept for every other x: the loss
     is L(F(x), y) with y the ground truth as the criterion's `TaskAlignedAssigner` places it on the clean images, so
@@ -144,7 +142,9 @@ class DetectionObjective(Objective):
             terms (str): "all" (box + cls + dfl), "cls" (the classification term) or "box" (box + dfl).
         """
         if terms not in TERMS:
-            raise ValueError(f"terms={terms!r} is not valid: choose {', '.join(f'{k} ({v})' for k, v in TERMS.items())}")
+            raise ValueError(
+                f"terms={terms!r} is not valid: choose {', '.join(f'{k} ({v})' for k, v in TERMS.items())}"
+            )
         if isinstance(getattr(model, "args", None), dict):
             raise TypeError(
                 "model.args is a dict (as loaded from a checkpoint): the Ultralytics criterion needs a namespace, "
@@ -219,12 +219,16 @@ class DetectionObjective(Objective):
                 if self.segment:  # the full segmentation loss, box, seg, cls, dfl, sem, times the batch size
                     vector, _ = criterion.loss(p, self.batch)
                     fg_mask, gt_idx = assigner.result[3], assigner.result[4]
-                    parts = {t: sum(v for n, v in zip(criterion.loss_names, vector) if n in names)
-                             for t, names in SEGMENT_TERMS.items()}  # fmt: skip
+                    parts = {
+                        t: sum(v for n, v in zip(criterion.loss_names, vector) if n in names)
+                        for t, names in SEGMENT_TERMS.items()
+                    }
                 else:
                     (fg_mask, gt_idx, *_), terms, _ = criterion.get_assigned_targets_and_loss(p, self.batch)
-                    parts = {t: v * images.shape[0] for t, v in
-                             {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}.items()}  # fmt: skip
+                    parts = {
+                        t: v * images.shape[0]
+                        for t, v in {"all": terms.sum(), "cls": terms[1], "box": terms[0] + terms[2]}.items()
+                    }
             finally:
                 criterion.assigner = stock
             loss = {t: loss[t] + weight * parts[t] for t in TERMS}
@@ -262,8 +266,17 @@ class DetectionObjective(Objective):
             norm = target_scores.sum((1, 2)).clamp(min=1)  # each image's own normalization
             cls = c.bce(scores, target_scores.to(scores.dtype)).sum((1, 2)) / norm * c.hyp.cls
             for i in range(images.shape[0]):
-                box, dfl = c.bbox_loss(distri[i : i + 1], bboxes[i : i + 1], anchors, target_bboxes[i : i + 1] / strides,
-                                       target_scores[i : i + 1], norm[i], fg_mask[i : i + 1], imgsz, strides)  # fmt: skip
+                box, dfl = c.bbox_loss(
+                    distri[i : i + 1],
+                    bboxes[i : i + 1],
+                    anchors,
+                    target_bboxes[i : i + 1] / strides,
+                    target_scores[i : i + 1],
+                    norm[i],
+                    fg_mask[i : i + 1],
+                    imgsz,
+                    strides,
+                )
                 losses[i] += weight * (box * c.hyp.box + cls[i] + dfl * c.hyp.dfl)
         return losses
 
@@ -352,6 +365,7 @@ class VanishObjective(Objective):
             loss = loss - scores.topk(min(self.topk, scores.shape[1]), dim=1).values.sum()
         return loss, scores.new_zeros(0, p["scores"].shape[1])
 
+
 class ClassifierObjective(Objective):
     """The cross-entropy of an image classifier on true labels: the same interface as `DetectionObjective`.
 
@@ -394,46 +408,3 @@ def objective_for(model: nn.Module, batch: dict, terms: str = "all") -> Objectiv
         check_terms(terms, classifier=True)
         return ClassifierObjective(model, batch["cls"])
     return DetectionObjective(model, batch, terms=terms)
-
-
-def attack_batch(attack, model: nn.Module, batch: dict, terms: str = "all"):
-    """Attack a batch on `terms` of the model's loss (see `objective_for`); return the attack's result and objective.
-
-    `terms="max"` is Det-AdvProp's selection (Chen et al., CVPR 2021, eq. 5): one attack on the classification term and
-    one on the localization terms (box + dfl), then, per image, the adversarial image whose detection loss
-    (`DetectionObjective.image_losses`) is the larger; that costs the two attacks and one forward pass of each result
-    (two FGSM steps share their forward pass at the clean images).
-    The returned result then has no iterates and no adversarial logits, and its objective is the cls attack's (per-object
-    logits do not depend on the terms).
-
-    Args:
-        attack (Attack): The attack (FGSM, PGD, DeepFool).
-        model (nn.Module): The attacked model (see `objective_for`).
-        batch (dict): A preprocessed batch: `img` in [0, 1] and its targets.
-        terms (str): One of `ATTACK_TERMS`: "all", "cls", "box" or "max".
-
-    Returns:
-        result (AttackResult): The perturbation and adversarial images.
-        objective (Objective): The objective attacked (for flip statistics).
-    """
-    from ultralytics.nn.tasks import ClassificationModel
-
-    check_terms(terms, classifier=isinstance(model, ClassificationModel))
-    img = batch["img"].detach()
-    if terms != "max":
-        objective = objective_for(model, batch, terms)
-        return attack(img, objective), objective
-    objective = objective_for(model, batch, "cls")
-    if isinstance(attack, FGSM) and not attack.random_start:  # both steps start at x: one forward, two backwards
-        with torch.inference_mode(False), torch.enable_grad(), objective.frozen():
-            x = img.clone().requires_grad_(True)
-            parts, logits = objective.loss_parts(x)
-            grads = [torch.autograd.grad(parts[t], x, retain_graph=t == "cls")[0] for t in ("cls", "box")]
-        results = [attack.step(img, g, clean_logits=logits.detach()) for g in grads]
-    else:
-        results = [attack(img, objective), attack(img, objective_for(model, batch, "box"))]
-    with objective.frozen():
-        losses = torch.stack([objective.image_losses(r.adv) for r in results])
-    keep_box = (losses[1] > losses[0]).view(-1, *[1] * (img.ndim - 1))
-    adv = torch.where(keep_box, results[1].adv, results[0].adv)
-    return AttackResult(delta=adv - img, adv=adv, clean_logits=results[0].clean_logits), objective

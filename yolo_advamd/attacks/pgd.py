@@ -28,6 +28,4 @@ class PGD(Attack):
                 clean_logits = logits
             adv = self.project(images, adv + self.ascent(grad, size))
             iterates.append(adv)
-        return self.result(
-            images, adv, iterates=iterates if self.return_iterates else None, clean_logits=clean_logits
-        )
+        return self.result(images, adv, iterates=iterates if self.return_iterates else None, clean_logits=clean_logits)

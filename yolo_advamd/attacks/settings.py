@@ -13,6 +13,8 @@ Rules:
       `attack_conf`, the confidence above which a prediction is a target, in (0, 1).
     - `deepfool`: DeepFool's variant, "exact" (the default: one backward per object rank and candidate class, the
       paper's) or "fast" (a fixed number of backward passes per step); refused with another attack.
+    - `attacks`, `eps` lists (validation's attack × ε grid): comma-separated strings or lists, each budget as `eps`;
+      `none` (or nothing) for no attack; at least one budget for the attacks; `deepfool` only with DeepFool among them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,36 @@ def parse_eps(value) -> float:
     if not math.isfinite(number):
         raise ValueError(f"eps={value} is not finite: give a budget such as eps=0.01")
     return number
+
+
+def parse_list(value, cast, key: str) -> list:
+    """Parse a CLI list (`"fgsm,pgd"`, `"0.01,0.1"`, a number, a list or tuple) into a list of `cast` values."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return [cast(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip()]
+    except ValueError as e:
+        raise ValueError(f"{key}={value!r} is not a comma-separated list, e.g. {key}=0.01,8/255 ({e})") from e
+
+
+def attack_grid(attacks, eps, deepfool=None) -> tuple[list[str], list[float]]:
+    """Parse the attacks and budgets that validation crosses (`attacks=fgsm,pgd`, `eps=0.01,8/255`); return both lists.
+
+    Args:
+        attacks (str | list[str] | None): Attack names, comma-separated or a list; None or `none` for no attack.
+        eps (str | float | list): Budgets, comma-separated or a list, each a number or a fraction (`parse_eps`).
+        deepfool (str | None): DeepFool's variant, refused when DeepFool is not among the attacks.
+
+    Returns:
+        attacks (list[str]): The attack names, lower case.
+        eps (list[float]): The budgets.
+    """
+    attacks = [a.lower() for a in parse_list(attacks or [], str, "attacks") if a.lower() != "none"]
+    eps = parse_list(eps, parse_eps, "eps")
+    if attacks and not eps:
+        raise ValueError("eps is empty: give at least one budget for the attacks, e.g. eps=0.01,0.1")
+    if deepfool is not None and "deepfool" not in attacks:
+        raise ValueError(f"deepfool={deepfool} chooses DeepFool's variant: add deepfool to attacks, or drop deepfool=")
+    return attacks, eps
 
 
 def check_norm(norm) -> str | int:
@@ -94,11 +126,15 @@ def check_attack_labels(labels, conf) -> str:
     """Return `attack_labels` normalized if it and `attack_conf` are valid, else raise naming the key and the fix."""
     name = str(labels).lower()
     if name not in ATTACK_LABELS:
-        raise ValueError(f"attack_labels={labels} is not valid: choose gt (the ground truth, the paper's) or pred (the "
-                         "attacked model's own predictions on the clean images)")  # fmt: skip
+        raise ValueError(
+            f"attack_labels={labels} is not valid: choose gt (the ground truth, the paper's) or pred (the "
+            "attacked model's own predictions on the clean images)"
+        )
     if not is_number(conf) or not 0 < conf < 1:
-        raise ValueError(f"attack_conf={conf} is outside (0, 1): it is the confidence above which a prediction is an "
-                         "attack target with attack_labels=pred, e.g. attack_conf=0.25")  # fmt: skip
+        raise ValueError(
+            f"attack_conf={conf} is outside (0, 1): it is the confidence above which a prediction is an "
+            "attack target with attack_labels=pred, e.g. attack_conf=0.25"
+        )
     return name
 
 
@@ -146,7 +182,13 @@ def attack_settings(
         raise ValueError(f"random_start={random_start} must be True or False")
     if name == "deepfool":
         deepfool = check_deepfool(DEEPFOOL_VARIANTS[0] if deepfool is None else deepfool)
-    settings = {"eps": parse_eps(eps), "norm": check_norm(norm), "steps": DEFAULT_STEPS[name] if steps is None else steps,
-                "step_size": step_size, "random_start": random_start, "deepfool": deepfool}  # fmt: skip
+    settings = {
+        "eps": parse_eps(eps),
+        "norm": check_norm(norm),
+        "steps": DEFAULT_STEPS[name] if steps is None else steps,
+        "step_size": step_size,
+        "random_start": random_start,
+        "deepfool": deepfool,
+    }
     build_attack(name, **{**settings, "eps": eps})  # each attack checks its own rules (naming the value given)
     return {"attack": name, **settings}

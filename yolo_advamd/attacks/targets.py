@@ -76,8 +76,12 @@ def predicted_targets(
         dets, masks = [d[o] for d, o in zip(dets, order)], [m[o] for m, o in zip(masks, order)]
     n = torch.tensor([len(d) for d in dets], device=img.device)
     boxes = torch.cat(dets)
-    out = {**batch, "cls": boxes[:, 5:6], "bboxes": xyxy2xywh(boxes[:, :4]) / img.new_tensor([w, h, w, h]),
-           "batch_idx": torch.repeat_interleave(torch.arange(len(dets), device=img.device), n).float()}  # fmt: skip
+    out = {
+        **batch,
+        "cls": boxes[:, 5:6],
+        "bboxes": xyxy2xywh(boxes[:, :4]) / img.new_tensor([w, h, w, h]),
+        "batch_idx": torch.repeat_interleave(torch.arange(len(dets), device=img.device), n).float(),
+    }
     if masks is not None:
         out.update(mask_layout(masks, [d[:, 5] for d in dets], model.args.overlap_mask, "sem_masks" in batch))
     return out
@@ -100,8 +104,12 @@ def mask_layout(masks: list[torch.Tensor], cls: list[torch.Tensor], overlap: boo
     The overlap map gives each pixel the index + 1 of the last (smallest) object covering it, as Ultralytics'
     `polygons2masks_overlap`; `sem_masks` give each pixel that object's class (0 where none), as its `Format` does.
     """
-    index = [(m * torch.arange(1, len(m) + 1, device=m.device).view(-1, 1, 1)).amax(0) if len(m)
-             else m.new_zeros(m.shape[1:]) for m in masks]  # fmt: skip
+    index = [
+        (m * torch.arange(1, len(m) + 1, device=m.device).view(-1, 1, 1)).amax(0)
+        if len(m)
+        else m.new_zeros(m.shape[1:])
+        for m in masks
+    ]
     out = {"masks": torch.stack(index) if overlap else torch.cat(masks)}
     if semantic:
         out["sem_masks"] = torch.stack([torch.cat([c.new_zeros(1), c])[i.long()] for i, c in zip(index, cls)]).float()

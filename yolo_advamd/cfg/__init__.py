@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
 
 from ultralytics.cfg import merge_equals_args, parse_key_value_pair
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML
 
-from yolo_advamd.attacks.objectives import ATTACK_TERMS
+from yolo_advamd.attacks.objectives import ATTACK_TERMS, check_terms
 from yolo_advamd.attacks.settings import attack_settings, check_attack_labels, is_number
+from yolo_advamd.checkpoint import Opened, model_task, open_checkpoint, resume_checkpoint
+from yolo_advamd.methods import METHODS, Method, check_method
 from yolo_advamd.stage import ATTACK_MODELS, DEFAULT_PHI, check_phi
+from yolo_advamd.tasks import TASKS
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 ADVAMD_DEFAULTS = YAML.load(DEFAULT_YAML)
@@ -21,16 +25,6 @@ ADVAMD_NOTES = {  # key -> its comment in default.yaml, for `help`
     line.split(":", 1)[0]: line.split(" # ", 1)[1].strip()
     for line in DEFAULT_YAML.read_text().splitlines()
     if line[:1].isalpha() and " # " in line
-}
-METHODS = {  # name -> what it trains, its paper, its hyp file
-    "advamd": "benign + mediate views (main BN) + adversarial view (auxiliary BN, classification loss weighted by "
-    "A-bar); Yu, Chen and Gan, IJCAI 2023; hyps/advamd-fgsm.yaml, -pgd, -deepfool",
-    "advtrain": "benign + adversarial views, shared BN, unweighted loss: the paper's Adv-Train baseline; hyps/advtrain.yaml",
-    "detadvprop": "benign view + the stronger of a classification and a localization attack per image (current model, "
-    "made and trained through the auxiliary BN); Chen et al., CVPR 2021; hyps/detadvprop.yaml",
-    "udfa": "benign detection loss + the adversarial neck features (current model) aligned with the frozen starting "
-    "checkpoint's on the clean images; Xu et al., ICIP 2022; hyps/udfa.yaml (model= must be a .pt)",
-    "vanilla": "stock Ultralytics training, bit for bit (the control)",
 }
 CHOICES = {
     "method": tuple(METHODS),
@@ -41,17 +35,6 @@ CHOICES = {
     "abar_scope": ("positive", "all"),
 }
 SWITCHES = ("mediate", "aux_bn", "advamd_loss")
-METHOD_DEFAULTS = {  # what each relative of AdvAmd changes in the defaults; `fixed` keys define the method
-    "advtrain": {"fixed": {"mediate": False, "aux_bn": False, "advamd_loss": False}},  # AdvAmd, every amendment off
-    "detadvprop": {  # Det-AdvProp (Chen et al., CVPR 2021): clean + adversarial views, the latter through the aux BN
-        "defaults": {"attack": "fgsm", "eps": 1 / 255, "attack_model": "current", "attack_terms": "max"},
-        "fixed": {"mediate": False, "aux_bn": True, "advamd_loss": False},
-    },
-    "udfa": {  # UDFA (ICIP 2022): clean detection loss + the student's adversarial features aligned with M_T's clean ones
-        "defaults": {"attack": "fgsm", "eps": 2 / 255, "aux_bn": False},
-        "fixed": {"attack_model": "current", "mediate": False, "advamd_loss": False},
-    },
-}
 
 
 def load_hyp(path: str | Path) -> dict:
@@ -74,26 +57,14 @@ def load_hyp(path: str | Path) -> dict:
 
 
 def advamd_defaults(method: str | None = None) -> dict:
-    """Return the default of every AdvAmd setting for `method` (the relatives start from their published settings).
-
-    What the papers leave open, and what we took:
-        - detadvprop (Chen et al., CVPR 2021, eq. 3-6 and Algorithm 1): adversarial images from the current model,
-          made and trained through the auxiliary BN (every BN has one), clean + adversarial loss 1:1, one adversarial
-          image per clean one: the classification or the localization attack, whichever gives the larger detection
-          loss per image. The paper explains the method with FGSM and gives neither the attack's budget nor its steps
-          (google/automl holds no training code): FGSM at ε = 1/255, AdvProp's weak regime, is our default. The
-          attack runs in train mode, as the training step it belongs to; the localization loss is YOLO's box + DFL.
-        - udfa (Xu et al., ICIP 2022, grispeut/udfa): see `yolo_advamd.align`. The code's VOC setting is taken: no
-          auxiliary BN, one FGSM step of 2/255 from the clean pass's gradient, alignment weights 1 (foreground) and 6
-          (background); its adversarial detection term and self-alignment terms are left out (the issue's loss: clean
-          detection loss + alignment).
-    """
+    """Return the default of every AdvAmd setting for `method` (the relatives start from their published settings:
+    see each class in `yolo_advamd.methods`)."""
     method = str(method or ADVAMD_DEFAULTS["method"]).lower()
-    preset = METHOD_DEFAULTS.get(method, {})
-    return {**ADVAMD_DEFAULTS, "method": method, **preset.get("defaults", {}), **preset.get("fixed", {})}
+    preset = cls.preset() if (cls := METHODS.get(method)) else {}  # an unknown method is refused by the check
+    return {**ADVAMD_DEFAULTS, "method": method, **preset}
 
 
-def check_advamd_cfg(cfg: dict) -> dict:
+def check_advamd_cfg(cfg: dict, task: str | None = None) -> dict:
     """Validate AdvAmd settings before any work and fill the per-attack defaults (steps, phi, random_start).
 
     The attack's own settings (eps, also as a fraction such as 8/255, norm, steps, step size, random start, DeepFool's
@@ -101,6 +72,7 @@ def check_advamd_cfg(cfg: dict) -> dict:
 
     Args:
         cfg (dict): Settings holding at least every AdvAmd key (other keys are ignored).
+        task (str | None): The run's task, when known: settings that do not exist for it are refused too.
 
     Returns:
         (dict): `cfg` itself, with `method`, `attack` and `norm` normalized and per-attack defaults resolved.
@@ -129,18 +101,9 @@ def check_advamd_cfg(cfg: dict) -> dict:
     ab = cfg["abar_batches"]
     if not isinstance(ab, int) or isinstance(ab, bool) or ab < 1:
         raise ValueError(f"abar_batches={ab} must be a whole number >= 1: A-bar is estimated from that many batches")
-    if cfg.get("compile") and cfg["method"] != "vanilla" and (cfg["aux_bn"] or cfg["method"] == "udfa"):
-        raise ValueError(
-            "compile=True cannot route the adversarial view to the auxiliary BN (nor capture UDFA's features): "
-            "Ultralytics' compiled loop calls the model on a bare image tensor, so the view it trains cannot say which "
-            "it is. Use compile=False, or a method without them (aux_bn=False, e.g. method=advtrain)"
-        )
-    for key, value in METHOD_DEFAULTS.get(cfg["method"], {}).get("fixed", {}).items():
-        if cfg[key] != value:
-            raise ValueError(
-                f"{key}={cfg[key]} does not fit method={cfg['method']}, which is defined by {key}={value}: "
-                f"drop {key}=, or use method=advamd to combine the AdvAmd switches freely"
-            )
+    check_method(cfg, task)
+    if task in TASKS and TASKS[task].classifier:  # a classifier has no box to attack
+        check_terms(cfg["attack_terms"], classifier=True)
     return cfg
 
 
@@ -202,6 +165,78 @@ def resolve_advamd_cfg(overrides: dict) -> dict:
     return check_advamd_cfg({**advamd_defaults(merged.get("method")), **merged})
 
 
+@dataclass
+class Settings:
+    """A run's settings, resolved and checked once (`resolve_settings`); the trainer reads them, nothing parses again.
+
+    Attributes:
+        overrides (dict): The user's settings for Ultralytics' trainer: `hyp=` merged, `resume=` and `data=` resolved.
+        advamd (dict): Every AdvAmd setting, checked: ε parsed, the method's preset and per-attack defaults applied,
+            `attack_model=auto` decided; a resumed run's are its checkpoint's.
+        task (str): The run's task.
+        method (type[Method]): The class of its method.
+        opened (Opened | None): The checkpoint it starts from or resumes, opened once.
+    """
+
+    overrides: dict
+    advamd: dict
+    task: str
+    method: type[Method]
+    opened: Opened | None = None
+
+
+def resolve_settings(overrides: dict, trainer: type | None = None, default_data: bool = False) -> Settings:
+    """Turn user settings (command line, `hyp=` file, Python) into a run's checked settings, before any work.
+
+    Every check that can fail does so here, before a run directory or a cache is made: unknown keys, bad values,
+    a `.pt` or `resume=` not on disk or not resumable, a method that does not fit the task or the start, a dataset
+    whose images are missing or do not fit the task.
+
+    Args:
+        overrides (dict): User settings (Ultralytics and AdvAmd keys, optionally `hyp`).
+        trainer (type | None): The trainer class the settings are for (its `task_name` must be the model's), when
+            the caller chose one; None lets the model choose.
+        default_data (bool): Give `data=` the task's embedded dataset when it is not given (the command line).
+
+    Returns:
+        (Settings): The resolved settings.
+    """
+    from yolo_advamd.data import check_task_data, resolve_dataset
+
+    overrides = merge_cfg(overrides)
+    resume = overrides.get("resume")
+    if resume:  # Ultralytics would fall back to another run, or fail after making a directory
+        opened = resume_checkpoint(resume)
+        overrides["resume"] = str(opened.path)
+        source = opened.ckpt["train_args"]  # a resumed run keeps its own settings, as Ultralytics' check_resume does
+    else:
+        opened = open_checkpoint(overrides["model"]) if overrides.get("model") else None
+        source = overrides
+    task = trainer.task_name if trainer else "detect"
+    if overrides.get("task") or resume or overrides.get("model"):
+        found = model_task(overrides, opened)
+        if trainer and found != task:
+            given = "resume" if resume else "model"
+            raise ValueError(
+                f"{given}={overrides[given]} is a {found} model and {trainer.__name__} trains {task} "
+                "models: use advamd_trainer(), which picks the trainer by task"
+            )
+        task = found
+    advamd = check_advamd_cfg({**advamd_defaults(source.get("method")), **source}, task)
+    if advamd["attack_model"] == "auto":
+        advamd["attack_model"] = "target" if str(source.get("model") or resume).endswith(".pt") else "current"
+    method = METHODS[advamd["method"]]
+    method.check_start(overrides)
+    if default_data and not resume and not overrides.get("data") and task in TASKS:
+        overrides["data"] = TASKS[task].data
+    if data := overrides.get("data") or (source.get("data") if resume else None):
+        data = resolve_dataset(data)  # the dataset's images checked before the run's directory is made
+        check_task_data(task, data)
+        if overrides.get("data"):
+            overrides["data"] = data
+    return Settings(overrides, {k: advamd[k] for k in ADVAMD_KEYS}, task, method, opened)
+
+
 def parse_cli(argv: list[str] | None = None) -> dict:
     """Parse `key=value` command-line arguments like `yolo train` does.
 
@@ -230,13 +265,18 @@ def parse_cli(argv: list[str] | None = None) -> dict:
 
 
 def help_text(
-    program: str, usage: str, keys: dict, ultralytics_keys: bool = True, notes: dict | None = None, methods: bool = False
+    program: str,
+    usage: str,
+    keys: dict,
+    ultralytics_keys: bool = True,
+    notes: dict | None = None,
+    methods: bool = False,
 ) -> str:
     """Help for a CLI: usage, its own keys with defaults (and `notes` on them), the training methods when asked, and
     whether Ultralytics' keys are accepted too."""
     lines = [f"usage: python {program} {usage}"]
     if methods:
-        lines += ["", "methods (method=...):", *(f"  {k:10s} {v}" for k, v in METHODS.items())]
+        lines += ["", "methods (method=...):", *(f"  {k:10s} {m.about}" for k, m in METHODS.items())]
     lines += ["", "keys (key=value, defaults shown):"]
     for k, v in keys.items():
         setting = f"{k}={'' if v is None else v}"

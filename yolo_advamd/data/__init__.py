@@ -1,4 +1,5 @@
-"""Datasets: the embedded digits builders and `resolve_dataset`, which turns a `data=` argument into what Ultralytics takes.
+"""Datasets: the embedded digits builders and `resolve_dataset`, which turns a `data=` argument into what Ultralytics
+takes.
 
 `resolve_dataset` is the one gate between a user's `data=` and Ultralytics: it builds an embedded digits dataset
 (digits-det, digits-seg, digits-cls) when asked for it and refuses, with the expected location and how to get the
@@ -97,18 +98,24 @@ def check_task_data(task: str, data: str) -> None:
     path = Path(data)
     if task == "classify":
         if not path.is_dir():
-            raise ValueError(f"data={data} is a data YAML, and a classifier trains on a folder of class folders "
-                             "(train/<class>/*.png, val/<class>/*.png): e.g. data=data/digits-cls.yaml")  # fmt: skip
+            raise ValueError(
+                f"data={data} is a data YAML, and a classifier trains on a folder of class folders "
+                "(train/<class>/*.png, val/<class>/*.png): e.g. data=data/digits-cls.yaml"
+            )
         for split in ("train", "val"):
             folders = sorted(d for d in (path / split).glob("*") if d.is_dir())
             empty = [d.name for d in folders if not any(f.suffix[1:].lower() in IMG_FORMATS for f in d.iterdir())]
             if empty:
-                raise ValueError(f"data={data}: class folder(s) {empty} in {split}/ hold no image; every class needs "
-                                 f"images in train/ and val/: add some or remove the folder")  # fmt: skip
+                raise ValueError(
+                    f"data={data}: class folder(s) {empty} in {split}/ hold no image; every class needs "
+                    f"images in train/ and val/: add some or remove the folder"
+                )
         return
     if path.is_dir():
-        raise ValueError(f"data={data} is a classification folder, and a {task} model needs a data YAML with YOLO "
-                         "labels: e.g. data=data/digits-det.yaml")  # fmt: skip
+        raise ValueError(
+            f"data={data} is a classification folder, and a {task} model needs a data YAML with YOLO "
+            "labels: e.g. data=data/digits-det.yaml"
+        )
     if task == "segment":
         cfg = yaml.safe_load(path.read_text()) or {}
         train = cfg.get("train")
@@ -116,12 +123,14 @@ def check_task_data(task: str, data: str) -> None:
         labels = sorted(Path(str(images).replace("images", "labels")).glob("*.txt"))[:50] if images else []
         rows = [line.split() for f in labels for line in f.read_text().splitlines() if line.strip()]
         if rows and not any(len(r) > 5 for r in rows):
-            raise ValueError(f"data={data} has box labels (class x y w h) and a segmentation model needs polygons "
-                             "(class x1 y1 x2 y2 ...): e.g. data=data/digits-seg.yaml")  # fmt: skip
+            raise ValueError(
+                f"data={data} has box labels (class x y w h) and a segmentation model needs polygons "
+                "(class x1 y1 x2 y2 ...): e.g. data=data/digits-seg.yaml"
+            )
 
 
 def _build(name, keys):
-    """Build embedded dataset `name` with builder `keys` and return its data YAML, or for classification its directory."""
+    """Build embedded dataset `name` with builder `keys`; return its data YAML, or for classification its directory."""
     built = build_digits(name, **keys)
     return str(built) if dataset_spec(name).task == "classify" else str(built / f"{name}.yaml")
 

@@ -1,4 +1,5 @@
-"""digits-det, digits-seg and digits-cls: small datasets composed from scikit-learn's real handwritten digit scans, offline.
+"""digits-det, digits-seg and digits-cls: small datasets composed from scikit-learn's real handwritten digit scans,
+offline.
 
 Every digit is an 8x8 scan from `sklearn.datasets.load_digits` (1,797 scans, 10 classes; class `k` is the digit `k`)
 scaled to a square and drawn either as dark ink on paper or as bright strokes on a dark textured background, under fine
@@ -7,19 +8,19 @@ grain. A scan's ink is its cells with value >= 4 of 16 (`INK_THRESHOLD`).
 - digits-det (detection): each scene is an `imgsz` x `imgsz` 3-channel PNG holding 1 to 6 non-overlapping digits, each
   in a square of 16 to 64 px. A box covers the ink scaled with the square: its height is the full square (every scan has
   ink in all 8 rows), its width the inked columns.
-- digits-seg (instance segmentation): the very scenes of digits-det (the same arguments give the same images), each digit
-  labelled with the outline of its ink scaled with the square, holes kept (see `ink_polygon`). The outline's box is the
-  digits-det box within 1 px: the box rounds the ink's edges outward to whole pixels, the outline does not.
+- digits-seg (instance segmentation): the very scenes of digits-det (the same arguments give the same images), each
+  digit labelled with the outline of its ink scaled with the square, holes kept (see `ink_polygon`). The outline's box
+  is the digits-det box within 1 px: the box rounds the ink's edges outward to whole pixels, the outline does not.
 - digits-cls (classification): each image is an `imgsz` x `imgsz` 3-channel PNG of one digit, in a square of 3/4 to all
   of the side at a random spot. Classes are balanced: image `i` shows class `(i - 1) % 10`. 32 px by default: a scan has
   8x8 cells, so 4 px per cell keep all of its detail, and yolov8n-cls at imgsz=32 trains on 2,000 images in seconds per
   epoch on 2 CPU cores (64 px would cost 4x for no more detail).
 
 Layout of a built digits-det or digits-seg dataset (Ultralytics detection / segmentation layout):
-    <root>/images/{train,val}/000001.png ...   scenes, numeric stems counted from 1 per split
-    <root>/labels/{train,val}/000001.txt ...   YOLO labels, normalized: det `class cx cy w h`, seg `class x1 y1 x2 y2 ...`
-    <root>/annotations/instances_val.json      digits-det only: the val split in COCO format (see `coco_json`)
-    <root>/<name>.yaml                         Ultralytics data YAML with an absolute `path`
+    <root>/images/{train,val}/000001.png ...  scenes, numeric stems counted from 1 per split
+    <root>/labels/{train,val}/000001.txt ...  YOLO labels, normalized: det `class cx cy w h`, seg `class x1 y1 ...`
+    <root>/annotations/instances_val.json     digits-det only: the val split in COCO format (see `coco_json`)
+    <root>/<name>.yaml                        Ultralytics data YAML with an absolute `path`
 Layout of a built digits-cls dataset (Ultralytics classification layout: `data=` is the directory itself):
     <root>/{train,val}/<class>/000001.png ...  class folders 0..9, numeric stems counted from 1 per split
 Both layouts also hold:
@@ -427,7 +428,7 @@ def ink_polygon(scan):
     """
     ink = np.kron((scan >= INK_THRESHOLD).astype(np.uint8), np.ones((2, 2), np.uint8))
     # Traced at 2x, a contour point is a pixel on the rim of the ink (or of a hole) whose nearest grid line is
-    # (p + 1) // 2: pixel 2j is the left (top) half of cell j, next to line j; pixel 2j + 1 its other half, next to j + 1.
+    # (p + 1) // 2: pixel 2j is the left (top) half of cell j, next to line j; pixel 2j + 1 the other half, by j + 1.
     contours = cv2.findContours(ink, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)[0]
     outlines = [(c.reshape(-1, 2) + 1) // 2 for c in contours]
     if len(outlines) == 1:
