@@ -355,9 +355,9 @@ def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_an
     runner.run_study(["scratch"])
     assert measured == []  # every map recorded (or its weights gone): nothing measured again
     text = report.report()
-    assert "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | Δ mPC | vs M_T |" in text
-    assert "| scratch | vanilla (absolute) | 3 | 50.00 ± 0.00 | | | 30.00 ± 0.00 |  | 1.00 | |" in text
-    assert "| scratch | detadvprop | 3 | +0.00 ± 0.00 |  |  | +3.00 ± 0.00 |  | 1.00 |" in text  # seeds 1, 2 only
+    assert "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 | Δ mPC | Δ rPC | vs M_T |" in text
+    assert "| scratch | vanilla (absolute) | 3 | 50.00 ± 0.00 | | | 30.00 ± 0.00 | 60.00 ± 0.00 |  | 1.00 | |" in text
+    assert "| scratch | detadvprop | 3 | +0.00 ± 0.00 |  |  | +3.00 ± 0.00 | +6.00 ± 0.00 |  | 1.00 |" in text
 
 
 def test_capacity_arm_scales_the_arm_that_came_closest_to_a_lift_once_every_screen_is_in(files, monkeypatch):
@@ -559,3 +559,25 @@ def test_command_line_keeps_its_options_and_refuses_a_bad_one_before_any_work():
     assert all(f"'{arm}'" in errors[0] for arm in [*arms.ARMS, "capacity"])
     assert errors[1] == "reproduce.py: error: --vary beta3: give KEY=VALUE, e.g. --vary beta3=0.5"
     assert (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns == report_time  # no report was written
+
+
+def test_tasks_table_shows_mpc_rpc_and_their_delta_against_the_same_seed_vanilla():
+    """The other tasks' table gains mPC, rPC and their Δ once a run has a corruption map; before, it is as it was."""
+
+    def run(name, benign, mpc=None):
+        entry = {
+            "profile": "cls-r2",
+            "key": f"{name}/seed0",
+            "name": name,
+            "seed": 0,
+            "train_seconds": 60,
+            "map": {"benign": benign},
+        }
+        return {**entry, "corruption": {"mPC": mpc, "rPC": 100 * mpc / benign}} if mpc else entry
+
+    plain = report.tasks_section([run("vanilla", 90.0), run("advamd", 91.0)])
+    assert not any("mPC" in line for line in plain)
+    lines = report.tasks_section([run("vanilla", 90.0, 45.0), run("advamd", 91.0, 54.6)])
+    assert "| mPC | rPC | Δ mPC | Δ rPC |" in lines[4]
+    assert "| cls-r2 | vanilla | 90.00 |  |  |  |  |  | 45.00 | 50.00 |  |  | 1.0 |" in lines
+    assert "| cls-r2 | advamd | 91.00 |  |  | +1.00 |  |  | 54.60 | 60.00 | +9.60 | +10.00 | 1.0 |" in lines

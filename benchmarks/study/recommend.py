@@ -73,16 +73,17 @@ def lift(d: dict, key: str) -> str:
 
 def deltas(records: list[dict], arm: str, label: str) -> dict:
     """The per-seed Δ of a study method vs the same-seed vanilla run: `benign`, `fgsm` and `pgd` (at its own ε), and
-    `mpc` (under corruptions, where both have a corruption map)."""
+    `mpc` and `rpc` (under corruptions, where both have a corruption map)."""
     from yolo_advamd.validate import column_name
 
     runs = [e for e in records if e["profile"] == arm and e["key"] != "start"]
-    out = {"benign": [], "fgsm": [], "pgd": [], "mpc": []}
+    out = {"benign": [], "fgsm": [], "pgd": [], "mpc": [], "rpc": []}
     for e in (e for e in runs if e["name"] == label != "vanilla"):
         if c := control(runs, e):
             out["benign"].append(e["map"]["benign"] - c["map"]["benign"])
             if "corruption" in e and "corruption" in c:
                 out["mpc"].append(e["corruption"]["mPC"] - c["corruption"]["mPC"])
+                out["rpc"].append(e["corruption"]["rPC"] - c["corruption"]["rPC"])
             for attack in ("fgsm", "pgd"):
                 col = column_name(attack, e["eps"]) if e.get("eps") else None
                 if col in e["map"] and col in c["map"]:

@@ -16,8 +16,8 @@ from .records import control, load
 
 MPC_NOTE = (
     " Δ mPC: the same under common corruptions, the COCO-C benchmark's mPC (mAP50-95 averaged over its 15 "
-    "corruptions × severities 1-5 of val, `val_advamd.py corruptions=common`); the vanilla row gives its "
-    "absolute mPC."
+    "corruptions × severities 1-5 of val, `val_advamd.py corruptions=common`), and Δ rPC of its rPC (mPC as a "
+    "percentage of the run's benign score); the vanilla row gives their absolute values."
 )  # in the report once a run has a corruption map
 
 
@@ -238,9 +238,9 @@ def lift_section(records: list[dict]) -> list[str]:
         "code that made it." + (MPC_NOTE if (mpc := any("corruption" in e for e in records)) else ""),
         "",
         "| arm | method | seeds | Δ benign | Δ FGSM | Δ PGD-3 |"
-        + " Δ mPC |" * mpc
+        + " Δ mPC | Δ rPC |" * mpc
         + " vs M_T | wall × vanilla | verdict |",
-        "|---|---|---|---|---|---|---|---|---|" + "---|" * mpc,
+        "|---|---|---|---|---|---|---|---|---|" + "---|---|" * mpc,
     ]
     notes, arms = [], study_arms(records)
     for arm, a in arms.items():
@@ -251,9 +251,10 @@ def lift_section(records: list[dict]) -> list[str]:
         if controls:
             benign = [c["map"]["benign"] for c in controls]
             mpcs = [c["corruption"]["mPC"] for c in controls if "corruption" in c]
+            rpcs = [c["corruption"]["rPC"] for c in controls if "corruption" in c]
             lines.append(
                 f"| {arm} | vanilla (absolute) | {len(benign)} | {spread(benign)} | | | "
-                + f"{spread(mpcs) if mpcs else ''} | " * mpc
+                + f"{spread(mpcs) if mpcs else ''} | {spread(rpcs) if rpcs else ''} | " * mpc
                 + (f"{statistics.mean(benign) - start['map']['benign']:+.2f}" if start else "")
                 + " | 1.00 | |"
             )
@@ -283,6 +284,7 @@ def lift_section(records: list[dict]) -> list[str]:
             lines.append(
                 f"| {arm} | {label} | {len(b)} | {spread(b, signed=True)} | {adv[0]} | {adv[1]} | "
                 + f"{spread(d['mpc'], signed=True) if d['mpc'] else ''} | " * mpc
+                + f"{spread(d['rpc'], signed=True) if d['rpc'] else ''} | " * mpc
                 + f"{vs} | {wall} | {word} |"
             )
         notes.append(f"- `{arm}`: {a['about']}.")
@@ -353,8 +355,12 @@ def tasks_section(records: list[dict]) -> list[str]:
         "seed), so a Δ under about a point is within the noise seen on detection. Scores in %: mask mAP50-95 "
         "for segmentation, top-1 accuracy for classification; FGSM and PGD-3 at ε = 0.01.",
         "",
-        "| task | method | benign | FGSM | PGD-3 | Δ benign | Δ FGSM | Δ PGD-3 | train min |",
-        "|---" * 9 + "|",
+    ]
+    corrupted = any("corruption" in e for e in records if e["profile"] in TASKS)
+    robust = " mPC | rPC | Δ mPC | Δ rPC |" * corrupted
+    lines += [
+        "| task | method | benign | FGSM | PGD-3 | Δ benign | Δ FGSM | Δ PGD-3 |" + robust + " train min |",
+        "|---" * (9 + 4 * corrupted) + "|",
     ]
     for arm, a in TASKS.items():
         runs = [e for e in records if e["profile"] == arm]
@@ -366,6 +372,13 @@ def tasks_section(records: list[dict]) -> list[str]:
                 f"{e['map'][k] - c['map'][k]:+.2f}" if c and e is not c and k in e["map"] and k in c["map"] else ""
                 for k in cols
             ]
+            if corrupted:  # mPC, rPC, then their Δ
+                mine, theirs = e.get("corruption", {}), (c or {}).get("corruption", {})
+                deltas += [f"{mine[k]:.2f}" if k in mine else "" for k in ("mPC", "rPC")]
+                deltas += [
+                    f"{mine[k] - theirs[k]:+.2f}" if e is not c and k in mine and k in theirs else ""
+                    for k in ("mPC", "rPC")
+                ]
             lines.append(
                 f"| {arm} | {e['name']} | " + " | ".join(cells + deltas) + f" | {e['train_seconds'] / 60:.1f} |"
             )
