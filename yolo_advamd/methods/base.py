@@ -6,9 +6,8 @@ from types import SimpleNamespace
 
 import torch
 
+from yolo_advamd.tasks import TASKS
 from yolo_advamd.views import IMAGES, View
-
-TASKS = ("detect", "segment", "classify")
 
 
 class Method:
@@ -32,7 +31,7 @@ class Method:
     about = ""
     defaults: dict = {}
     fixed: dict = {}
-    tasks = TASKS
+    tasks = tuple(TASKS)
     amends = True
     needs_teacher = False
 
