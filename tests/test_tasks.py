@@ -209,4 +209,6 @@ def test_bad_task_data_is_refused_before_any_work(tmp_path, monkeypatch, tiny_da
         advamd_trainer({**base, "model": "yolov8n-cls.yaml", "method": "detadvprop"})
     with pytest.raises(ValueError, match="model=yolov8n-seg.yaml is a segment model and AdvAmdTrainer trains detect"):
         AdvAmdTrainer(overrides={**base, "model": "yolov8n-seg.yaml", "data": tiny_data})
+    with pytest.raises(ValueError, match="task=pose is not supported: AdvAmd trains detect, segment, classify models"):
+        advamd_trainer({**base, "model": "yolov8n-pose.yaml", "data": tiny_data})
     assert not (tmp_path / "bad").exists()

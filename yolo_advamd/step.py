@@ -94,13 +94,12 @@ class ViewGuard:
     view.
 
     Registered on the trained model (the module inside DDP), they act on calls with a view batch (a `View` under
-    `view`): the
-    model runs on its auxiliary BNs when the view asks (`aux_bn`, see `dual_bn.aux_bn`), undone even when the forward
-    raises, so it also holds for the view Ultralytics' loop runs itself. Each view's loss is kept (no device sync);
-    `pop_bad()`, called once per optimizer step, checks them all at once and, if one is not finite, puts back the BN
-    running statistics from the start of the step's window, as the skipped step leaves the weights. For UDFA's
-    adversarial view (`View.align`) it also captures the neck features the alignment loss needs. Any other
-    call (image tensors, validator batches) passes through.
+    `view`): the model runs on its auxiliary BNs when the view asks (`aux_bn`, see `dual_bn.aux_bn`), undone even when
+    the forward raises, so it also holds for the view Ultralytics' loop runs itself. Each view's loss is kept (no
+    device sync); `pop_bad()`, called once per optimizer step, checks them all at once and, if one is not finite, puts
+    back the BN running statistics from the start of the step's window, as the skipped step leaves the weights. For
+    UDFA's adversarial view (`View.align`) it also captures the neck features the alignment loss needs. Any other call
+    (image tensors, validator batches) passes through.
 
     Examples:
         >>> guard = ViewGuard(model)

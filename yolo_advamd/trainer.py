@@ -206,12 +206,9 @@ class AdvAmdMixin:
         figure = self.vulnerability.figure(self.data["names"])
         if self.args.plots:
             figure.savefig(self.save_dir / "vulnerability.png", dpi=100)
-        if (
-            writer := tensorboard_writer()
-        ):  # calibration runs before the first epoch, where Ultralytics has no self.epoch
-            writer.add_figure(
-                "advamd/vulnerability", figure, self.epoch + 1 if hasattr(self, "epoch") else self.start_epoch
-            )
+        if writer := tensorboard_writer():
+            step = self.epoch + 1 if hasattr(self, "epoch") else self.start_epoch  # calibration: before any epoch
+            writer.add_figure("advamd/vulnerability", figure, step)
 
     def save_advamd_state(self):
         """Attach Ā, the flip counts and the target's weights to the model and its EMA, so checkpoints carry them."""
@@ -311,9 +308,7 @@ def advamd_trainer(overrides: dict | Settings, _callbacks: dict | None = None) -
     """Return the AdvAmd trainer of the run's task (see `model_task`), like `yolo train` picks the task's trainer.
 
     Raises:
-        ValueError: For a task AdvAmd does not train, naming the supported ones.
+        ValueError: For a task AdvAmd does not train, naming the supported ones (`resolve_settings`).
     """
     settings = overrides if isinstance(overrides, Settings) else resolve_settings(overrides)
-    if settings.task not in TRAINERS:
-        raise ValueError(f"task={settings.task} is not supported: AdvAmd trains {', '.join(TRAINERS)} models")
     return TRAINERS[settings.task](overrides=settings, _callbacks=_callbacks)

@@ -16,7 +16,7 @@ from yolo_advamd.attacks.settings import attack_settings, check_attack_labels, i
 from yolo_advamd.checkpoint import Opened, model_task, open_checkpoint, resume_checkpoint
 from yolo_advamd.methods import METHODS, Method, check_method
 from yolo_advamd.stage import ATTACK_MODELS, DEFAULT_PHI, check_phi
-from yolo_advamd.tasks import TASKS
+from yolo_advamd.tasks import TASKS, task_row
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 ADVAMD_DEFAULTS = YAML.load(DEFAULT_YAML)
@@ -222,12 +222,13 @@ def resolve_settings(overrides: dict, trainer: type | None = None, default_data:
                 "models: use advamd_trainer(), which picks the trainer by task"
             )
         task = found
+    task_row(task, "AdvAmd trains")  # before the method is asked whether it trains it
     advamd = check_advamd_cfg({**advamd_defaults(source.get("method")), **source}, task)
     if advamd["attack_model"] == "auto":
         advamd["attack_model"] = "target" if str(source.get("model") or resume).endswith(".pt") else "current"
     method = METHODS[advamd["method"]]
     method.check_start(overrides)
-    if default_data and not resume and not overrides.get("data") and task in TASKS:
+    if default_data and not resume and not overrides.get("data"):
         overrides["data"] = TASKS[task].data
     if data := overrides.get("data") or (source.get("data") if resume else None):
         data = resolve_dataset(data)  # the dataset's images checked before the run's directory is made

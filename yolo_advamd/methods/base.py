@@ -102,7 +102,7 @@ class Method:
     def prepare(self, batch: dict) -> None:
         """Make what the views of an attacked batch need beyond its images (UDFA: the teacher's features)."""
 
-    def view(self, name: str, abar: torch.Tensor | None, batch: dict) -> View:
+    def view(self, name: str, abar: torch.Tensor | None) -> View:
         """Return how the view `name` of `batch` is trained: its β, its BN, its weights Ā."""
         a = self.args
         adv = name == "adv"
@@ -128,4 +128,4 @@ class Method:
             (dict): The entries of `batch`, `img` set to the view's images (the clean ones kept as `img_benign`) and
                 `view` set to the `View`.
         """
-        return {**batch, "img": batch[IMAGES[name]], "img_benign": batch["img"], "view": self.view(name, abar, batch)}
+        return {**batch, "img": batch[IMAGES[name]], "img_benign": batch["img"], "view": self.view(name, abar)}

@@ -64,9 +64,9 @@ class UDFA(Method):
         """Run the teacher on the clean images: the features the adversarial view aligns with."""
         self.targets = teacher_targets(self.teacher, batch)
 
-    def view(self, name: str, abar: torch.Tensor | None, batch: dict) -> View:
+    def view(self, name: str, abar: torch.Tensor | None) -> View:
         """The adversarial view carries the teacher's features (`ViewLoss` scores it by their alignment)."""
-        view = super().view(name, abar, batch)
+        view = super().view(name, abar)
         if name == "adv":
             view.align = self.targets
         return view
