@@ -52,10 +52,19 @@ def main() -> None:
         help=f"run the study's arms ({', '.join(STUDY)}, then capacity; all when none is named) or the "
         f"task rows of --quick alone ({', '.join(TASKS)})",
     )
+    parser.add_argument(
+        "--rerun",
+        nargs="+",
+        default=(),
+        metavar="METHOD",
+        help="with --study: train again the recorded runs of these methods whose weights are gone (e.g. vanilla)",
+    )
     opt = parser.parse_args()
+    if opt.rerun and opt.study is None:
+        parser.error("--rerun retrains study runs: add --study ARM, e.g. --study retrain --rerun vanilla")
     if opt.study is not None and not opt.report:
         try:
-            run_study(opt.study)
+            run_study(opt.study, tuple(opt.rerun))
         except (ValueError, FileNotFoundError) as e:
             parser.exit(2, f"reproduce.py: error: {e}\n")
     elif not opt.report:

@@ -542,22 +542,81 @@ def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other
     assert recommend.lift({"benign": [1.0, 1.2], "mpc": []}, "benign") == ""  # above its spread, but 2 seeds: no lift
 
 
+def test_rerun_trains_again_the_runs_whose_weights_are_gone_and_keeps_their_first_scores(files, monkeypatch):
+    """`--study ARM --rerun vanilla`: a recorded vanilla run whose weights are gone is trained again with its name
+    and recorded anew (its first scores under `rerun_of`, then backfilled maps); a run whose weights exist, and the
+    other methods' runs, are left alone; the report says what moved."""
+    trained = []
+
+    def fake_train(overrides):
+        trained.append(overrides["name"])
+        run = files / "runs" / overrides["name"]
+        (run / "weights").mkdir(parents=True, exist_ok=True)
+        (run / "weights" / "best.pt").touch()
+        (run / "results.csv").write_text("epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,10,1.0,0.5\n")
+        return run / "weights" / "best.pt", 10.0
+
+    monkeypatch.setattr(paths, "ROOT", files)
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n, imgsz=160, *a: {"benign": 51.0})
+    monkeypatch.setattr(runner, "evaluate_corruptions", lambda w, d, n, imgsz=160: {"mPC": 30.0, "rPC": 60.0})
+    monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
+    scratch = {
+        **arms.STUDY["scratch"],
+        "methods": {k: arms.STUDY["scratch"]["methods"][k] for k in ("vanilla", "detadvprop")},
+    }
+    monkeypatch.setitem(arms.STUDY, "scratch", {**scratch, "screen": False, "seeds": (0, 1)})
+    for label, seed in (("vanilla", 0), ("vanilla", 1), ("detadvprop", 0), ("detadvprop", 1)):
+        records.record(
+            {
+                "profile": "scratch",
+                "key": f"{label}/seed{seed}",
+                "name": label,
+                "seed": seed,
+                "settings": {},
+                "attack": "fgsm",
+                "eps": 1 / 255,
+                "weights": f"runs/old-{label}{seed}/weights/best.pt",
+                "train_seconds": 1,
+                "epoch_seconds": [1.0],
+                "map": {"benign": 50.0},
+                "corruption": {"mPC": 29.0, "rPC": 58.0},
+            }
+        )
+    (files / "runs" / "old-vanilla1" / "weights").mkdir(parents=True)
+    (files / "runs" / "old-vanilla1" / "weights" / "best.pt").touch()  # vanilla seed 1 kept its weights
+    runner.run_study(["scratch"], rerun=("vanilla",))
+    assert trained == ["vanilla_seed0"]  # detadvprop's weights are gone too, but it was not asked for
+    by_key = {e["key"]: e for e in records.load()}
+    again = by_key["vanilla/seed0"]
+    assert again["map"]["benign"] == 51.0 and again["rerun_of"]["map"] == {"benign": 50.0}
+    assert again["weights"] == "runs/vanilla_seed0/weights/best.pt" and "rerun_of" not in by_key["vanilla/seed1"]
+    runner.run_study(["scratch"], rerun=("vanilla",))
+    assert trained == ["vanilla_seed0"]  # its weights are on disk now: not trained a third time
+    assert (
+        "Trained again with the same settings" in report.report() and "vanilla seed 0 50.00 → 51.00" in report.report()
+    )
+
+
 def test_command_line_keeps_its_options_and_refuses_a_bad_one_before_any_work():
     """benchmarks/reproduce.py, run as a user runs it: its options are all there, every arm of the package is offered,
     and an unknown arm or a --vary without "=" fails in one line with exit code 2, before anything is written."""
     script = [sys.executable, str(ROOT / "benchmarks" / "reproduce.py")]
     usage = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
-    for option in ("--quick", "--report", "--bench", "--vary", "--seeds", "--fresh", "--study"):
+    for option in ("--quick", "--report", "--bench", "--vary", "--seeds", "--fresh", "--study", "--rerun"):
         assert option in usage
     report_time = (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns
     errors = []
-    for args in (["--study", "nowhere"], ["--quick", "--vary", "beta3"]):
+    for args in (["--study", "nowhere"], ["--quick", "--vary", "beta3"], ["--rerun", "vanilla"]):
         run = subprocess.run([*script, *args], capture_output=True, text=True)
         assert run.returncode == 2 and not run.stdout
         errors.append(run.stderr.splitlines()[-1])
     assert errors[0].startswith("reproduce.py: error: argument --study: invalid choice: 'nowhere' (choose from")
     assert all(f"'{arm}'" in errors[0] for arm in [*arms.ARMS, "capacity"])
     assert errors[1] == "reproduce.py: error: --vary beta3: give KEY=VALUE, e.g. --vary beta3=0.5"
+    assert errors[2].endswith(
+        "error: --rerun retrains study runs: add --study ARM, e.g. --study retrain --rerun vanilla"
+    )
     assert (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns == report_time  # no report was written
 
 

@@ -290,6 +290,8 @@ def lift_section(records: list[dict]) -> list[str]:
         notes.append(f"- `{arm}`: {a['about']}.")
         if a.get("transfer") and (line := through_target_note(runs, a)):
             notes.append("  " + line)
+        if line := rerun_note(runs):
+            notes.append("  " + line)
         if arm == "scarce" and (first := next((c for c in controls if c["seed"] == 0 and c.get("curve")), None)):
             notes.append("  " + overfit(first))
     if pick := recommend(records):
@@ -300,6 +302,21 @@ def lift_section(records: list[dict]) -> list[str]:
         )
         write_recommended(arms[arm], arm, label, why)
     return lines + ["", *notes, ""]
+
+
+def rerun_note(runs: list[dict]) -> str:
+    """One line on an arm's runs trained again (`--rerun`: their first weights were gone): benign mAP first → again."""
+    again = [
+        f"{e['name']} seed {e['seed']} {e['rerun_of']['map']['benign']:.2f} → {e['map']['benign']:.2f}"
+        for e in runs
+        if "rerun_of" in e
+    ]
+    return (
+        f"Trained again with the same settings (their first weights were gone, `--rerun`), benign mAP50-95 first → "
+        f"again; the table uses the second: {'; '.join(again)}."
+        if again
+        else ""
+    )
 
 
 def through_target_note(runs: list[dict], a: dict) -> str:

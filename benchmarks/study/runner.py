@@ -96,9 +96,14 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
         report()
 
 
-def run_study(names: list[str] | None = None) -> None:
+def run_study(names: list[str] | None = None, rerun: tuple[str, ...] = ()) -> None:
     """Run the planned runs of the arms named (all study arms when none is) not yet recorded, appending each as it
-    finishes; then measure the maps that runs recorded earlier lack (`added_scores`) while their weights exist."""
+    finishes; then measure the maps that runs recorded earlier lack (`added_scores`) while their weights exist.
+
+    A recorded run of a method in `rerun` whose weights are gone is trained again with its settings and recorded anew
+    (the last record wins), its earlier scores kept under `rerun_of`: the maps measured since (corruptions) need its
+    weights, and the two records show whether the run reproduces.
+    """
     import yolo_advamd  # noqa: F401
     from yolo_advamd.checkpoint import model_task
     from yolo_advamd.cli import use_all_cores
@@ -107,7 +112,8 @@ def run_study(names: list[str] | None = None) -> None:
     check_study()
     while True:
         records = load()
-        done = {(e["profile"], e["key"]) for e in records}
+        gone = {(e["profile"], e["key"]): e for e in records if e["name"] in rerun and weights_gone(e)}
+        done = {(e["profile"], e["key"]) for e in records} - set(gone)
         arms = study_arms(records, names)
         todo = [r for r in study_plan(records, arms) if (r[0], study_key(*r[1:])) not in done]
         if not todo:  # the capacity arm joins `arms` on the pass after the last screen run is recorded
@@ -159,6 +165,8 @@ def run_study(names: list[str] | None = None) -> None:
             **curves,
             "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz),
         }
+        if earlier := gone.get((arm, entry["key"])):
+            entry["rerun_of"] = {k: earlier[k] for k in ("map", "train_seconds", "machine", "commit") if k in earlier}
         record({**entry, **added_scores(entry, a)})
         report()
     # then runs recorded before their arm measured through M_T or corruptions, while their weights exist
@@ -166,6 +174,11 @@ def run_study(names: list[str] | None = None) -> None:
         if e["profile"] in arms and e["key"] != "start" and (maps := added_scores(e, arms[e["profile"]])):
             record({**e, **maps})
     report()
+
+
+def weights_gone(entry: dict) -> bool:
+    """Whether a recorded run's weights are missing on this machine (fine-tune weights stay in runs/, on one)."""
+    return entry["key"] != "start" and not on_disk(entry["weights"]).is_file()
 
 
 def train_target(model: str, profile: str, data: str, project: str, name: str, kept: Path) -> dict:
