@@ -112,7 +112,7 @@ def run_study(names: list[str] | None = None, rerun: tuple[str, ...] = ()) -> No
     check_study()
     while True:
         records = load()
-        gone = {(e["profile"], e["key"]): e for e in records if e["name"] in rerun and weights_gone(e)}
+        gone = {(e["profile"], e["key"]): e for e in records if e.get("name") in rerun and weights_gone(e)}
         done = {(e["profile"], e["key"]) for e in records} - set(gone)
         arms = study_arms(records, names)
         todo = [r for r in study_plan(records, arms) if (r[0], study_key(*r[1:])) not in done]
