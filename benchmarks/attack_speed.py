@@ -28,6 +28,7 @@ from ultralytics.nn.tasks import DetectionModel
 import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 from yolo_advamd.attacks import DeepFool, build_attack
 from yolo_advamd.attacks.objectives import DetectionObjective
+from yolo_advamd.cli import use_all_cores
 
 
 class BatchedDeepFool(DeepFool):
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--vjp-chunk", type=int, default=8, help="vector-Jacobian products per batched backward")
     parser.add_argument("--mode", choices=("eval", "train"), default="eval", help="attack the model in this mode")
     args = parser.parse_args()
+    use_all_cores()  # every core, or YOLO_ADVAMD_THREADS, as the CLIs
     for imgsz in args.imgsz:
         bench(imgsz, args)
 
