@@ -23,6 +23,8 @@ class Method:
         fixed (dict): The settings it is defined by; a contradicting setting is refused.
         tasks (tuple): The tasks it trains.
         amends (bool): False for the task's stock Ultralytics trainer, bit for bit (no attack, no extra view).
+        attacks (bool): Whether a step attacks its batch (`AttackStage`); False for a method whose views need no
+            adversarial images (distillation).
         needs_teacher (bool): Whether it needs the frozen starting checkpoint as a teacher (`model=` must be a `.pt`).
         args (SimpleNamespace): The run's settings.
     """
@@ -33,6 +35,7 @@ class Method:
     fixed: dict = {}
     tasks = tuple(TASKS)
     amends = True
+    attacks = True
     needs_teacher = False
 
     def __init__(self, args: SimpleNamespace):
