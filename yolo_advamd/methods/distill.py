@@ -34,10 +34,6 @@ class Distill(Method):
         - The deployed model runs at T = 1: nothing of T is in the checkpoint, which exports as a stock model.
     Distillation masks gradients rather than removing them (Carlini and Wagner, 2016): white-box attacks on the
     deployed model at T = 1 are the honest measure, and PGD starts from a random point of the ε ball.
-
-    Attributes:
-        teacher (torch.nn.Module | None): The frozen starting weights, set by the trainer at setup.
-        targets (list | None): The teacher's class logits on the current batch (`prepare`).
     """
 
     name = "distill"
@@ -48,31 +44,18 @@ class Distill(Method):
     fixed = {"mediate": False, "aux_bn": False, "advamd_loss": False}
     attacks = False
     needs_teacher = True
-
-    def __init__(self, args):
-        """Bind the method to a run's settings; the teacher comes at setup (`teacher`)."""
-        super().__init__(args)
-        self.teacher = self.targets = None
+    teacher_role = "learns the class scores of a teacher"
 
     @classmethod
     def check_start(cls, overrides: dict) -> None:
-        """Refuse a run without a teacher (`model=` is not a checkpoint and the run is not resumed), and attack
-        settings, which distillation has no use for."""
-        if not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
-            raise ValueError(
-                f"method=distill learns the class scores of a teacher, the starting checkpoint, and "
-                f"model={overrides.get('model')} has none: pass a trained checkpoint, e.g. "
-                "model=runs/detect/train/weights/best.pt"
-            )
+        """Refuse a run without a teacher (`Method.check_start`), and attack settings, which distillation has no use
+        for."""
+        super().check_start(overrides)
         if given := [k for k in ATTACK_KEYS if overrides.get(k) is not None]:
             raise ValueError(
                 f"{given[0]}={overrides[given[0]]} has no effect with method=distill, which trains without an attack: "
                 f"drop {given[0]}= (attacks are for validation: val_advamd.py attacks=fgsm,pgd)"
             )
-
-    def setup(self, target) -> None:
-        """The frozen starting weights are the teacher."""
-        self.teacher = target
 
     def views(self, reuse_gradient: bool) -> tuple[str, ...]:
         """One view, the benign images, trained by the loop's own pass."""
