@@ -64,13 +64,8 @@ class SoftTargets:
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Return the element-wise class loss (B, anchors, nc) and keep its two terms in `items`."""
         t = self.temperature
-        soft = (
-            t
-            * t
-            * F.binary_cross_entropy_with_logits(
-                pred / t, (self.teacher.to(pred.dtype) / t).sigmoid(), reduction="none"
-            )
-        )
+        teacher = (self.teacher.to(pred.dtype) / t).sigmoid()
+        soft = F.binary_cross_entropy_with_logits(pred / t, teacher, reduction="none") * t**2
         truth = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
         norm = target.sum().clamp(min=1) / self.gain  # as the criterion normalizes and scales its class BCE
         self.items = {"cls_loss": truth.detach().sum() / norm, "distill_loss": soft.detach().sum() / norm}
@@ -94,6 +89,6 @@ def soft_cross_entropy(
         (tuple): The loss, and `loss` (the ground-truth term) and `distill_loss` (the soft term), detached.
     """
     t = temperature
-    soft = t * t * F.cross_entropy(logits / t, (teacher.to(logits.dtype) / t).softmax(1))
+    soft = F.cross_entropy(logits / t, (teacher.to(logits.dtype) / t).softmax(1)) * t**2
     truth = F.cross_entropy(logits, labels.long())
     return (1 - hard) * soft + hard * truth, {"loss": truth.detach(), "distill_loss": soft.detach()}

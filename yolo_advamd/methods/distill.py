@@ -18,8 +18,9 @@ class Distill(Method):
     as stock (`yolo_advamd.distill`). No attack, one view: the benign images.
 
     What we took, and why:
-        - T = 100 (`temperature`): Papernot et al. 2016 train their MNIST and CIFAR10 networks at T = 100, and so does
-          the public reproduction (carlini/nn_robust_attacks, `train_models.py: train_distillation`, `train_temp=100`).
+        - T = 100 (`temperature`): Papernot et al. 2016 distill their MNIST and CIFAR10 networks at T = 100, the
+          temperature of their strongest result, and so does Carlini and Wagner's reproduction
+          (carlini/nn_robust_attacks, `train_models.py: train_distillation`, `train_temp=100`).
         - Soft targets only by default (`distill_hard=0`): Papernot et al. and that code train the student on the
           teacher's soft labels alone. Hinton et al. (2015) mix in the ground truth at a small weight, the second
           setting for that (`distill_hard` weights the ground-truth class term, 1 - it the soft term).
@@ -28,9 +29,10 @@ class Distill(Method):
         - Per anchor and class, BCE of sigmoid(z_S / T) against sigmoid(z_T / T) over every anchor for a detector's or
           segmenter's sigmoid scores, softmax at T with cross-entropy for a classifier: each task's own score function.
         - The teacher is the frozen starting checkpoint run in eval mode, the deployed model as it was; the student
-          starts from it with the same architecture. Papernot et al. train the teacher at T as well; a stock
-          checkpoint was trained at T = 1, so its soft targets at T are near 0.5 and the student learns its logits
-          rather than T-times larger ones.
+          starts from it with the same architecture. Papernot et al. train the teacher at T as well, which ours (a
+          checkpoint trained at T = 1) was not: its soft targets at T are near 0.5 (sigmoid(z_T / T) ≈ 1/2 + z_T / 4T),
+          the T²-scaled soft term pulls the student's logits toward the teacher's (gradient ≈ (z_S - z_T) / 4), and
+          they do not grow T-fold, which is what masks the gradients of Papernot et al.'s distilled networks.
         - The deployed model runs at T = 1: nothing of T is in the checkpoint, which exports as a stock model.
     Distillation masks gradients rather than removing them (Carlini and Wagner, 2016): white-box attacks on the
     deployed model at T = 1 are the honest measure, and PGD starts from a random point of the ε ball.
