@@ -287,15 +287,15 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(t3 - t0)
             parts.append({**spent, "preprocess": t1 - t0 - spent["attack"] - spent["views"]})
-    attacks = getattr(trainer, "stage", None) is not None  # stock and distillation attack nothing
+    a = trainer.args if getattr(trainer, "stage", None) is not None else None  # stock and distillation: no attack
     return {
         "method": method,
-        "attack": trainer.args.attack if attacks else None,
-        "attack_steps": getattr(trainer.args, "steps", None) if method != "stock" else None,
-        "attack_model": getattr(trainer.args, "attack_model", None),
-        "attack_terms": getattr(trainer.args, "attack_terms", None),
-        "attack_labels": getattr(trainer.args, "attack_labels", None),
-        "deepfool": getattr(trainer.args, "deepfool", None),
+        "attack": getattr(a, "attack", None),
+        "attack_steps": getattr(a, "steps", None),
+        "attack_model": getattr(a, "attack_model", None),
+        "attack_terms": getattr(a, "attack_terms", None),
+        "attack_labels": getattr(a, "attack_labels", None),
+        "deepfool": getattr(a, "deepfool", None),
         "time": statistics.median(times),
         "times": times,
         "parts": {k: statistics.median(p[k] for p in parts) for k in parts[0]},

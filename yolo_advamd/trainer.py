@@ -129,7 +129,7 @@ class AdvAmdMixin:
         nc = self.data["nc"]
         self.vulnerability = Vulnerability(nc)
         state = self.resume_state or {}
-        self.target = None  # M_T: the starting weights, frozen, in eval mode (attacked, or UDFA's teacher)
+        self.target = None  # M_T: the starting weights, frozen, in eval mode (attacked, or a teacher)
         if self.method.needs_target():
             self.target = strip_aux_bn(freeze_target(model))
             if state.get("target") is not None:

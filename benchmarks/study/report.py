@@ -225,7 +225,7 @@ def paper_table(entries: list[dict]) -> list[str]:
                     and c in control(entries, e)["map"]
                 ]
                 cells.append(spread(d, signed=True) if d else "")
-        on = {"advtrain": "", "advamd": "MBL"}.get(name, name.removeprefix("ablation-"))
+        on = "MBL" if name == "advamd" else name.removeprefix("ablation-") if name.startswith("ablation-") else ""
         switches = ["✓" if k in on else "" for k in "MBL"]
         lines.append(f"| {name} | " + " | ".join(switches + cells) + " |")
     return lines
