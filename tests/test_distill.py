@@ -43,7 +43,7 @@ def test_soft_targets_on_a_two_element_example_is_the_hand_computation():
     pred, teacher, target = torch.tensor([[[2.0, -1.0]]]), torch.tensor([[[0.0, 3.0]]]), torch.tensor([[[0.8, 0.7]]])
     soft = SoftTargets(teacher, temperature=2.0, hard=0.25, gain=0.5)
     out = soft(pred, target)
-    s = [4 * bce(1.0, 0.5), 4 * bce(-0.5, sigmoid(1.5))]  # T² BCE(z_S / T, sigmoid(z_T / T))
+    s = [4 * bce(1.0, 0.5), 4 * bce(-0.5, sigmoid(3.0))]  # T² BCE(z_S / T, sigmoid(z_T)): the teacher at its own T
     h = [bce(2.0, 0.8), bce(-1.0, 0.7)]
     assert torch.allclose(out, torch.tensor([[[0.75 * s[0] + 0.25 * h[0], 0.75 * s[1] + 0.25 * h[1]]]]), rtol=1e-6)
     assert soft.items["distill_loss"].item() == pytest.approx(sum(s) / 1.5 * 0.5, rel=1e-6)  # normalized as YOLO's
@@ -51,7 +51,7 @@ def test_soft_targets_on_a_two_element_example_is_the_hand_computation():
 
 
 def test_soft_cross_entropy_of_a_classifier_is_the_hand_computation():
-    """Two images, three classes, T = 3, hard = 0.4: T² CE(softmax(z_T / T), z_S / T) and the true-class CE."""
+    """Two images, three classes, T = 3, hard = 0.4: T² CE(softmax(z_T), z_S / T) and the true-class CE."""
     z = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]])
     zt = torch.tensor([[0.0, 3.0, -3.0], [1.0, 1.0, 1.0]])
     labels = torch.tensor([1, 2])
@@ -63,7 +63,7 @@ def test_soft_cross_entropy_of_a_classifier_is_the_hand_computation():
 
     soft = hard = 0.0
     for s, t, y in zip(z.tolist(), zt.tolist(), labels.tolist()):
-        p = [math.exp(v) for v in log_softmax([v / 3 for v in t])]
+        p = [math.exp(v) for v in log_softmax(t)]
         soft -= 9 * sum(pi * li for pi, li in zip(p, log_softmax([v / 3 for v in s]))) / 2
         hard -= log_softmax(s)[y] / 2
     assert loss.item() == pytest.approx(0.6 * soft + 0.4 * hard, rel=1e-6)
@@ -107,7 +107,7 @@ def test_detection_class_term_is_the_soft_bce_over_every_anchor_and_box_and_dfl_
     loss, items = distilled(model, preds, batch, zt, temperature=5.0, hard=0.2)
     stock, target = assigned_scores(model, preds, batch)
     z = preds["scores"].permute(0, 2, 1)
-    p = (zt[0] / 5).sigmoid()
+    p = zt[0].sigmoid()
     soft = -25 * (p * F.logsigmoid(z / 5) + (1 - p) * F.logsigmoid(-z / 5)).sum()
     hard = -(target * F.logsigmoid(z) + (1 - target) * F.logsigmoid(-z)).sum()
     scale = model.args.cls / target.sum().clamp(min=1) * 2  # YOLO's normalization, cls gain and batch size

@@ -26,13 +26,13 @@ class Distill(Method):
           setting for that (`distill_hard` weights the ground-truth class term, 1 - it the soft term).
         - The soft term times T² (Hinton et al.): its gradients shrink as 1 / T², which would leave the class term
           negligible beside the box and DFL terms at T = 100; at T = 1 it is plain BCE (or cross-entropy).
-        - Per anchor and class, BCE of sigmoid(z_S / T) against sigmoid(z_T / T) over every anchor for a detector's or
-          segmenter's sigmoid scores, softmax at T with cross-entropy for a classifier: each task's own score function.
+        - Per anchor and class, BCE of sigmoid(z_S / T) against sigmoid(z_T) over every anchor for a detector's or
+          segmenter's sigmoid scores, softmax with cross-entropy for a classifier: each task's own score function.
         - The teacher is the frozen starting checkpoint run in eval mode, the deployed model as it was; the student
-          starts from it with the same architecture. Papernot et al. train the teacher at T as well, which ours (a
-          checkpoint trained at T = 1) was not: its soft targets at T are near 0.5 (sigmoid(z_T / T) ≈ 1/2 + z_T / 4T),
-          the T²-scaled soft term pulls the student's logits toward the teacher's (gradient ≈ (z_S - z_T) / 4), and
-          they do not grow T-fold, which is what masks the gradients of Papernot et al.'s distilled networks.
+          starts from it with the same architecture. Papernot et al. train the teacher at T and take its soft labels
+          at T; ours was trained at T = 1, so its soft labels are its scores at 1 (`yolo_advamd.distill`): the
+          student at T learns them, its logits grow T-fold, and at T = 1 its scores saturate, as theirs do. (The
+          teacher read at T would give targets near 1/2 and keep the student's logits at its own: no defense.)
         - The deployed model runs at T = 1: nothing of T is in the checkpoint, which exports as a stock model.
     Distillation masks gradients rather than removing them (Carlini and Wagner, 2016): white-box attacks on the
     deployed model at T = 1 are the honest measure, and PGD starts from a random point of the ε ball.
