@@ -10,7 +10,8 @@ directory), then measures each configuration in its own subprocess, so that ever
   `deepfool-exact` name theirs (`deepfool=fast`, `deepfool=exact`).
   PGD and DeepFool run `--attack-steps` steps (3 by default).
 - `fgsm-max`: AdvAmd with `attack_terms=max` on M_T; `detadvprop` and `udfa`: those methods from their hyp files
-  (FGSM on the model being trained).
+  (FGSM on the model being trained); `distill`: defensive distillation from its hyp file (no attack; the frozen
+  teacher's forward pass is in `preprocess`).
 - `fgsm-pred`, `fgsm-current-pred`: `fgsm` and `fgsm-current` with `attack_labels=pred` (the attack's targets are the
   attacked model's predictions: one more no-grad forward and NMS per batch; on the current model FGSM can no longer
   reuse the benign pass's gradient, which is on the ground truth). Start from a checkpoint that detects
@@ -70,6 +71,7 @@ METHODS = {  # name: AdvAmd overrides (None: stock DetectionTrainer)
     "fgsm-current-pred": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "current", "attack_labels": "pred"},
     "detadvprop": {"hyp": "hyps/detadvprop.yaml"},
     "udfa": {"hyp": "hyps/udfa.yaml"},
+    "distill": {"hyp": "hyps/distill.yaml"},  # no attack: the teacher's forward pass and the soft class loss
 }
 ITERATIVE = ("pgd", "deepfool", "deepfool-fast", "deepfool-exact")  # methods whose steps --attack-steps sets
 DEEPFOOL_TARGET = 3.0  # issue 29: an AdvAmd-DeepFool step at most 3x an AdvAmd-PGD step with as many attack steps
@@ -287,14 +289,15 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(t3 - t0)
             parts.append({**spent, "preprocess": t1 - t0 - spent["attack"] - spent["views"]})
+    a = trainer.args if getattr(trainer, "stage", None) is not None else None  # stock and distillation: no attack
     return {
         "method": method,
-        "attack": getattr(trainer.args, "attack", None) if method != "stock" else None,
-        "attack_steps": getattr(trainer.args, "steps", None) if method != "stock" else None,
-        "attack_model": getattr(trainer.args, "attack_model", None),
-        "attack_terms": getattr(trainer.args, "attack_terms", None),
-        "attack_labels": getattr(trainer.args, "attack_labels", None),
-        "deepfool": getattr(trainer.args, "deepfool", None),
+        "attack": getattr(a, "attack", None),
+        "attack_steps": getattr(a, "steps", None),
+        "attack_model": getattr(a, "attack_model", None),
+        "attack_terms": getattr(a, "attack_terms", None),
+        "attack_labels": getattr(a, "attack_labels", None),
+        "deepfool": getattr(a, "deepfool", None),
         "time": statistics.median(times),
         "times": times,
         "parts": {k: statistics.median(p[k] for p in parts) for k in parts[0]},

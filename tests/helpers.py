@@ -43,6 +43,19 @@ def digits_data(base: Path) -> Path:
     return build_digits_det(root=base / "digits", seed=1, n_train=2, n_val=16, imgsz=IMGSZ) / "digits-det.yaml"
 
 
+def boxes_batch(seed: int) -> dict:
+    """Two random 64 px images (from `seed`) with two boxes each, of classes 1, 4, 4 and 7."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "img": torch.rand(2, 3, 64, 64, generator=g),
+        "cls": torch.tensor([[1.0], [4.0], [4.0], [7.0]]),
+        "bboxes": torch.tensor(
+            [[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]
+        ),
+        "batch_idx": torch.tensor([0.0, 0.0, 1.0, 1.0]),
+    }
+
+
 def val_batch(data: Path, task: str = "detect", imgsz: int = IMGSZ, **settings) -> dict:
     """The whole val split of `data` as one preprocessed batch (letterboxed to `imgsz`, float in [0, 1], masks too, in
     the layout Ultralytics `settings` such as `overlap_mask` ask for)."""

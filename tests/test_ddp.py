@@ -1,4 +1,5 @@
-"""Scale out: one AdvAmd step in two CPU processes (gloo) gives the same gradients on every rank, aux BN included."""
+"""Scale out: one AdvAmd step in two CPU processes (gloo) gives the same gradients on every rank, aux BN included;
+each method's step too (distillation: its teacher's soft targets per rank)."""
 
 import pytest
 import torch
@@ -57,6 +58,7 @@ def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -
         terms=settings["attack_terms"],
         attack_aux_bn=run.attack_aux_bn(),
     )  # as the trainer builds it
+    stage = stage if run.attacks else None  # distillation attacks nothing
     abar = torch.linspace(0.5, 1.5, 10)
     batch = synthetic_batch(rank)
     backward = lambda loss: (loss * WORLD).backward()  # noqa: E731
@@ -83,6 +85,7 @@ def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -
         ("advamd", "pgd", "benign", ["med_loss", "adv_loss"]),
         ("detadvprop", "fgsm", "benign", ["adv_loss"]),  # attack_terms=max: two attacks, then both views
         ("udfa", "fgsm", "adv", ["align_loss"]),
+        ("distill", "fgsm", "benign", ["distill_loss"]),  # no attack: one view, the soft class term logged beside
     ],
 )
 def test_step_gradients_agree_across_ranks(tmp_path, method, attack, loop_view, extra):
@@ -93,7 +96,7 @@ def test_step_gradients_agree_across_ranks(tmp_path, method, attack, loop_view, 
     assert a["loop_view"] == loop_view
     assert a["items"] == ["box_loss", "cls_loss", "dfl_loss", *extra]
     assert a["bad"] == {} and b["bad"] == {}
-    assert (a["n"] > 0 and a["aux_norm"] > 0) == (method != "udfa"), "the auxiliary BN got no gradient"
+    assert (a["n"] > 0 and a["aux_norm"] > 0) == (method not in {"udfa", "distill"}), "the aux BN got no gradient"
     assert a["grads"].shape == b["grads"].shape
     assert torch.allclose(a["grads"], b["grads"], rtol=1e-5, atol=1e-7)
     assert a["aux_norm"] == pytest.approx(b["aux_norm"], rel=1e-6)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import boxes_batch
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
@@ -18,15 +19,7 @@ def setup():
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False).train()
     model.args = get_cfg()
-    g = torch.Generator().manual_seed(1)
-    batch = {
-        "img": torch.rand(2, 3, 64, 64, generator=g),
-        "cls": torch.tensor([[1.0], [4.0], [4.0], [7.0]]),
-        "bboxes": torch.tensor(
-            [[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]
-        ),
-        "batch_idx": torch.tensor([0.0, 0.0, 1.0, 1.0]),
-    }
+    batch = boxes_batch(1)
     with torch.no_grad():
         preds = model(batch["img"])
     return model, batch, preds, torch.linspace(0.2, 1.8, NC)

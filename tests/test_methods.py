@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import results, tiny
+from helpers import boxes_batch, results, tiny
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
@@ -26,15 +26,7 @@ NC = 10
 
 def batch() -> dict:
     """Two 64 px images with two boxes each."""
-    g = torch.Generator().manual_seed(3)
-    return {
-        "img": torch.rand(2, 3, 64, 64, generator=g),
-        "cls": torch.tensor([[1.0], [4.0], [4.0], [7.0]]),
-        "bboxes": torch.tensor(
-            [[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.25, 0.35], [0.4, 0.5, 0.5, 0.4], [0.6, 0.6, 0.3, 0.3]]
-        ),
-        "batch_idx": torch.tensor([0.0, 0.0, 1.0, 1.0]),
-    }
+    return boxes_batch(3)
 
 
 def step(method: str, **kw):
@@ -180,7 +172,9 @@ def test_advamd_deepfool_trains_with_the_exact_variant_unless_deepfool_fast(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, column", [("detadvprop", "adv_loss"), ("udfa", "align_loss")])
+@pytest.mark.parametrize(
+    "method, column", [("detadvprop", "adv_loss"), ("udfa", "align_loss"), ("distill", "distill_loss")]
+)
 def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tiny_data, method, column):
     from yolo_advamd.export import export_model, pickled_globals
     from yolo_advamd.validate import validate_advamd
@@ -198,7 +192,7 @@ def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tin
     first.add_callback("on_fit_epoch_end", stop)
     with pytest.raises(Interrupt):
         first.train()
-    teacher = deepcopy(first.target.state_dict()) if method == "udfa" else None
+    teacher = deepcopy(first.target.state_dict()) if first.method.needs_teacher else None
     ckpt = torch.load(first.last, weights_only=False)  # the model moved away from M_T before the interruption
     for p in ckpt["ema"].parameters():
         p.data += 0.01
@@ -207,10 +201,12 @@ def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tin
     resumed.train()
     rows = results(resumed.save_dir)
     assert len(rows) == 2 and float(rows[-1][f"train/{column}"]) > 0
-    assert (resumed.args.method, resumed.args.attack_model) == (method, "current")
+    assert resumed.args.method == method
+    assert resumed.stage is None if method == "distill" else resumed.stage.attack_model == "current"  # no attack
     if teacher is not None:  # the teacher is M_T, restored on resume, not the model at the interruption
         assert all(torch.equal(v, teacher[k]) for k, v in resumed.target.state_dict().items())
     stock = export_model(str(resumed.best), format="pt")
     assert not [g for g in pickled_globals(stock) if g.startswith("yolo_advamd")]
-    table = validate_advamd(stock, tiny_data, attacks="fgsm", eps=0.01, imgsz=64, project=str(tmp_path), name="val")
+    table = validate_advamd(stock, tiny_data, attacks="fgsm,pgd", eps=0.01, imgsz=64, project=str(tmp_path), name="val")
     assert table["rows"][0]["stats"]["benign"]["metrics/mAP50-95(B)"] >= 0
+    assert {"fgsm eps=0.01", "pgd eps=0.01"} <= set(table["rows"][0]["stats"])  # the deployed model attacked

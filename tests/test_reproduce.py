@@ -136,9 +136,9 @@ def test_full_plan_covers_table3_at_every_setting_and_controls_gain_new_budgets(
     runs = plans.plan(full)
     assert len({plans.key(r) for r in runs}) == len(runs)
     for attack, eps in full["train"]:  # Adv-Train and the seven Table 3 rows at every attack and budget
-        names = {plans.method_name(r) for r in runs if (r["attack"], r["eps"], r["seed"]) == (attack, eps, 0)}
+        names = {plans.method_name(r) for r in runs if (r.get("attack"), r.get("eps"), r["seed"]) == (attack, eps, 0)}
         assert names >= {"advtrain", "advamd", *(f"ablation-{r}" for r in arms.TABLE3[:-1])}
-        assert all(r["steps"] == arms.TRAIN_STEPS[attack] for r in runs if r["attack"] == attack)
+        assert all(r["steps"] == arms.TRAIN_STEPS[attack] for r in runs if r.get("attack") == attack)
     control = runs[0]  # evaluated at every budget, and at a varied one, so a --vary eps=... row has its Δ adv
     assert plans.eval_eps(control, full) == [0.01, 0.1] and plans.eval_eps(runs[1], full) == [0.01]
     assert plans.eval_eps(control, full, {"eps": 0.003}) == [0.003, 0.01, 0.1]
@@ -640,3 +640,70 @@ def test_tasks_table_shows_mpc_rpc_and_their_delta_against_the_same_seed_vanilla
     assert "| mPC | rPC | Δ mPC | Δ rPC |" in lines[4]
     assert "| cls-r2 | vanilla | 90.00 |  |  |  |  |  | 45.00 | 50.00 |  |  | 1.0 |" in lines
     assert "| cls-r2 | advamd | 91.00 |  |  | +1.00 |  |  | 54.60 | 60.00 | +9.60 | +10.00 | 1.0 |" in lines
+
+
+def test_full_profile_trains_def_distill_on_every_seed_without_an_attack_and_tables_it_in_the_papers_layout(
+    files, monkeypatch
+):
+    """Table 1's Def-Distill row: one fine-tune per seed of the full profile, no attack settings (which distillation
+    refuses), evaluated at every ε like the control; its Δ adv per attack and its Δ benign in every column."""
+    from yolo_advamd.cfg import resolve_advamd_cfg
+    from yolo_advamd.methods import METHODS
+    from yolo_advamd.validate import column_name
+
+    full = arms.PROFILES["full"]
+    runs = [r for r in plans.plan(full) if r["method"] == "distill"]
+    assert [r["seed"] for r in runs] == [0, 1, 2] and [plans.key(r) for r in runs][0] == "distill//seed0"
+    assert plans.eval_eps(runs[0], full) == [0.01, 0.1]  # every budget, as the control
+    assert all(r["method"] != "distill" for r in plans.plan(arms.PROFILES["quick"]))
+
+    trained = []
+
+    def fake_train(overrides):
+        trained.append(overrides)
+        weights = files / overrides["name"] / "weights" / "best.pt"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.touch()
+        return weights, 1.0
+
+    def fake_evaluate(weights, data, eps, name):
+        """Vanilla 50 benign, 10 attacked; distill 49 benign, 12 under FGSM, 11 under PGD; others 48 / 30."""
+        benign, fgsm, pgd = (50.0, 10.0, 10.0) if "vanilla" in name else (49.0, 12.0, 11.0)
+        if "advtrain" in name or "advamd" in name or "ablation" in name:
+            benign, fgsm, pgd = 48.0, 30.0, 30.0
+        return {"benign": benign, **{column_name(a, e): s for e in eps for a, s in (("fgsm", fgsm), ("pgd", pgd))}}
+
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
+    monkeypatch.setattr(paths, "ROOT", files)
+    monkeypatch.setitem(arms.PROFILES, "full", {**full, "ablations": False})
+    (files / "targets").mkdir()
+    (files / "targets" / "full.pt").touch()
+    records.record(
+        {
+            "key": "target",
+            "profile": "full",
+            "weights": "targets/full.pt",
+            "train_seconds": 1,
+            "curve": [49.0, 50.0],
+            "map": {"benign": 50.0, "fgsm eps=0.01": 5.0, "fgsm eps=0.1": 1.0},
+        }
+    )
+    runner.run_protocol("full")
+    distill = [o for o in trained if o["method"] == "distill"]
+    assert [o["name"] for o in distill] == [f"distill__seed{s}" for s in (0, 1, 2)]
+    for o in distill:  # what the trainer gets: no attack key, and settings distillation accepts
+        assert not {"attack", "eps", "steps"} & set(o)
+        resolve_advamd_cfg({k: v for k, v in o.items() if k not in {"model", "data", "project", "name"}})
+        METHODS["distill"].check_start({**o, "model": "m.pt"})
+    entry = next(e for e in records.load() if e["key"] == "distill//seed1")
+    assert set(entry["map"]) >= {"benign", "fgsm eps=0.01", "fgsm eps=0.1", "pgd eps=0.01", "pgd eps=0.1"}
+    text = report.report()
+    heads = ("fgsm ε=0.01", "fgsm ε=0.1", "pgd-3 ε=0.01", "pgd-3 ε=0.1")
+    assert "| method | M | B | L | " + " | ".join(f"Δ adv, {h}" for h in heads) + " |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| distill |  |"))  # after Adv-Train, as Table 1
+    assert row == "| distill |  |  |  |" + " +2.00 ± 0.00 |" * 2 + " +1.00 ± 0.00 |" * 2 + " -1.00 ± 0.00 |" * 4
+    assert "distill is Table 1's Def-Distill, trained once without an attack" in text
+    assert "| distill | — | 1 | -1.00 | +2.00 | +2.00 | +1.00 | +1.00 | 0.0 |" in text  # every run, Δ per column
+    assert (files / "plot.png").stat().st_size > 0

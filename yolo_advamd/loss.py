@@ -1,5 +1,6 @@
 """The loss of one view: Ultralytics' own detection loss, scaled by the view's β and weighted by Ā in the paper's scope
-(or UDFA's feature alignment), whatever view batch `yolo_advamd.step` hands it."""
+(or UDFA's feature alignment, or defensive distillation's soft class targets), whatever view batch
+`yolo_advamd.step` hands it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_advamd.align import alignment_loss
+from yolo_advamd.distill import SoftTargets, soft_cross_entropy
 
 
 class ViewLoss:
@@ -28,6 +30,9 @@ class ViewLoss:
     `View.logged` (the detached losses of the other views, in log order) completes the returned loss items, so
     Ultralytics logs every view: the benign view's own items come first, any other view's total goes in as its
     `View.column` (`med_loss`, `adv_loss`, UDFA's adversarial view as `align_loss`).
+    A view with `distill` (defensive distillation) trains its class term on the teacher's soft targets
+    (`yolo_advamd.distill`) and logs the ground-truth class term under the task's own name and the soft one as
+    `distill_loss`.
 
     Attributes:
         criterion: The wrapped criterion (`v8DetectionLoss`, `E2ELoss`, ...); other attributes are delegated to it.
@@ -61,6 +66,8 @@ class ViewLoss:
             a = view.align
             value = alignment_loss([a["student"][i] for i in range(len(a["teacher"]))], a["teacher"], a["masks"])
             loss, items = value * batch["img"].shape[0], {"align": value.detach()}
+        elif view is not None and view.distill is not None:
+            loss, items = self.distilled(preds, batch, **view.distill)
         elif weights is None:
             loss, items = self.criterion(preds, batch)
         elif not (heads := self.heads()):  # a classifier's cross-entropy has no per-class hook: weight each image
@@ -90,6 +97,29 @@ class ViewLoss:
                 {**items, **view.logged} if view.name == "benign" else {**view.logged, view.column: sum(items.values())}
             )
         return loss, items
+
+    def distilled(
+        self, preds, batch: dict, teacher: list, temperature: float, hard: float
+    ) -> tuple[torch.Tensor, dict]:
+        """Return the criterion's loss with its class term on the teacher's soft targets (`yolo_advamd.distill`).
+
+        A detection criterion's class BCE is swapped for `SoftTargets` during the call (one per head branch, each
+        with the teacher's logits of that branch), so the box, DFL and mask terms are its own; a classifier's
+        cross-entropy becomes `soft_cross_entropy`.
+        """
+        if not (heads := self.heads()):
+            logits = preds[1] if isinstance(preds, (list, tuple)) else preds
+            return soft_cross_entropy(logits, teacher[0], batch["cls"], temperature, hard)
+        soft = [SoftTargets(t, temperature, hard, h.hyp.cls) for h, t in zip(heads, teacher)]
+        saved = [h.bce for h in heads]
+        try:
+            for h, s in zip(heads, soft):
+                h.bce = s
+            loss, items = self.criterion(preds, batch)
+        finally:
+            for h, bce in zip(heads, saved):
+                h.bce = bce
+        return loss, {**items, **soft[-1].items}  # an end-to-end criterion logs its one-to-one branch, the last
 
 
 class PositiveWeights:

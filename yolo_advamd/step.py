@@ -4,8 +4,10 @@ backward.
 `advamd_step` is called by `AdvAmdTrainer.preprocess_batch` inside Ultralytics' own loop:
     1. attack: `AttackStage` adds the adversarial images x + δ and the mediate images x + φδ (eq. 4, 5); with FGSM
        on the current model, the benign view runs first and its input gradient is the attack's (no pass of its own);
+       a method without an attack (`Method.attacks`: distillation) skips it;
     2. views: each view is a batch for the model (`Method.view_batch`): its images, its β, its BN (the adversarial
-       view through the auxiliary BN), its class weights Ā (eq. 6) or, for UDFA, the teacher's features to align with;
+       view through the auxiliary BN), its class weights Ā (eq. 6) or, for UDFA, the teacher's features to align with
+       (for distillation, the teacher's class logits);
     3. weighted losses: `model(view)` runs Ultralytics' detection loss through `ViewLoss`, which applies the view's
        β and Ā;
     4. backward: every view but one is backwarded here, one at a time (peak memory of one view), and the last view is
@@ -36,7 +38,8 @@ def advamd_step(model, module, batch: dict, stage, method, abar: torch.Tensor | 
         model (callable): The training model as the loop calls it (DDP-wrapped under DDP).
         module (nn.Module): The unwrapped model, with a `ViewLoss` criterion and a `ViewGuard`.
         batch (dict): A preprocessed batch, `img` float in [0, 1].
-        stage (AttackStage): Adds `img_adv` and `img_med`.
+        stage (AttackStage | None): Adds `img_adv` and `img_med`; None for a method that attacks nothing
+            (`Method.attacks`, e.g. distillation).
         method (Method): The run's method (`yolo_advamd.methods`): which views, through which BN, with which weights.
         abar (torch.Tensor | None): Per-class weights (nc,) for the adversarial view's classification loss.
         backward (callable): `backward(loss)` as the loop does it (AMP scaling, DDP world size).
@@ -44,16 +47,16 @@ def advamd_step(model, module, batch: dict, stage, method, abar: torch.Tensor | 
     Returns:
         (dict): The view batch for the loop's pass, with the attacked batch's `img_med`, `img_adv`.
     """
-    reuse = stage.reuses_gradient and method.args.beta1 > 0 and len(method.views(False)) > 1  # the benign pass: δ
+    reuse = stage is not None and stage.reuses_gradient and method.args.beta1 > 0 and len(method.views(False)) > 1
     order, trained = method.views(reuse), {}
-    # 1. attack: x_adv = x + δ, x_med = x + φδ
+    # 1. attack: x_adv = x + δ, x_med = x + φδ (with FGSM from the benign pass's gradient when `reuse`)
     if reuse:
         img = batch["img"].detach().requires_grad_(True)
         trained["benign"] = train_view(model, method.view_batch({**batch, "img": img}, "benign", abar), backward)
         batch = stage({**batch, "img": img.detach()}, model=module, grad=img.grad)
-    else:
+    elif stage is not None:
         batch = stage(batch, model=module)
-    method.prepare(batch)  # e.g. UDFA's teacher features on the clean images
+    method.prepare(batch)  # e.g. UDFA's teacher features, distillation's teacher logits, on the clean images
     # 2-4. views, each weighted by its β (and Ā) in ViewLoss, backwarded in turn; the last one is the loop's
     for name in order[:-1]:
         if name not in trained:

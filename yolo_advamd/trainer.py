@@ -129,12 +129,26 @@ class AdvAmdMixin:
         nc = self.data["nc"]
         self.vulnerability = Vulnerability(nc)
         state = self.resume_state or {}
-        self.target = None  # M_T: the starting weights, frozen, in eval mode (attacked, or UDFA's teacher)
+        self.target = None  # M_T: the starting weights, frozen, in eval mode (attacked, or a teacher)
         if self.method.needs_target():
             self.target = strip_aux_bn(freeze_target(model))
             if state.get("target") is not None:
                 self.target.load_state_dict(state["target"])
         self.method.setup(self.target)
+        self.stage = self.attack_stage() if self.method.attacks else None  # distillation attacks nothing
+        self.guard = ViewGuard(model)  # view batches pick their BN; a non-finite view leaves BN statistics alone
+        if state.get("vulnerability") is not None:
+            self.vulnerability.load_state_dict(state["vulnerability"])
+        if state.get("abar") is not None:
+            self.abar = state["abar"].to(self.device)
+        elif args.advamd_loss:
+            self.calibrate_abar()
+        self.refresh_batches = 0  # batches of this epoch whose flips were counted (abar_update=epoch)
+        self.save_advamd_state()
+
+    def attack_stage(self) -> AttackStage:
+        """Build the attack stage of the run's settings: the attack, on M_T or the current model."""
+        args = self.args
         attack = build_attack(
             args.attack,
             eps=args.eps,
@@ -145,7 +159,7 @@ class AdvAmdMixin:
             deepfool=args.deepfool,
             seed=args.seed,
         )
-        self.stage = AttackStage(
+        return AttackStage(
             attack,
             phi=args.phi,
             attack_model=args.attack_model,
@@ -156,16 +170,6 @@ class AdvAmdMixin:
             attack_labels=args.attack_labels,
             attack_conf=args.attack_conf,
         )
-        self.guard = ViewGuard(model)  # view batches pick their BN; a non-finite view leaves BN statistics alone
-        if state.get("vulnerability") is not None:
-            self.vulnerability.load_state_dict(state["vulnerability"])
-        if state.get("abar") is not None:
-            self.abar = state["abar"].to(self.device)
-        elif args.advamd_loss:
-            self.calibrate_abar()
-        self.stage.collect_stats = False
-        self.refresh_batches = 0  # batches of this epoch whose flips were counted (abar_update=epoch)
-        self.save_advamd_state()
 
     def calibrate_abar(self):
         """Attack `abar_batches` training batches to estimate Ā before the first epoch."""
@@ -175,6 +179,7 @@ class AdvAmdMixin:
         loader = self.train_loader
         for _, batch in TQDM(zip(range(n), loader), total=n, desc="A-bar calibration"):
             self.stage(super().preprocess_batch(batch), model=model)
+        self.stage.collect_stats = False
         self.update_abar()
         LOGGER.info(f"A-bar ({self.args.abar_norm}): {self.abar.cpu().numpy().round(3)}")
 
@@ -229,8 +234,11 @@ class AdvAmdMixin:
             return batch
         module = wrap_criterion(unwrap_model(self.model))
         a = self.args
-        self.stage.collect_stats = a.advamd_loss and a.abar_update == "epoch" and self.refresh_batches < a.abar_batches
-        self.refresh_batches += self.stage.collect_stats
+        if self.stage is not None:
+            self.stage.collect_stats = (
+                a.advamd_loss and a.abar_update == "epoch" and self.refresh_batches < a.abar_batches
+            )
+            self.refresh_batches += self.stage.collect_stats
         world = self.world_size if RANK != -1 else 1
         backward = lambda loss: self.scaler.scale(loss * world).backward()  # noqa: E731
         return advamd_step(self.model, module, batch, self.stage, self.method, self.abar, backward)

@@ -28,6 +28,8 @@ class View:
         abar_scope (str): Where Ā weights: "positive" (assigned classes) or "all" (every BCE element).
         align (dict | None): UDFA's teacher features to align with (`align.teacher_targets`); the student's are added
             during the forward pass (`step.ViewGuard`).
+        distill (dict | None): Defensive distillation's soft targets: the teacher's class logits (`teacher`, one per
+            head branch, `distill.teacher_logits`), the `temperature` and the `hard` weight of the ground-truth term.
         logged (dict | None): The other views' loss items, on the view the training loop runs itself.
     """
 
@@ -38,4 +40,5 @@ class View:
     class_weights: torch.Tensor | None = None
     abar_scope: str = "positive"
     align: dict | None = None
+    distill: dict | None = None
     logged: dict | None = None

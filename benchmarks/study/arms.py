@@ -40,6 +40,7 @@ PROFILES = {  # 1,000 scenes and 2 fine-tune epochs: one run takes minutes on 2 
         "seeds": (0, 1, 2),
         "train": [("fgsm", 0.01), ("fgsm", 0.1), ("pgd", 0.01), ("pgd", 0.1)],
         "ablations": True,
+        "defenses": ("distill",),  # Table 1's other rows: no attack in training, every seed, scored like the control
     },
 }
 

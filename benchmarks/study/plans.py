@@ -29,12 +29,18 @@ def make_run(setting: tuple[str, float], seed: int, method: str, on: str = "") -
     return {"attack": attack, "eps": eps, "steps": TRAIN_STEPS[attack], "seed": seed, "method": method, **switches}
 
 
+def defense_run(seed: int, method: str) -> dict:
+    """One fine-tune of a defense that trains without an attack (Table 1's Def-Distill): no attack settings."""
+    return {"seed": seed, "method": method}
+
+
 def plan(profile: dict, vary: dict | None = None) -> list[dict]:
     """Return every fine-tune run of a profile, most telling first, so a stopped protocol has the key rows.
 
-    (a) vanilla, (b) Adv-Train and (c) AdvAmd at the first setting for every seed; then (b) and (c) at the other
-    settings, the other Table 3 rows at the first setting and at the others (seed 0). With `vary` (settings to
-    override), only (c) at the first setting with those settings, and the control, for each seed.
+    (a) vanilla, (b) Adv-Train and (c) AdvAmd at the first setting for every seed; then the profile's `defenses`
+    (Table 1's other rows, no attack in training) for every seed; then (b) and (c) at the other settings, the other
+    Table 3 rows at the first setting and at the others (seed 0). With `vary` (settings to override), only (c) at the
+    first setting with those settings, and the control, for each seed.
     """
     first, *others = profile["train"]
     others.sort(key=lambda s: (s[1], s[0]))  # the smaller budget first
@@ -56,6 +62,7 @@ def plan(profile: dict, vary: dict | None = None) -> list[dict]:
             make_run(first, seed, "advamd", "MBL"),
         )
     ]
+    runs += [defense_run(seed, m) for seed in profile["seeds"] for m in profile.get("defenses", ())]
     seed = profile["seeds"][0]
     runs += [make_run(s, seed, m, "MBL" if m == "advamd" else "") for s in others for m in ("advtrain", "advamd")]
     rows = TABLE3[:-1] if profile["ablations"] else ()  # the other Table 3 rows, on seed 0
@@ -64,15 +71,16 @@ def plan(profile: dict, vary: dict | None = None) -> list[dict]:
 
 
 def eval_eps(run: dict, profile: dict, vary: dict | None = None) -> list[float]:
-    """The budgets a run is evaluated at: its own, or for the control every budget planned (a varied ε included)."""
-    if METHODS[run["method"]].amends:
+    """The budgets a run is evaluated at: its own, or for a run trained without an attack (the control, Def-Distill)
+    every budget planned (a varied ε included)."""
+    if METHODS[run["method"]].attacks:
         return [run["eps"]]
     return sorted({eps for _, eps in profile["train"]} | {(vary or {}).get("eps", profile["train"][0][1])})
 
 
 def key(run: dict) -> str:
     """A run's identity in the results file."""
-    attack = f"{run['attack']}-{run['eps']}" if METHODS[run["method"]].amends else ""
+    attack = f"{run['attack']}-{run['eps']}" if METHODS[run["method"]].attacks else ""
     vary = "".join(f"/{k}={v}" for k, v in run.get("vary", {}).items())
     return f"{method_name(run)}/{attack}/seed{run['seed']}{vary}"
 

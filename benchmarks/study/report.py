@@ -19,6 +19,10 @@ MPC_NOTE = (
     "corruptions × severities 1-5 of val, `val_advamd.py corruptions=common`), and Δ rPC of its rPC (mPC as a "
     "percentage of the run's benign score); the vanilla row gives their absolute values."
 )  # in the report once a run has a corruption map
+DEFENSE_NOTE = (
+    " distill is Table 1's Def-Distill, trained once without an attack: its Δ benign is the same in every column, "
+    "its Δ adv is on each attack (PGD from a random start) of the deployed model at T = 1."
+)  # in a profile's Table 1 analogue once a defense trained without an attack is recorded
 
 
 def report() -> str:
@@ -84,7 +88,9 @@ def profile_section(name: str, entries: list[dict]) -> list[str]:
         "",
         "Each column: trained on that attack and ε; `Δ adv` is on val attacked the same way. Mean ± spread "
         "over the recorded seeds (one seed where no spread is shown). M = mediate samples, B = auxiliary BN, "
-        "L = AdvAmd loss; advtrain is Table 1's Adv-Train (all off).",
+        "L = AdvAmd loss; advtrain is Table 1's Adv-Train (all off)."
+        + DEFENSE_NOTE
+        * any("attack" not in e and e["name"] != "vanilla" for e in entries),
         "",
     ]
     lines += paper_table(entries)
@@ -95,7 +101,7 @@ def profile_section(name: str, entries: list[dict]) -> list[str]:
         "| method | trained on | seed | " + " | ".join(f"Δ {c}" for c in cols) + " | train min |",
         "|---" * (len(cols) + 4) + "|",
     ]
-    for e in sorted(entries, key=lambda e: (e["attack"], e["eps"], e["name"], trained_on(e), e["seed"])):
+    for e in sorted(entries, key=lambda e: (e.get("attack", ""), e.get("eps", 0), e["name"], trained_on(e), e["seed"])):
         c = control(entries, e)
         cells = [
             f"{e['map'][col] - c['map'][col]:+.2f}" if c and col in e["map"] and col in c["map"] else "" for col in cols
@@ -128,6 +134,14 @@ def protocol(p: dict) -> str:
     """Describe a profile's protocol in one paragraph."""
     settings = [f"{a.upper()} ε = {eps}" for a, eps in p["train"]]
     rows = "Adv-Train and the seven Table 3 rows (AdvAmd is the last)" if p["ablations"] else "Adv-Train and AdvAmd"
+    defenses = (
+        f" {', '.join(p['defenses'])} (Def-Distill: the class scores at T = 100 learn M_T's, no attack) fine-tunes M_T "
+        "the same way on every seed and, trained without an attack, is evaluated at every ε like the control; our "
+        "attacks run on the deployed model at T = 1, and PGD starts from a random point of the ε ball (distillation "
+        "masks gradients, Carlini and Wagner 2016)."
+        if p.get("defenses")
+        else ""
+    )
     pgd = f" (PGD: {TRAIN_STEPS['pgd']} steps)" if any(a == "pgd" for a, _ in p["train"]) else ""
     seeds = (
         f"seeds {', '.join(map(str, p['seeds']))} for the control, Adv-Train and AdvAmd at {settings[0]}, seed "
@@ -140,7 +154,7 @@ def protocol(p: dict) -> str:
         f"at {SCHEDULE['imgsz']} px. The control (vanilla), {rows} fine-tune M_T for {p['ft_epochs']} epochs "
         f"on the same scenes (AdamW, lr0 5e-4, batch {SCHEDULE['batch']}, no warmup, no mosaic), attacking M_T "
         f"with {', '.join(settings)}{pgd}; {seeds}. Each is evaluated on benign val and "
-        f"on val attacked with FGSM and PGD-{EVAL_STEPS} at the ε it trained with; the control at every ε."
+        f"on val attacked with FGSM and PGD-{EVAL_STEPS} at the ε it trained with; the control at every ε.{defenses}"
     )
 
 
@@ -183,9 +197,10 @@ def paper_table(entries: list[dict]) -> list[str]:
     from yolo_advamd.validate import column_name
 
     runs = [e for e in entries if e["name"] != "vanilla" and not e.get("vary") and control(entries, e)]
-    if not (settings := sorted({(e["attack"], e["eps"]) for e in runs})):
+    if not (settings := sorted({(e["attack"], e["eps"]) for e in runs if "attack" in e})):
         return ["No fine-tune recorded yet."]
-    names = ["advtrain", *(f"ablation-{r}" for r in TABLE3[:-1]), "advamd"]
+    defenses = sorted({e["name"] for e in runs if "attack" not in e})  # one model each, scored on every attack
+    names = ["advtrain", *defenses, *(f"ablation-{r}" for r in TABLE3[:-1]), "advamd"]
     heads = [f"{attack_label(a)} ε={eps}" for a, eps in settings]
     lines = [
         "| method | M | B | L | "
@@ -203,10 +218,14 @@ def paper_table(entries: list[dict]) -> list[str]:
                 d = [
                     e["map"][c] - control(entries, e)["map"][c]
                     for e in runs
-                    if (e["name"], e["attack"], e["eps"]) == (name, attack, eps) and c in control(entries, e)["map"]
+                    if e["name"] == name
+                    and e.get("attack", attack) == attack
+                    and e.get("eps", eps) == eps
+                    and c in e["map"]
+                    and c in control(entries, e)["map"]
                 ]
                 cells.append(spread(d, signed=True) if d else "")
-        on = {"advtrain": "", "advamd": "MBL"}.get(name, name.removeprefix("ablation-"))
+        on = "MBL" if name == "advamd" else name.removeprefix("ablation-") if name.startswith("ablation-") else ""
         switches = ["✓" if k in on else "" for k in "MBL"]
         lines.append(f"| {name} | " + " | ".join(switches + cells) + " |")
     return lines
@@ -440,7 +459,7 @@ def attack_label(attack: str, steps: int | None = None) -> str:
 
 def trained_on(e: dict) -> str:
     """The training setting of a recorded run, for the report: attack, ε and any varied settings."""
-    if e["name"] == "vanilla":
+    if e["name"] == "vanilla" or "attack" not in e:  # the control, or a defense trained without an attack
         return "—"
     attack = attack_label(e["attack"], e.get("steps"))
     varied = (f"{k}={v}" for k, v in e.get("vary", {}).items() if k not in {"attack", "eps"})  # those are named first
@@ -448,19 +467,27 @@ def trained_on(e: dict) -> str:
 
 
 def plot(records: list[dict]) -> None:
-    """Plot benign vs adversarial mAP50-95, one panel per profile and training setting: each method trained there and
-    the control, on val attacked as that method was trained (means over seeds; bars: spread over seeds)."""
+    """Plot benign vs adversarial mAP50-95, one panel per profile and training setting: each method trained there, the
+    control and the defenses trained without an attack, on val attacked as that method was trained (means over seeds;
+    bars: spread over seeds)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     from yolo_advamd.validate import column_name
 
-    panels = {}  # (profile, attack, eps) -> {label: runs}
+    panels, defenses = {}, {}  # (profile, attack, eps) -> {label: runs}; profile -> {label: runs without an attack}
     for (prof, name, _), es in sorted(groups(records).items()):
-        if name != "vanilla" and prof not in TASKS and column_name(es[0]["attack"], es[0]["eps"]) in es[0]["map"]:
+        if name == "vanilla" or prof in TASKS:
+            continue
+        if "attack" not in es[0]:  # trained without an attack (Def-Distill): in every panel of its profile
+            defenses.setdefault(prof, {})[name] = es
+        elif column_name(es[0]["attack"], es[0]["eps"]) in es[0]["map"]:
             varied = [f"{k}={v}" for k, v in es[0].get("vary", {}).items() if k not in {"attack", "eps"}]
             panels.setdefault((prof, es[0]["attack"], es[0]["eps"]), {})[" ".join([name, *varied])] = es
+    for (prof, attack, eps), runs in panels.items():
+        col = column_name(attack, eps)
+        runs.update({name: es for name, es in defenses.get(prof, {}).items() if all(col in e["map"] for e in es)})
     if not panels:  # no fine-tune recorded yet
         return
     labels = ["control", *sorted({label for runs in panels.values() for label in runs})]

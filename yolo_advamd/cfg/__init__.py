@@ -98,6 +98,15 @@ def check_advamd_cfg(cfg: dict, task: str | None = None) -> dict:
     for key in SWITCHES:
         if not isinstance(cfg[key], bool):
             raise ValueError(f"{key}={cfg[key]} must be True or False")
+    t = cfg["temperature"]
+    if not is_number(t) or not t > 0:
+        raise ValueError(f"temperature={t} must be a number > 0: the softmax or sigmoid temperature T, e.g. 100")
+    hard = cfg["distill_hard"]
+    if not is_number(hard) or not 0 <= hard <= 1:
+        raise ValueError(
+            f"distill_hard={hard} is outside [0, 1]: the weight of the ground-truth class term (the soft term gets "
+            "1 - it), e.g. 0.0"
+        )
     ab = cfg["abar_batches"]
     if not isinstance(ab, int) or isinstance(ab, bool) or ab < 1:
         raise ValueError(f"abar_batches={ab} must be a whole number >= 1: A-bar is estimated from that many batches")

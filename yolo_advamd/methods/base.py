@@ -23,8 +23,13 @@ class Method:
         fixed (dict): The settings it is defined by; a contradicting setting is refused.
         tasks (tuple): The tasks it trains.
         amends (bool): False for the task's stock Ultralytics trainer, bit for bit (no attack, no extra view).
+        attacks (bool): Whether a step attacks its batch (`AttackStage`); False for a method whose views need no
+            adversarial images (distillation).
         needs_teacher (bool): Whether it needs the frozen starting checkpoint as a teacher (`model=` must be a `.pt`).
+        teacher_role (str): What it does with the teacher, for the refusal of a start without one.
         args (SimpleNamespace): The run's settings.
+        teacher (torch.nn.Module | None): The teacher (`needs_teacher`), set by the trainer at `setup`.
+        targets: What `prepare` made for the current batch (UDFA: the teacher's features; distillation: its logits).
     """
 
     name = ""
@@ -33,11 +38,14 @@ class Method:
     fixed: dict = {}
     tasks = tuple(TASKS)
     amends = True
+    attacks = True
     needs_teacher = False
+    teacher_role = ""
 
     def __init__(self, args: SimpleNamespace):
-        """Bind the method to a run's resolved settings."""
+        """Bind the method to a run's resolved settings; a teacher comes at `setup`."""
         self.args = args
+        self.teacher = self.targets = None
 
     @classmethod
     def preset(cls) -> dict:
@@ -62,7 +70,13 @@ class Method:
 
     @classmethod
     def check_start(cls, overrides: dict) -> None:
-        """Refuse a run whose start the method cannot use (`overrides`: the user's settings), before any work."""
+        """Refuse a run whose start the method cannot use (`overrides`: the user's settings), before any work: one
+        without a teacher when the method needs one (`model=` is not a checkpoint and the run is not resumed)."""
+        if cls.needs_teacher and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
+            raise ValueError(
+                f"method={cls.name} {cls.teacher_role}, the starting checkpoint, and model={overrides.get('model')} "
+                "has none: pass a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt"
+            )
 
     @classmethod
     def routes_views(cls, cfg: dict) -> bool:
@@ -74,7 +88,10 @@ class Method:
         return self.args.attack_model == "target" or self.needs_teacher
 
     def setup(self, target) -> None:
-        """Take what the method needs from the trainer's setup: `target`, the frozen starting weights (or None)."""
+        """Take what the method needs from the trainer's setup: `target`, the frozen starting weights (or None), is
+        the teacher of a method that `needs_teacher`."""
+        if self.needs_teacher:
+            self.teacher = target
 
     def attack_aux_bn(self) -> bool:
         """Whether the current model is attacked through its auxiliary BNs."""

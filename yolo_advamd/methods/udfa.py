@@ -16,10 +16,6 @@ class UDFA(Method):
     The code's VOC setting is taken (grispeut/udfa): no auxiliary BN, one FGSM step of 2/255 from the clean pass's
     gradient, alignment weights 1 (foreground) and 6 (background); its adversarial detection term and self-alignment
     terms are left out (the issue's loss: clean detection loss + alignment).
-
-    Attributes:
-        teacher (torch.nn.Module | None): The teacher, set by the trainer once it has frozen the starting weights.
-        targets (dict | None): The teacher's features on the current batch (`prepare`).
     """
 
     name = "udfa"
@@ -31,30 +27,12 @@ class UDFA(Method):
     fixed = {"attack_model": "current", "mediate": False, "advamd_loss": False}
     tasks = ("detect", "segment")
     needs_teacher = True
-
-    def __init__(self, args):
-        """Bind the method to a run's settings; the teacher comes at setup (`teacher`)."""
-        super().__init__(args)
-        self.teacher = self.targets = None
-
-    @classmethod
-    def check_start(cls, overrides: dict) -> None:
-        """Refuse a run without a teacher: `model=` is not a checkpoint (and the run is not resumed)."""
-        if not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
-            raise ValueError(
-                "method=udfa aligns the model with a teacher, the starting checkpoint, and "
-                f"model={overrides.get('model')} "
-                "has none: pass a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt"
-            )
+    teacher_role = "aligns the model with a teacher"
 
     @classmethod
     def routes_views(cls, cfg: dict) -> bool:
         """UDFA's adversarial view captures the neck features, which a compiled loop cannot."""
         return True
-
-    def setup(self, target) -> None:
-        """The frozen starting weights are the teacher."""
-        self.teacher = target
 
     def column(self, name: str) -> str:
         """The adversarial view's loss is the alignment: `align_loss`."""

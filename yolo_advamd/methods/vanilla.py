@@ -9,3 +9,4 @@ class Vanilla(Method):
     name = "vanilla"
     about = "stock Ultralytics training, bit for bit (the control)"
     amends = False
+    attacks = False
