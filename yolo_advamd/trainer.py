@@ -305,10 +305,10 @@ TRAINERS = {t.task_name: t for t in (AdvAmdTrainer, AdvAmdSegmentationTrainer, A
 
 
 def advamd_trainer(overrides: dict | Settings, _callbacks: dict | None = None) -> AdvAmdMixin:
-    """Return the AdvAmd trainer of the run's task (see `model_task`), like `yolo train` picks the task's trainer.
+    """Return the trainer of the run's method and task (see `model_task`), like `yolo train` picks the task's trainer.
 
     Raises:
         ValueError: For a task AdvAmd does not train, naming the supported ones (`resolve_settings`).
     """
     settings = overrides if isinstance(overrides, Settings) else resolve_settings(overrides)
-    return TRAINERS[settings.task](overrides=settings, _callbacks=_callbacks)
+    return settings.method.trainer(settings.task)(overrides=settings, _callbacks=_callbacks)

@@ -8,10 +8,11 @@ from yolo_advamd.methods.advamd import AdvAmd
 from yolo_advamd.methods.advtrain import AdvTrain
 from yolo_advamd.methods.base import Method
 from yolo_advamd.methods.detadvprop import DetAdvProp
+from yolo_advamd.methods.magnet import MagNet
 from yolo_advamd.methods.udfa import UDFA
 from yolo_advamd.methods.vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (AdvAmd, AdvTrain, DetAdvProp, UDFA, Vanilla)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (AdvAmd, AdvTrain, DetAdvProp, MagNet, UDFA, Vanilla)}
 
 __all__ = ("METHODS", "Method", "check_method")
 

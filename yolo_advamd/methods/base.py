@@ -65,6 +65,13 @@ class Method:
         """Refuse a run whose start the method cannot use (`overrides`: the user's settings), before any work."""
 
     @classmethod
+    def trainer(cls, task: str) -> type:
+        """Return the trainer class that runs the method for `task`: the task's AdvAmd trainer."""
+        from yolo_advamd.trainer import TRAINERS
+
+        return TRAINERS[task]
+
+    @classmethod
     def routes_views(cls, cfg: dict) -> bool:
         """Whether the model must know which view it runs (auxiliary BN), which a compiled loop cannot tell it."""
         return bool(cfg["aux_bn"])
