@@ -20,12 +20,13 @@ import math
 from pathlib import Path
 
 import torch
+from ultralytics.data import build_yolo_dataset
 from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.engine.validator import BaseValidator
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import strip_optimizer, torch_load
 
-from yolo_advamd.cfg import ADVAMD_KEYS
+from yolo_advamd.cfg import ADVAMD_KEYS, Settings
 from yolo_advamd.nn.autoencoder import Autoencoder, reconstruction_error
 from yolo_advamd.tasks import TASKS
 from yolo_advamd.trainer import AdvAmdMixin
@@ -122,12 +123,12 @@ class MagNetMixin(AdvAmdMixin):
     the images as they are); the autoencoder adds its own noise (`Autoencoder.loss`).
     """
 
-    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
-        """Resolve the settings and start the task's trainer; take the model's image size unless `imgsz=` is given."""
-        super().__init__(cfg, overrides, _callbacks)
-        opened = self.settings.opened
-        if "imgsz" not in self.settings.overrides and not self.resume and opened is not None:
-            self.args.imgsz = opened.ckpt.get("train_args", {}).get("imgsz", self.args.imgsz)
+    def trainer_overrides(self, settings: Settings) -> dict:
+        """Return the user's settings, `imgsz` the model's training size unless given: the defense sees its images."""
+        opened, given = settings.opened, settings.overrides
+        if "imgsz" in given or given.get("resume") or opened is None:
+            return given
+        return {**given, "imgsz": opened.ckpt.get("train_args", {}).get("imgsz", DEFAULT_CFG.imgsz)}
 
     def setup_model(self):
         """Build a new autoencoder, or take the interrupted run's (resume); return the checkpoint to resume."""
@@ -144,12 +145,17 @@ class MagNetMixin(AdvAmdMixin):
         model.fit_for, model.fpr, model.imgsz = str(self.settings.opened.path), a.magnet_fpr, a.imgsz
         if verbose:
             n = sum(p.numel() for p in model.parameters())
-            LOGGER.info(f"MagNet: an autoencoder of {n} parameters for {model.fit_for}; its weights are not trained")
+            LOGGER.info(
+                f"MagNet: an autoencoder of {n} parameters for {model.fit_for}; the model's weights stay as they are"
+            )
         return model
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
-        """Return the task's dataset of `img_path` as validation builds it: the images without augmentation."""
-        return super().build_dataset(img_path, "val", batch)
+        """Return the dataset of `img_path` as the task's validator builds it, for training too: the images without
+        augmentation, letterboxed as `val_advamd.py` will see them (the threshold holds for those)."""
+        if TASKS[self.settings.task].classifier:
+            return super().build_dataset(img_path, "val", batch)
+        return build_yolo_dataset(self.args, img_path, batch, self.data, mode="val", stride=self.stride)
 
     def _build_train_pipeline(self) -> None:
         """Build the loaders and the optimizer as `BaseTrainer` does (a detector's trainer also sets its head's
