@@ -133,7 +133,7 @@ class MagNetMixin(AdvAmdMixin):
     def setup_model(self):
         """Build a new autoencoder, or take the interrupted run's (resume); return the checkpoint to resume."""
         if self.resume:
-            self.model = self.settings.opened.model
+            self.model = self.settings.opened.model.requires_grad_(True)  # saved as an EMA, frozen
             return self.settings.opened.ckpt
         self.model = self.get_model()
         return None

@@ -36,24 +36,25 @@ class Autoencoder(nn.Module):
         self.threshold = self.fpr = self.fit_for = self.imgsz = None
         self.stride = torch.tensor([32.0])  # Ultralytics' loaders pad images to multiples of this
         self.criterion = None  # Ultralytics' loop asks a model for its criterion; the loss is `loss`
-        self.encode1 = nn.Conv2d(channels, WIDTH, 3, padding=1)
-        self.encode2 = nn.Conv2d(WIDTH, WIDTH, 3, padding=1)
-        self.decode1 = nn.Conv2d(WIDTH, WIDTH, 3, padding=1)
-        self.decode2 = nn.Conv2d(WIDTH, WIDTH, 3, padding=1)
-        self.output = nn.Conv2d(WIDTH, channels, 3, padding=1)
+        self.model = nn.Sequential(  # its layers, under the name Ultralytics' models keep theirs
+            nn.Conv2d(channels, WIDTH, 3, padding=1),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(WIDTH, WIDTH, 3, padding=1),
+            nn.Sigmoid(),
+            nn.Conv2d(WIDTH, WIDTH, 3, padding=1),
+            nn.Sigmoid(),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(WIDTH, WIDTH, 3, padding=1),
+            nn.Sigmoid(),
+            nn.Conv2d(WIDTH, channels, 3, padding=1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor | dict, *args, **kwargs) -> torch.Tensor | tuple:
-        """Return the reconstruction of images `x` (B, C, H, W) in [0, 1], or the training loss of a batch dict."""
-        if isinstance(x, dict):
-            return self.loss(x)
-        size = x.shape[-2:]
-        h = torch.sigmoid(self.encode1(x))
-        h = F.avg_pool2d(h, 2, ceil_mode=True)
-        h = torch.sigmoid(self.encode2(h))
-        h = torch.sigmoid(self.decode1(h))
-        h = F.interpolate(h, size=size, mode="nearest")
-        h = torch.sigmoid(self.decode2(h))
-        return torch.sigmoid(self.output(h))
+        """Return the reconstruction of images `x` (B, C, H, W) in [0, 1], H and W even, or the training loss of a
+        batch dict."""
+        return self.loss(x) if isinstance(x, dict) else self.model(x)
 
     def loss(self, batch: dict, preds: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Return the mean squared reconstruction error times the batch size, and its value as the item `recon_loss`.
