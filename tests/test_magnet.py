@@ -203,3 +203,25 @@ def test_resume_continues_the_autoencoders_training(digits, tmp_path):
     assert resumed.start_epoch == 1 and len(results(resumed.save_dir)) == 2
     assert any(not torch.equal(v, interrupted[k].float()) for k, v in resumed.ema.ema.state_dict().items())
     assert load_defense(resumed.best).threshold is not None
+
+
+def test_export_writes_the_autoencoder_to_onnx_beside_the_model_with_the_same_outputs(digits, magnet, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    model = tmp_path / "best.pt"
+    model.write_bytes(Path(digits["stock"]).read_bytes())
+    r = run("export.py", f"model={model}", f"defense={magnet}", "format=onnx", "imgsz=64", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "best.onnx").is_file()
+    session = ort.InferenceSession(str(tmp_path / "best_magnet.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    defense = load_defense(magnet)
+    assert float(meta["threshold"]) == defense.threshold and meta["imgsz"] == "64"
+    for size in (64, 96):  # batch and image size are dynamic
+        x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(size))
+        reconstruction, error = session.run(None, {"images": x.numpy()})
+        np.testing.assert_allclose(reconstruction, defense(x).numpy(), atol=1e-5)
+        np.testing.assert_allclose(error, defense.errors(x).numpy(), rtol=1e-4, atol=1e-7)
+    refused = run("export.py", f"model={model}", f"defense={magnet}", "format=pt", cwd=tmp_path)
+    assert refused.returncode == 2 and "defense= is exported to ONNX: use format=onnx" in refused.stderr
