@@ -32,8 +32,9 @@ def make_run(setting: tuple[str, float], seed: int, method: str, on: str = "") -
 def plan(profile: dict, vary: dict | None = None) -> list[dict]:
     """Return every fine-tune run of a profile, most telling first, so a stopped protocol has the key rows.
 
-    (a) vanilla, (b) Adv-Train and (c) AdvAmd at the first setting for every seed; then (b) and (c) at the other
-    settings, the other Table 3 rows at the first setting and at the others (seed 0). With `vary` (settings to
+    (a) vanilla, (b) Adv-Train and (c) AdvAmd at the first setting for every seed; then, with `magnet`, MagNet for
+    every seed (its autoencoder does not depend on the attack: each is scored at every setting), (b) and (c) at the
+    other settings, the other Table 3 rows at the first setting and at the others (seed 0). With `vary` (settings to
     override), only (c) at the first setting with those settings, and the control, for each seed.
     """
     first, *others = profile["train"]
@@ -56,6 +57,7 @@ def plan(profile: dict, vary: dict | None = None) -> list[dict]:
             make_run(first, seed, "advamd", "MBL"),
         )
     ]
+    runs += [make_run(first, seed, "magnet") for seed in profile["seeds"] if profile.get("magnet")]
     seed = profile["seeds"][0]
     runs += [make_run(s, seed, m, "MBL" if m == "advamd" else "") for s in others for m in ("advtrain", "advamd")]
     rows = TABLE3[:-1] if profile["ablations"] else ()  # the other Table 3 rows, on seed 0

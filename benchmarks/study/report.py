@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 
 from . import paths
-from .arms import EVAL_STEPS, PROFILES, SCHEDULE, TABLE3, TASKS, THROUGH_TARGET, TRAIN_STEPS
+from .arms import EVAL_STEPS, MAGNET, PROFILES, SCHEDULE, TABLE3, TASKS, THROUGH_TARGET, TRAIN_STEPS
 from .plans import study_arms, study_budgets
 from .recommend import deltas, recommend, write_recommended
 from .records import control, load
@@ -141,6 +141,13 @@ def protocol(p: dict) -> str:
         f"on the same scenes (AdamW, lr0 5e-4, batch {SCHEDULE['batch']}, no warmup, no mosaic), attacking M_T "
         f"with {', '.join(settings)}{pgd}; {seeds}. Each is evaluated on benign val and "
         f"on val attacked with FGSM and PGD-{EVAL_STEPS} at the ε it trained with; the control at every ε."
+        + (
+            f" MagNet trains its autoencoder on the same scenes (Adam, lr0 1e-3, {MAGNET['epochs']} epochs, "
+            "seeds as the control) and defends the same-seed control: attacks are made on the control (the "
+            "paper's setting), an image it rejects counts as having no detection."
+            if p.get("magnet")
+            else ""
+        )
     )
 
 
@@ -185,7 +192,7 @@ def paper_table(entries: list[dict]) -> list[str]:
     runs = [e for e in entries if e["name"] != "vanilla" and not e.get("vary") and control(entries, e)]
     if not (settings := sorted({(e["attack"], e["eps"]) for e in runs})):
         return ["No fine-tune recorded yet."]
-    names = ["advtrain", *(f"ablation-{r}" for r in TABLE3[:-1]), "advamd"]
+    names = ["advtrain", *(f"ablation-{r}" for r in TABLE3[:-1]), "advamd", "magnet"]
     heads = [f"{attack_label(a)} ε={eps}" for a, eps in settings]
     lines = [
         "| method | M | B | L | "
@@ -203,13 +210,33 @@ def paper_table(entries: list[dict]) -> list[str]:
                 d = [
                     e["map"][c] - control(entries, e)["map"][c]
                     for e in runs
-                    if (e["name"], e["attack"], e["eps"]) == (name, attack, eps) and c in control(entries, e)["map"]
+                    if e["name"] == name
+                    and (name == "magnet" or (e["attack"], e["eps"]) == (attack, eps))  # MagNet: scored at every one
+                    and c in e["map"]
+                    and c in control(entries, e)["map"]
                 ]
                 cells.append(spread(d, signed=True) if d else "")
-        on = {"advtrain": "", "advamd": "MBL"}.get(name, name.removeprefix("ablation-"))
+        on = {"advtrain": "", "advamd": "MBL", "magnet": ""}.get(name, name.removeprefix("ablation-"))
         switches = ["✓" if k in on else "" for k in "MBL"]
         lines.append(f"| {name} | " + " | ".join(switches + cells) + " |")
-    return lines
+    return lines + rejection_note(runs, [f"{attack_label(a)} ε={eps}" for a, eps in settings], settings)
+
+
+def rejection_note(runs: list[dict], heads: list[str], settings: list[tuple]) -> list[str]:
+    """The share of val images MagNet rejected, benign and under each attack (mean over seeds), below the table: its
+    row scores a rejected image as having no detection."""
+    from yolo_advamd.validate import column_name
+
+    magnet = [e for e in runs if e["name"] == "magnet" and e.get("rejected")]
+    if not magnet:
+        return []
+    columns = [("benign", "benign"), *((h, column_name(a, eps)) for h, (a, eps) in zip(heads, settings))]
+    rates = [
+        f"{h} {statistics.mean(r):.2f} %"
+        for h, c in columns
+        if (r := [e["rejected"][c] for e in magnet if c in e["rejected"]])
+    ]
+    return ["", f"MagNet rejected (benign val, then val attacked on the model): {', '.join(rates)}."]
 
 
 def groups(entries: list[dict]) -> dict:
@@ -425,6 +452,8 @@ def trained_on(e: dict) -> str:
     """The training setting of a recorded run, for the report: attack, ε and any varied settings."""
     if e["name"] == "vanilla":
         return "—"
+    if e["name"] == "magnet":
+        return "benign images"
     attack = attack_label(e["attack"], e.get("steps"))
     varied = (f"{k}={v}" for k, v in e.get("vary", {}).items() if k not in {"attack", "eps"})  # those are named first
     return " ".join([f"{attack} ε={e['eps']}", *varied])
