@@ -9,7 +9,8 @@ directory), then measures each configuration in its own subprocess, so that ever
   `deepfool` is the default (fast) variant, `deepfool-exact` the paper's (`deepfool=exact`).
   PGD and DeepFool run `--attack-steps` steps (3 by default).
 - `fgsm-max`: AdvAmd with `attack_terms=max` on M_T; `detadvprop` and `udfa`: those methods from their hyp files
-  (FGSM on the model being trained).
+  (FGSM on the model being trained); `magnet`: a step of MagNet's autoencoder (hyps/magnet.yaml), which trains
+  instead of the model.
 - `fgsm-pred`, `fgsm-current-pred`: `fgsm` and `fgsm-current` with `attack_labels=pred` (the attack's targets are the
   attacked model's predictions: one more no-grad forward and NMS per batch; on the current model FGSM can no longer
   reuse the benign pass's gradient, which is on the ground truth). Start from a checkpoint that detects
@@ -68,6 +69,7 @@ METHODS = {  # name: AdvAmd overrides (None: stock DetectionTrainer)
     "fgsm-current-pred": {"hyp": "hyps/advamd-fgsm.yaml", "attack_model": "current", "attack_labels": "pred"},
     "detadvprop": {"hyp": "hyps/detadvprop.yaml"},
     "udfa": {"hyp": "hyps/udfa.yaml"},
+    "magnet": {"hyp": "hyps/magnet.yaml"},  # MagNet's autoencoder (no attack), the model untouched
 }
 ITERATIVE = ("pgd", "deepfool", "deepfool-exact")  # methods whose steps --attack-steps sets
 DEEPFOOL_TARGET = 3.0  # issue 29: an AdvAmd-DeepFool step at most 3x an AdvAmd-PGD step with as many attack steps
@@ -184,7 +186,7 @@ def build_trainer(method: str, args: argparse.Namespace):
     """Build the stock or AdvAmd trainer of `method` from the starting checkpoint, set up as `_do_train` does."""
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    from yolo_advamd.trainer import AdvAmdTrainer
+    from yolo_advamd.trainer import advamd_trainer
 
     overrides = {
         "model": args.checkpoint,
@@ -207,7 +209,7 @@ def build_trainer(method: str, args: argparse.Namespace):
         overrides.update(METHODS[method], abar_batches=1)
         if method in ITERATIVE:
             overrides["steps"] = args.attack_steps
-        trainer = AdvAmdTrainer(overrides=overrides)
+        trainer = advamd_trainer(overrides)  # the method's trainer (MagNet's trains its autoencoder)
     trainer._setup_train()
     trainer.run_callbacks("on_train_start")
     trainer.optimizer.zero_grad()
@@ -287,8 +289,8 @@ def worker(method: str, args: argparse.Namespace) -> dict:
             parts.append({**spent, "preprocess": t1 - t0 - spent["attack"] - spent["views"]})
     return {
         "method": method,
-        "attack": getattr(trainer.args, "attack", None) if method != "stock" else None,
-        "attack_steps": getattr(trainer.args, "steps", None) if method != "stock" else None,
+        "attack": getattr(trainer.args, "attack", None) if getattr(trainer, "stage", None) is not None else None,
+        "attack_steps": getattr(trainer.args, "steps", None) if getattr(trainer, "stage", None) is not None else None,
         "attack_model": getattr(trainer.args, "attack_model", None),
         "attack_terms": getattr(trainer.args, "attack_terms", None),
         "attack_labels": getattr(trainer.args, "attack_labels", None),

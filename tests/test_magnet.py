@@ -125,16 +125,20 @@ def test_a_rejected_image_scores_as_missed(digits, fitted_tasks, task, tmp_path)
 
 
 def test_each_task_trains_magnet_for_an_epoch_via_the_cli(fitted_tasks, tmp_path):
-    for task in ("segment", "classify"):
+    for task, settings in (("segment", []), ("classify", ["magnet_p=1", "magnet_noise=0.05", "magnet_fpr=0.1"])):
         d = fitted_tasks[task]
         r = run(
-            "train_advamd.py", "method=magnet", f"model={d['ckpt']}", f"data={d['data']}", *FAST, f"project={tmp_path}",
-            f"name={task}", cwd=tmp_path,
+            "train_advamd.py", "method=magnet", f"model={d['ckpt']}", f"data={d['data']}", *FAST, *settings,
+            f"project={tmp_path}", f"name={task}", cwd=tmp_path,
         )  # fmt: skip
         assert r.returncode == 0, r.stderr[-2000:]
         defense = load_defense(tmp_path / task / "weights" / "best.pt")
         assert (defense.task, defense.imgsz) == (task, d["imgsz"]) and defense.threshold > 0
         assert len(results(tmp_path / task)) == 1
+        if settings:  # the settings reach the autoencoder: its noise, its error's exponent, its false-rejection rate
+            assert (defense.p, defense.noise, defense.fpr) == (1, 0.05, 0.1)
+            x = torch.rand(2, 3, 32, 32)
+            assert torch.allclose(defense.errors(x), (x - defense(x)).abs().flatten(1).mean(1))
 
 
 def test_val_cli_through_the_defense_benign_attacked_and_adaptive(digits, magnet, tmp_path):
