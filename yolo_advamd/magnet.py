@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from torch import distributed as dist
 from ultralytics.data import build_yolo_dataset
 from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.engine.validator import BaseValidator
@@ -85,7 +87,7 @@ class MagNetValidator(BaseValidator):
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, fpr: float = 0.005):
         """Initialize as Ultralytics' validators are; `fpr` is the false-rejection rate the threshold allows."""
         super().__init__(dataloader, save_dir, args, _callbacks)
-        self.metrics = type("Keys", (), {"keys": ["metrics/threshold", "metrics/rejected"]})()  # results.csv columns
+        self.metrics = SimpleNamespace(keys=["metrics/threshold", "metrics/rejected"])  # its results.csv columns
         self.errors, self.squared, self.fpr, self.p = [], [], fpr, 2
 
     def preprocess(self, batch: dict) -> dict:
@@ -100,6 +102,16 @@ class MagNetValidator(BaseValidator):
         """Record each image's detector error and squared error."""
         self.errors.append(reconstruction_error(batch["img"], preds, self.p).cpu())
         self.squared.append(reconstruction_error(batch["img"], preds, 2).cpu())
+
+    def gather_stats(self) -> None:
+        """Gather every DDP rank's errors on rank 0, which sets the threshold."""
+        if RANK == -1:
+            return
+        gathered = [None] * dist.get_world_size() if RANK == 0 else None
+        dist.gather_object((self.errors, self.squared), gathered, dst=0)
+        if RANK == 0:
+            self.errors = [e for errors, _ in gathered for e in errors]
+            self.squared = [e for _, squared in gathered for e in squared]
 
     def get_stats(self) -> dict:
         """Return the threshold, the benign rejection rate at it and the fitness."""
@@ -171,11 +183,14 @@ class MagNetMixin(AdvAmdMixin):
         """Plot nothing: the images are the dataset's, unchanged."""
 
     def final_eval(self) -> None:
-        """Strip the saved checkpoints and set their thresholds on benign val at the precision they are saved in."""
-        if RANK in {-1, 0}:
-            for file in dict.fromkeys((self.last, self.best)):
-                if file.exists():
-                    calibrate_checkpoint(file, self.test_loader, self.args.magnet_fpr, self.device)
+        """Strip the saved checkpoints and set their thresholds on all of benign val (not a DDP rank's share) at the
+        precision they are saved in."""
+        if RANK not in {-1, 0}:
+            return
+        loader = self.get_dataloader(self.data[self.args.split], self.test_loader.batch_size, rank=-1, mode="val")
+        for file in dict.fromkeys((self.last, self.best)):
+            if file.exists():
+                calibrate_checkpoint(file, loader, self.args.magnet_fpr, self.device)
 
 
 class MagNetDetectionTrainer(MagNetMixin, TASKS["detect"].trainer):
