@@ -22,7 +22,8 @@ from types import SimpleNamespace
 
 import torch
 from torch import distributed as dist
-from ultralytics.data import build_yolo_dataset
+from ultralytics.data import ClassificationDataset, build_yolo_dataset
+from ultralytics.data.utils import get_split_fraction
 from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.engine.validator import BaseValidator
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
@@ -163,11 +164,16 @@ class MagNetMixin(AdvAmdMixin):
         return model
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
-        """Return the dataset of `img_path` as the task's validator builds it, for training too: the images without
-        augmentation, letterboxed as `val_advamd.py` will see them (the threshold holds for those)."""
+        """Return the dataset of `img_path` without augmentation (the reference trains on the images as they are),
+        letterboxed or cropped as the task's validator does: the images `val_advamd.py` will screen. The split's
+        `fraction` applies as in Ultralytics."""
+        split = "train" if mode == "train" else self.args.split
         if TASKS[self.settings.task].classifier:
-            return super().build_dataset(img_path, "val", batch)
-        return build_yolo_dataset(self.args, img_path, batch, self.data, mode="val", stride=self.stride)
+            return ClassificationDataset(img_path, self.args, augment=False, prefix=split, names=self.data["names"])
+        fraction = get_split_fraction(self.args.fraction, split)
+        return build_yolo_dataset(
+            self.args, img_path, batch, self.data, mode="val", stride=self.stride, fraction=fraction
+        )
 
     def _build_train_pipeline(self) -> None:
         """Build the loaders and the optimizer as `BaseTrainer` does (a detector's trainer also sets its head's
