@@ -270,42 +270,36 @@ def evaluate(
     with every object's class moved to the next one when `shifted` (a detector's; benchmarks/label_leak.py)."""
     from label_leak import shifted_labels
 
-    from yolo_advamd.validate import validate_advamd
-
     with shifted_labels() if shifted else nullcontext():
-        res = validate_advamd(
-            str(weights),
-            data,
-            attacks="fgsm,pgd",
-            eps=eps,
-            steps=EVAL_STEPS,
-            imgsz=imgsz,
-            attack_model=attack_model and str(attack_model),
-            project=str(paths.ROOT / "runs" / "reproduce-val"),
-            name=name,
-            exist_ok=True,
-        )
+        res = validation(weights, data, eps, name, imgsz=imgsz, attack_model=attack_model and str(attack_model))
     return headline_scores(res)
 
 
 def evaluate_defended(weights: Path, defense: Path, data: str, eps: list[float], name: str) -> tuple[dict, dict]:
     """Scores (%) of `weights` through MagNet's `defense` (attacks made on the model, the paper's setting) as
     `evaluate` gives them, and the share of val images the defense rejected (%), per table column."""
-    from yolo_advamd.validate import validate_advamd
     from yolo_advamd.validators import REJECTED
 
-    res = validate_advamd(
+    res = validation(weights, data, eps, name, defense=str(defense))
+    return headline_scores(res), {col: 100 * s[REJECTED] for col, s in res["rows"][0]["stats"].items()}
+
+
+def validation(weights: Path, data: str, eps: list[float], name: str, **settings) -> dict:
+    """`validate_advamd` of `weights` on benign val and on FGSM and PGD-EVAL_STEPS at `eps`, with `settings`, written
+    to runs/reproduce-val/<name>."""
+    from yolo_advamd.validate import validate_advamd
+
+    return validate_advamd(
         str(weights),
         data,
         attacks="fgsm,pgd",
         eps=eps,
         steps=EVAL_STEPS,
-        defense=str(defense),
         project=str(paths.ROOT / "runs" / "reproduce-val"),
         name=name,
         exist_ok=True,
+        **settings,
     )
-    return headline_scores(res), {col: 100 * s[REJECTED] for col, s in res["rows"][0]["stats"].items()}
 
 
 def evaluate_corruptions(weights: Path, data: str, name: str, imgsz: int = 160) -> dict:
