@@ -229,3 +229,29 @@ def test_export_writes_the_autoencoder_to_onnx_beside_the_model_with_the_same_ou
         np.testing.assert_allclose(error, defense.errors(x).numpy(), rtol=1e-4, atol=1e-7)
     refused = run("export.py", f"model={model}", f"defense={magnet}", "format=pt", cwd=tmp_path)
     assert refused.returncode == 2 and "defense= is exported to ONNX: use format=onnx" in refused.stderr
+
+
+def gather_worker(rank: int, init_file: str, out: dict) -> None:
+    """Worker: a MagNet validator on rank `rank` with that rank's share of the errors; rank 0 returns its stats."""
+    import torch.distributed as dist
+
+    from yolo_advamd import magnet
+
+    magnet.RANK = rank  # as Ultralytics reads it from torchrun's environment at import
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    validator = magnet.MagNetValidator(args={"data": "x.yaml"}, fpr=0.25)
+    share = torch.arange(4.0) + 4 * rank  # rank 0: 0-3, rank 1: 4-7
+    validator.errors, validator.squared = [share], [share / 10]
+    validator.gather_stats()
+    if rank == 0:
+        out.update(validator.get_stats())
+    dist.destroy_process_group()
+
+
+def test_under_ddp_the_threshold_is_set_on_every_ranks_errors(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = mp.Manager().dict()
+    mp.spawn(gather_worker, args=(str(tmp_path / "init"), out), nprocs=2, join=True)
+    assert out["metrics/threshold"] == 5.0  # two of the eight errors, 6 and 7, may be rejected: not 1 of rank 0's four
+    assert out["metrics/rejected"] == 0.25 and out["fitness"] == pytest.approx(-0.35)
