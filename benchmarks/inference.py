@@ -1,4 +1,5 @@
-"""Inference cost of AdvAmd after export: onnxruntime latency of an amended model versus the stock architecture.
+"""Inference cost after export: an amended model versus the stock architecture, and MagNet's defense versus the bare
+model (onnxruntime latency).
 
 The same weights are saved twice: as a stock Ultralytics checkpoint (never converted) and as an amended one (dual BN
 with a different auxiliary BN and AdvAmd state attached, as our trainer writes it). The stock one is exported by
@@ -6,9 +7,14 @@ Ultralytics itself, the amended one by `yolo_advamd.export.export_model`; both O
 process, interleaved run by run so that machine load hits both alike. Expected: identical graphs and a latency ratio
 of 1.00 within noise (the auxiliary BN is stripped before export).
 
+MagNet (`defense=True`) adds its autoencoder before the model: the defended pipeline runs the exported autoencoder
+(`export.export_defense`: reconstruction and error) and then the model on the reconstruction; it is timed against the
+bare model in the same process, interleaved the same way, and reported as a ratio.
+
 Usage:
     python benchmarks/inference.py                      # yolov8n at 160 and 320 px, 200 timed runs each
     python benchmarks/inference.py model=yolo11n.yaml imgsz=320 runs=500 threads=2
+    python benchmarks/inference.py defense=True         # MagNet's autoencoder + the model versus the model alone
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import torch
 
 import yolo_advamd  # noqa: F401  (offline environment before Ultralytics is imported)
 from yolo_advamd.cfg import parse_cli
-from yolo_advamd.export import export_model
+from yolo_advamd.export import export_defense, export_model
+from yolo_advamd.nn.autoencoder import Autoencoder
 from yolo_advamd.nn.dual_bn import DualBatchNorm2d, convert_dual_bn
 
-DEFAULTS = {"model": "yolov8n.yaml", "imgsz": "160,320", "runs": 200, "warmup": 20, "threads": 1}
+DEFAULTS = {"model": "yolov8n.yaml", "imgsz": "160,320", "runs": 200, "warmup": 20, "threads": 1, "defense": False}
 
 
 def checkpoints(cfg: str, root: Path, imgsz: int) -> dict[str, Path]:
@@ -63,20 +70,26 @@ def session(file: str, threads: int):
     return ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
 
 
-def time_interleaved(sessions: dict, x: np.ndarray, runs: int, warmup: int) -> dict[str, list[float]]:
-    """Time each session `runs` times, alternating between them (order flipped every run); latencies in ms."""
-    names = list(sessions)
-    inputs = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+def time_interleaved(calls: dict, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Time each call (name -> function of no argument) `runs` times, alternating between them (order flipped every
+    run); latencies in ms."""
+    names = list(calls)
     for _ in range(warmup):
         for k in names:
-            sessions[k].run(None, inputs[k])
+            calls[k]()
     times = {k: [] for k in names}
     for i in range(runs):
         for k in names if i % 2 == 0 else names[::-1]:
             t = time.perf_counter()
-            sessions[k].run(None, inputs[k])
+            calls[k]()
             times[k].append((time.perf_counter() - t) * 1e3)
     return times
+
+
+def runner(session, x: np.ndarray):
+    """Return a function running `session` on `x`."""
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
 
 
 def benchmark(model: str, imgsz: int, runs: int, warmup: int, threads: int) -> dict:
@@ -94,7 +107,7 @@ def benchmark(model: str, imgsz: int, runs: int, warmup: int, threads: int) -> d
         x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
         sessions = {k: session(f, threads) for k, f in onnx_files.items()}
         outputs = {k: s.run(None, {s.get_inputs()[0].name: x})[0] for k, s in sessions.items()}
-        times = time_interleaved(sessions, x, runs, warmup)
+        times = time_interleaved({k: runner(s, x) for k, s in sessions.items()}, runs, warmup)
     median = {k: statistics.median(v) for k, v in times.items()}
     return {
         "model": model,
@@ -108,10 +121,49 @@ def benchmark(model: str, imgsz: int, runs: int, warmup: int, threads: int) -> d
     }
 
 
+def defense_benchmark(model: str, imgsz: int, runs: int, warmup: int, threads: int) -> dict:
+    """Time the model alone and MagNet's autoencoder followed by the model on its reconstruction; return the numbers.
+
+    The weights are random: the cost of a forward pass does not depend on them.
+    """
+    from ultralytics import YOLO
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = checkpoints(model, Path(tmp), imgsz)
+        autoencoder = Autoencoder().eval()
+        autoencoder.threshold, autoencoder.fpr, autoencoder.imgsz, autoencoder.fit_for = 1.0, 0.005, imgsz, model
+        sessions = {
+            "model": session(YOLO(files["stock"]).export(format="onnx", imgsz=imgsz), threads),
+            "autoencoder": session(str(export_defense(autoencoder, Path(tmp) / "magnet.onnx")), threads),
+        }
+        x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+        bare, screen = runner(sessions["model"], x), sessions["autoencoder"]
+
+        def defended():  # an accepted image, the costlier case: the model runs on its reconstruction
+            reconstruction, _ = screen.run(None, {"images": x})
+            sessions["model"].run(None, {sessions["model"].get_inputs()[0].name: reconstruction})
+
+        times = time_interleaved({"model": bare, "defended": defended}, runs, warmup)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": model, "imgsz": imgsz, "median_ms": median, "ratio": median["defended"] / median["model"]}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark for every image size and print one line per size."""
     args = {**DEFAULTS, **parse_cli(argv)}
     sizes = [int(s) for s in str(args["imgsz"]).split(",")]
+    if args["defense"]:
+        rows = [
+            defense_benchmark(args["model"], s, *(int(args[k]) for k in ("runs", "warmup", "threads"))) for s in sizes
+        ]
+        print(
+            f"\nMagNet: onnxruntime CPU latency, {args['runs']} interleaved runs, {args['threads']} thread(s), batch 1"
+        )
+        print(f"{'model':14s} {'imgsz':>5s} {'model ms':>9s} {'+MagNet ms':>10s} {'ratio':>6s}")
+        for r in rows:
+            m = r["median_ms"]
+            print(f"{r['model']:14s} {r['imgsz']:5d} {m['model']:9.2f} {m['defended']:10.2f} {r['ratio']:6.3f}")
+        return rows
     rows = [benchmark(args["model"], s, int(args["runs"]), int(args["warmup"]), int(args["threads"])) for s in sizes]
     print(f"\nonnxruntime CPU latency, {args['runs']} interleaved runs, {args['threads']} thread(s), batch 1")
     header = ("model", "imgsz", "nodes", "stock ms", "amended ms", "ratio")

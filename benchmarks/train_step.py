@@ -11,7 +11,8 @@ directory), then measures each configuration in its own subprocess, so that ever
   PGD and DeepFool run `--attack-steps` steps (3 by default).
 - `fgsm-max`: AdvAmd with `attack_terms=max` on M_T; `detadvprop` and `udfa`: those methods from their hyp files
   (FGSM on the model being trained); `distill`: defensive distillation from its hyp file (no attack; the frozen
-  teacher's forward pass is in `preprocess`).
+  teacher's forward pass is in `preprocess`); `magnet`: a step of MagNet's autoencoder (hyps/magnet.yaml), which
+  trains instead of the model.
 - `fgsm-pred`, `fgsm-current-pred`: `fgsm` and `fgsm-current` with `attack_labels=pred` (the attack's targets are the
   attacked model's predictions: one more no-grad forward and NMS per batch; on the current model FGSM can no longer
   reuse the benign pass's gradient, which is on the ground truth). Start from a checkpoint that detects
@@ -72,6 +73,7 @@ METHODS = {  # name: AdvAmd overrides (None: stock DetectionTrainer)
     "detadvprop": {"hyp": "hyps/detadvprop.yaml"},
     "udfa": {"hyp": "hyps/udfa.yaml"},
     "distill": {"hyp": "hyps/distill.yaml"},  # no attack: the teacher's forward pass and the soft class loss
+    "magnet": {"hyp": "hyps/magnet.yaml"},  # MagNet's autoencoder (no attack), the model untouched
 }
 ITERATIVE = ("pgd", "deepfool", "deepfool-fast", "deepfool-exact")  # methods whose steps --attack-steps sets
 DEEPFOOL_TARGET = 3.0  # issue 29: an AdvAmd-DeepFool step at most 3x an AdvAmd-PGD step with as many attack steps
@@ -188,7 +190,7 @@ def build_trainer(method: str, args: argparse.Namespace):
     """Build the stock or AdvAmd trainer of `method` from the starting checkpoint, set up as `_do_train` does."""
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    from yolo_advamd.trainer import AdvAmdTrainer
+    from yolo_advamd.trainer import advamd_trainer
 
     overrides = {
         "model": args.checkpoint,
@@ -211,7 +213,7 @@ def build_trainer(method: str, args: argparse.Namespace):
         overrides.update(METHODS[method], abar_batches=1)
         if method in ITERATIVE:
             overrides["steps"] = args.attack_steps
-        trainer = AdvAmdTrainer(overrides=overrides)
+        trainer = advamd_trainer(overrides)  # the method's trainer (MagNet's trains its autoencoder)
     trainer._setup_train()
     trainer.run_callbacks("on_train_start")
     trainer.optimizer.zero_grad()

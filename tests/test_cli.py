@@ -44,7 +44,7 @@ def test_unknown_key_is_rejected_with_suggestion():
         ({"steps": 0}, r"steps=0 must be a whole number >= 1"),
         ({"beta2": -1.0}, r"beta2=-1\.0 must be a number >= 0"),
         ({"attack": "cw"}, r"attack=cw is not an attack: choose one of fgsm, pgd, deepfool"),
-        ({"method": "magnet"}, r"method=magnet is not valid"),
+        ({"method": "trades"}, r"method=trades is not valid"),
         ({"abar_batches": 0}, r"abar_batches=0 must be a whole number >= 1"),
         ({"norm": 1}, r"norm=1 is not valid"),
         ({"step_size": -0.1}, r"step_size=-0\.1 must be > 0"),

@@ -707,3 +707,44 @@ def test_full_profile_trains_def_distill_on_every_seed_without_an_attack_and_tab
     assert "distill is Table 1's Def-Distill, trained once without an attack" in text
     assert "| distill | — | 1 | -1.00 | +2.00 | +2.00 | +1.00 | +1.00 | 0.0 |" in text  # every run, Δ per column
     assert (files / "plot.png").stat().st_size > 0
+
+
+def test_magnet_row_defends_the_same_seed_control_and_reports_its_rejection_rates(files, monkeypatch):
+    full = arms.PROFILES["full"]
+    magnet = [r for r in plans.plan(full) if r["method"] == "magnet"]
+    assert [plans.key(r) for r in magnet] == [f"magnet//seed{s}" for s in (0, 1, 2)]  # one autoencoder per seed
+    assert plans.eval_eps(magnet[0], full) == [0.01, 0.1]  # scored at every budget, FGSM and PGD-3
+    assert not any(r["method"] == "magnet" for r in plans.plan(arms.PROFILES["quick"]))
+    trained, defended = [], []
+
+    def fake_train(overrides):
+        trained.append(overrides)
+        weights = files / overrides["name"] / "weights" / "best.pt"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.touch()
+        (weights.parents[1] / "results.csv").write_text("epoch,time,metrics/mAP50-95(B)\n1,10,0.5\n2,20,0.6\n")
+        return weights, 1.0
+
+    def fake_defended(weights, defense, data, eps, name):
+        defended.append((weights, defense))
+        cols = ["benign", *(f"{a} eps={e:g}" for a in ("fgsm", "pgd") for e in eps)]
+        return {c: 45.0 for c in cols}, {c: 0.5 if c == "benign" else 30.0 for c in cols}
+
+    monkeypatch.setitem(arms.PROFILES, "tiny", {**full, "seeds": (0,), "ablations": False})
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
+    monkeypatch.setattr(runner, "evaluate_defended", fake_defended)
+    monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
+    monkeypatch.setattr(paths, "ROOT", files)
+    runner.run_protocol("tiny")
+    [ae] = [t for t in trained if t["method"] == "magnet"]
+    assert (ae["optimizer"], ae["lr0"], ae["epochs"]) == ("Adam", 0.001, arms.MAGNET["epochs"])
+    assert defended == [
+        (files / "vanilla__seed0" / "weights" / "best.pt", files / "magnet__seed0" / "weights" / "best.pt")
+    ]
+    entry = next(e for e in records.load() if e["key"] == "magnet//seed0")
+    assert entry["rejected"]["benign"] == 0.5 and entry["map"]["pgd eps=0.1"] == 45.0
+    text = report.report()
+    assert "| magnet |  |  |  | +25.00 |" in text  # Δ adv at FGSM ε=0.01 vs the same-seed control (45 - 20)
+    assert "MagNet rejected (benign val, then val attacked on the model): benign 0.50 %, fgsm ε=0.01 30.00 %" in text
+    assert "MagNet trains its autoencoder on the same scenes" in text

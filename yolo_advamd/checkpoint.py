@@ -141,6 +141,34 @@ def load_model(model: str | Path | nn.Module, why: str, key: str = "model") -> t
     return strip_advamd(net).float().eval(), label, {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS}
 
 
+def load_defense(defense: str | Path, key: str = "defense") -> nn.Module:
+    """Load a MagNet checkpoint (`train_advamd.py method=magnet`) as its frozen fp32 eval-mode autoencoder.
+
+    Args:
+        defense (str | Path): The `.pt` a MagNet run wrote (its `weights/best.pt`).
+        key (str): The argument's name, for messages.
+
+    Returns:
+        (Autoencoder): The autoencoder, with the threshold set on benign val after training.
+
+    Raises:
+        FileNotFoundError: If it is not a `.pt` on disk.
+        ValueError: If it is not a finished MagNet run's checkpoint.
+    """
+    from ultralytics.nn.tasks import torch_safe_load
+
+    from yolo_advamd.nn.autoencoder import Autoencoder
+
+    how = "train one with `train_advamd.py method=magnet model=best.pt` and pass its weights/best.pt"
+    path = check_local_weights(defense, f"{key}= is a MagNet checkpoint: {how}", key)
+    ckpt, _ = torch_safe_load(path)
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(model, Autoencoder) or model.threshold is None:
+        found = f"a {type(model).__name__} checkpoint" if isinstance(model, nn.Module) else "no model"
+        raise ValueError(f"{key}={defense} holds {found}, not a finished MagNet run's autoencoder: {how}")
+    return freeze_target(model)
+
+
 def attack_copy(model: nn.Module, train_args: dict, device: torch.device) -> nn.Module:
     """Return the model attacks differentiate: an fp32, eval-mode copy with frozen weights and a cfg namespace."""
     from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace

@@ -14,6 +14,10 @@ Formats:
     - anything Ultralytics' exporter knows (`onnx`, `engine`, `torchscript`, `openvino`, ...): exported by
       `YOLO.export` with the user's options passed through untouched, written beside the checkpoint.
 
+MagNet: `defense=` (a `method=magnet` checkpoint) also exports its autoencoder to ONNX beside the model,
+`<model stem>_magnet.onnx`, with two outputs, the reconstruction (what the model is to be given) and each image's
+reconstruction error (an image whose error is above the metadata's `threshold` is to be rejected).
+
 Safe loading: with `ULTRALYTICS_SAFE_LOAD=1`, Ultralytics loads checkpoints with `torch.load(weights_only=True)` and
 refuses classes it does not know. Importing `yolo_advamd.nn` (this module does) registers `DualBatchNorm2d` and
 `DualSyncBatchNorm` as safe globals, so amended and resume checkpoints load in that mode in any process that imported
@@ -34,8 +38,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from ultralytics.utils import LOGGER
 
-from yolo_advamd.checkpoint import check_local_weights, strip_advamd, task_of
+from yolo_advamd.checkpoint import check_local_weights, load_defense, strip_advamd, task_of
+from yolo_advamd.nn.autoencoder import reconstruction_error
 
 STOCK_KEYS = (  # top-level keys of an Ultralytics checkpoint (BaseTrainer.save_model, strip_optimizer)
     "date",
@@ -219,13 +225,54 @@ def check_format(format: str) -> str:
     return fmt
 
 
-def export_model(model: str | Path, format: str = "onnx", **overrides) -> str:
+class Screen(nn.Module):
+    """MagNet's autoencoder as exported: the reconstruction of the images and each image's reconstruction error."""
+
+    def __init__(self, autoencoder: nn.Module):
+        """Wrap a frozen autoencoder (`checkpoint.load_defense`)."""
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the reconstruction (B, C, H, W) and the error mean |x - reconstruction|^p per image (B,)."""
+        reconstruction = self.autoencoder(x)
+        return reconstruction, reconstruction_error(x, reconstruction, self.autoencoder.p)
+
+
+def export_defense(autoencoder: nn.Module, file: str | Path, opset: int | None = None) -> Path:
+    """Export MagNet's autoencoder to ONNX (`Screen`: reconstruction and error, batch and image size dynamic), its
+    threshold, error exponent, image size and model in the file's metadata; return `file`."""
+    import onnx
+
+    file, size = Path(file), autoencoder.imgsz
+    x = torch.rand(1, 3, size, size)
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "reconstruction": {0: "batch", 2: "height", 3: "width"}}
+    torch.onnx.export(
+        Screen(autoencoder).eval(),
+        (x,),
+        str(file),
+        input_names=["images"],
+        output_names=["reconstruction", "error"],
+        dynamic_axes={**axes, "error": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    graph = onnx.load(str(file))
+    for key in ("threshold", "p", "imgsz", "fpr", "fit_for", "task"):
+        graph.metadata_props.add(key=key, value=str(getattr(autoencoder, key)))
+    onnx.save(graph, str(file))
+    return file
+
+
+def export_model(model: str | Path, format: str = "onnx", defense: str | Path | None = None, **overrides) -> str:
     """Strip the auxiliary BN and all AdvAmd state from a checkpoint and export the plain model.
 
     Args:
         model (str | Path): An Ultralytics `.pt` checkpoint, amended or stock.
         format (str): `pt` (stock checkpoint), `state_dict` (weights-only file), or any Ultralytics export format
             (`onnx`, `engine`, `torchscript`, `openvino`, ...).
+        defense (str | Path | None): A MagNet checkpoint (`train_advamd.py method=magnet`) whose autoencoder is
+            exported to ONNX beside the model as `<model stem>_magnet.onnx` (`export_defense`); format=onnx only.
         **overrides (Any): Ultralytics export options (`imgsz`, `half`, `dynamic`, `simplify`, `opset`, `device`,
             `batch`, ...), passed through unchanged; not used by `pt` and `state_dict`.
 
@@ -242,6 +289,11 @@ def export_model(model: str | Path, format: str = "onnx", **overrides) -> str:
 
     fmt = check_format(format)
     path = check_local_weights(model, "pass the one to export, e.g. model=runs/detect/train/weights/best.pt")
+    if defense is not None:
+        if fmt != "onnx":
+            raise ValueError(f"defense= is exported to ONNX: use format=onnx (not format={fmt})")
+        file = export_defense(load_defense(defense), path.with_name(f"{path.stem}_magnet.onnx"), overrides.get("opset"))
+        LOGGER.info(f"MagNet's autoencoder exported to {file}")
     if fmt in OWN_FORMATS:
         if overrides:
             raise ValueError(f"format={fmt} takes no export options: remove {sorted(overrides)}")

@@ -15,8 +15,14 @@ from pathlib import Path
 from yolo_advamd.corruptions import grid, mpc_note
 from yolo_advamd.plotting import plot_corruptions
 from yolo_advamd.tasks import TASKS
+from yolo_advamd.validators import REJECTED
 
 BENIGN = "benign"
+
+
+def score_keys(task: str) -> dict:
+    """Return the table's metrics of a task (`Task.scores`) and the rejection rate of a defense: name -> stats key."""
+    return {**TASKS[task].scores, "rejected by the defense": REJECTED}
 
 
 def column_name(attack: str, eps: float) -> str:
@@ -38,7 +44,7 @@ def delta(rows: list[dict]) -> dict | None:
 def table_rows(results: dict, metric: str, columns: list[str] | None = None) -> list[list[str]]:
     """Return one metric's table (header first) over `columns` (all when None): rows for the model, the baseline
     and Δ, values in percent."""
-    key, nan = TASKS[results.get("task", "detect")].scores[metric], float("nan")
+    key, nan = score_keys(results.get("task", "detect"))[metric], float("nan")
     columns = columns or results["columns"]
     header = ["model", "attacked model", *columns]
     lines = [header]
@@ -68,7 +74,8 @@ def write_table(results: dict, save_dir: str | Path) -> str:
     The tables follow the paper's Table 1: one column per attack × ε after the benign one, one row per model (and
     baseline) naming the model the attacks were computed on, and the Δ row (model − baseline). Values in % for the
     task (`Task.scores`): detection mAP50-95 and mAP50 (and with `save_json` the pycocotools AP50-95 and AP50),
-    segmentation mask and box mAP, classification top-1 and top-5 accuracy. With corruptions the tables end with
+    segmentation mask and box mAP, classification top-1 and top-5 accuracy; with a defense, the share of images it
+    rejected (a bare row shows nan). With corruptions the tables end with
     mPC and rPC, and the task's score (the first metric) follows per corruption × severity, also drawn in
     `corruptions.png`. The CSV holds the same tables with a `metric` column and every corrupted set's column; the
     JSON holds every statistic of every run as fractions.
@@ -82,7 +89,7 @@ def write_table(results: dict, save_dir: str | Path) -> str:
     """
     save_dir = Path(save_dir)
     first = results["rows"][0]["stats"][BENIGN]
-    metrics = [m for m, key in TASKS[results.get("task", "detect")].scores.items() if key in first]
+    metrics = [m for m, key in score_keys(results.get("task", "detect")).items() if key in first]
     blocks, records = [], []
     sets = results.get("corruptions", {}).get("columns") or []
     for metric in metrics:

@@ -60,7 +60,7 @@ class AdvAmdMixin:
             own = {k: v for k, v in cfg2dict(cfg).items() if k in ADVAMD_KEYS}
             overrides = resolve_settings({**own, **(overrides or {})}, type(self))
         self.settings = overrides
-        super().__init__({**cfg2dict(cfg), **overrides.advamd}, overrides.overrides, _callbacks)
+        super().__init__({**cfg2dict(cfg), **overrides.advamd}, self.trainer_overrides(overrides), _callbacks)
         vars(self.args).update(overrides.advamd)  # resolved once; saved with train_args
         self.method = overrides.method(self.args)
         self.amend = self.method.amends
@@ -68,6 +68,10 @@ class AdvAmdMixin:
         if self.amend:
             self.add_callback("on_train_start", type(self).setup_advamd)
             self.add_callback("on_train_epoch_end", type(self).refresh_abar)
+
+    def trainer_overrides(self, settings: Settings) -> dict:
+        """Return the settings Ultralytics' trainer is given over its defaults: the user's."""
+        return settings.overrides
 
     def setup_model(self):
         """Build the model as Ultralytics does, from the checkpoint the settings opened instead of opening it again."""
@@ -313,10 +317,10 @@ TRAINERS = {t.task_name: t for t in (AdvAmdTrainer, AdvAmdSegmentationTrainer, A
 
 
 def advamd_trainer(overrides: dict | Settings, _callbacks: dict | None = None) -> AdvAmdMixin:
-    """Return the AdvAmd trainer of the run's task (see `model_task`), like `yolo train` picks the task's trainer.
+    """Return the trainer of the run's method and task (see `model_task`), like `yolo train` picks the task's trainer.
 
     Raises:
         ValueError: For a task AdvAmd does not train, naming the supported ones (`resolve_settings`).
     """
     settings = overrides if isinstance(overrides, Settings) else resolve_settings(overrides)
-    return TRAINERS[settings.task](overrides=settings, _callbacks=_callbacks)
+    return settings.method.trainer(settings.task)(overrides=settings, _callbacks=_callbacks)

@@ -32,7 +32,7 @@ from ultralytics.utils.torch_utils import select_device
 from yolo_advamd.attacks import build_attack
 from yolo_advamd.attacks.objectives import check_terms
 from yolo_advamd.attacks.settings import attack_grid, attack_settings, check_attack_labels
-from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_model, task_of
+from yolo_advamd.checkpoint import attack_copy, check_local_weights, load_defense, load_model, task_of
 from yolo_advamd.corruptions import (
     MPC,
     RPC,
@@ -78,6 +78,8 @@ def validate_advamd(
     seed: int = 0,
     corruptions: str | list[str] | None = None,
     severities: str | list[int] = SEVERITIES,
+    defense: str | Path | None = None,
+    defense_adaptive: bool = False,
     **overrides,
 ) -> dict:
     """Validate a model (detect, segment, classify) on the benign val set and its adversarial versions; write the table.
@@ -123,6 +125,11 @@ def validate_advamd(
             `common` (the benchmark's 15), `all` (with the 4 held-out ones) or names, comma-separated or a list; the
             table adds mPC and rPC, and `corruptions.png` the score per corruption × severity.
         severities (str | list[int]): The corruption severities, 1 to 5.
+        defense (str | Path | None): MagNet's checkpoint (`train_advamd.py method=magnet`): the model's row is scored
+            through it (rejected images count as having no detection, the others reach the model reconstructed) and
+            adds the rejection rate; the attacks are made on the model alone (the paper's setting), the baseline row
+            stays bare.
+        defense_adaptive (bool): Attack the model through the defense's reformer instead (an adaptive attacker).
         **overrides (Any): Ultralytics val settings (`conf`, `iou`, `max_det`, `split`, `quantize`, `workers`,
             `plots`, `fraction`, ...), checked by Ultralytics (deprecated keys such as `half` are mapped).
 
@@ -152,6 +159,8 @@ def validate_advamd(
     task = check_tasks({role: task_of(net) for role, (net, *_) in models.items()}, save_json, save_adv)
     attack_terms = str(attack_terms).lower()
     check_terms(attack_terms, classifier=TASKS[task].classifier)
+    shield = check_defense(defense, defense_adaptive, task, imgsz, attack_terms, save_adv)
+    imgsz = imgsz or (shield.imgsz if shield is not None else None)
     attacker = models.pop("attack_model", None)
     data = resolve_dataset(data or TASKS[task].data)
     val_split = corruption_split(data, task, overrides.get("split") or "val") if corruptions else None
@@ -175,6 +184,8 @@ def validate_advamd(
         "attack_model": transfer and transfer[1],
         "corruptions": corruptions,
         "severities": severities,
+        "defense": defense and str(defense),
+        "defense_adaptive": defense_adaptive,
         "batch": batch,
         "imgsz": imgsz,
         **overrides,
@@ -193,6 +204,10 @@ def validate_advamd(
     rows = []
     for role, (net, label, train_args) in models.items():
         victim, attacked_by = transfer or (attack_copy(net, train_args, dev), f"{label} (white-box)")
+        guard = shield if role == "model" else None
+        if guard is not None:
+            label = f"{label} + MagNet"
+            attacked_by += " through the reformer" if defense_adaptive else ""
         row = {"name": label, "role": role, "attacked_by": attacked_by, "stats": {}}
         for attack in attack_runs.values():  # the same random starts for every row
             attack.reset()
@@ -215,6 +230,8 @@ def validate_advamd(
                 images=images,
                 attack_labels=attack_labels,
                 attack_conf=attack_conf,
+                defense=guard,
+                defense_adaptive=defense_adaptive,
                 **({"adv_dir": run_dir / "adversarial"} if save_adv and attack is not None else {}),
             )
             row["stats"][column] = {k: float(v) for k, v in validator(model=net).items()}
@@ -257,6 +274,36 @@ def check_tasks(tasks: dict, save_json: bool, save_adv: bool) -> str:
             f"off for a {task} model"
         )
     return task
+
+
+def check_defense(
+    defense, adaptive: bool, task: str, imgsz: int | None, terms: str, save_adv: bool
+) -> nn.Module | None:
+    """Load MagNet's autoencoder for `defense=` (None without one), refusing settings it does not fit, before any work.
+
+    Its threshold holds at the image size it was calibrated at, on images of its task's dataset.
+    """
+    if defense is None:
+        if adaptive:
+            raise ValueError("defense_adaptive=True attacks through MagNet's reformer: pass defense=magnet.pt too")
+        return None
+    shield = load_defense(defense)
+    if shield.task != task:
+        raise ValueError(f"defense={defense} was fit to a {shield.task} model's images and model is a {task} model")
+    if imgsz is not None and imgsz != shield.imgsz:
+        raise ValueError(
+            f"imgsz={imgsz} differs from imgsz={shield.imgsz}, at which defense={defense} set its threshold: "
+            "leave imgsz= out"
+        )
+    if adaptive and terms == "max":
+        raise ValueError(
+            "defense_adaptive=True attacks one loss through the reformer: use attack_terms=all, cls or box"
+        )
+    if save_adv:
+        raise ValueError(
+            "save_adv writes the attacked images, which do not depend on defense=: run it without defense="
+        )
+    return shield
 
 
 def build_attacks(attacks: list[str], eps: list[float], norm, steps, step_size, random_start, deepfool, seed) -> dict:

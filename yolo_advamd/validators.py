@@ -24,11 +24,14 @@ import torch
 import yaml
 from torch import nn
 
+from yolo_advamd.attacks.objectives import PreprocessedObjective, objective_for
 from yolo_advamd.attacks.settings import check_attack_labels
 from yolo_advamd.attacks.strategies import attack_batch
 from yolo_advamd.attacks.targets import attack_targets
 from yolo_advamd.coco_scoring import COCOScoring
 from yolo_advamd.tasks import TASKS
+
+REJECTED = "defense/rejected"  # the share of images the defense's detector rejected (MagNet), beside the scores
 
 
 class AdversarialValidation:
@@ -36,6 +39,9 @@ class AdversarialValidation:
 
     With `attack=None` it is the task's stock validator (benign images). Mixed in before the task's validator class.
     With `images` it scores that folder (a corrupted copy of the split, same layout and labels) instead of the split.
+    With `defense` (MagNet's autoencoder) each image, once attacked, is rejected when its reconstruction error is above
+    the defense's threshold (no detection: its objects are missed; a classifier's answer is wrong) and the model sees
+    its reconstruction otherwise; the share rejected is the statistic `REJECTED`.
 
     Attributes:
         attack (Attack | None): The attack applied to every batch before inference.
@@ -47,6 +53,9 @@ class AdversarialValidation:
         attack_labels (str): The attack's targets: "gt" (the batch's ground truth) or "pred" (the attacked model's
             predictions on the clean images).
         attack_conf (float): Confidence above which a prediction is a target with `attack_labels="pred"`.
+        defense (nn.Module | None): MagNet's frozen autoencoder (`checkpoint.load_defense`), or None.
+        defense_adaptive (bool): Attack the model through the defense's reformer (the attack sees the
+            reconstruction) instead of the model alone.
 
     Examples:
         >>> v = AdvDetectionValidator(args=dict(data="coco.yaml"), attack=build_attack("fgsm", eps=0.01),
@@ -66,6 +75,8 @@ class AdversarialValidation:
         attack_labels: str = "gt",
         attack_conf: float = 0.25,
         images: Path | None = None,
+        defense: nn.Module | None = None,
+        defense_adaptive: bool = False,
     ):
         """Initialize the validator; see the class attributes for the AdvAmd arguments."""
         super().__init__(dataloader, save_dir, args, _callbacks)
@@ -73,17 +84,40 @@ class AdversarialValidation:
             raise ValueError("an attack needs attack_model=: the fp32 eval-mode model whose gradients it follows")
         self.attack, self.attack_model, self.terms, self.images = attack, attack_model, terms, images
         self.attack_labels, self.attack_conf = check_attack_labels(attack_labels, attack_conf), attack_conf
+        self.defense, self.defense_adaptive = defense, defense_adaptive
+        self.rejected = self.screened = 0  # images the defense rejected, of those it saw
 
     def get_dataloader(self, dataset_path, batch_size: int):
         """Return Ultralytics' val dataloader, on `images` instead of the split's when given."""
         return super().get_dataloader(str(self.images) if self.images else dataset_path, batch_size)
 
     def preprocess(self, batch: dict) -> dict:
-        """Preprocess like Ultralytics, then replace `img` by its adversarial version."""
+        """Preprocess like Ultralytics, then replace `img` by its adversarial version and, with a defense, by its
+        reconstruction (`rejected` marks the images its detector rejects)."""
         batch = super().preprocess(batch)
+        defense = None if self.defense is None else self.defense.to(batch["img"].device)
         if self.attack is not None:
             batch["img"] = self.adversarial(batch).to(batch["img"].dtype)
+        if defense is not None:
+            images = batch["img"].float()
+            batch["rejected"] = defense.errors(images) > defense.threshold
+            batch["img"] = defense(images).to(batch["img"].dtype)
+            self.rejected += int(batch["rejected"].sum())
+            self.screened += len(images)
         return batch
+
+    def update_metrics(self, preds: list[dict], batch: dict) -> None:
+        """Score the batch like Ultralytics, a rejected image with no detection: its objects are missed."""
+        if (rejected := batch.get("rejected")) is not None:
+            preds = [{k: v[:0] for k, v in p.items()} if r else p for p, r in zip(preds, rejected.tolist())]
+        super().update_metrics(preds, batch)
+
+    def get_stats(self) -> dict:
+        """Return Ultralytics' statistics and, with a defense, the share of images it rejected (`REJECTED`)."""
+        stats = super().get_stats()
+        if self.defense is not None:
+            stats[REJECTED] = self.rejected / max(self.screened, 1)
+        return stats
 
     def adversarial(self, batch: dict) -> torch.Tensor:
         """Return the batch's images attacked against `attack_model` (float32, in the attack's clip range).
@@ -95,7 +129,12 @@ class AdversarialValidation:
         with torch.inference_mode(False), torch.enable_grad():
             clean = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             clean["img"] = clean["img"].float()
-            result, _ = attack_batch(self.attack, self.attack_model, self.attack_targets_of(clean), self.terms)
+            targets = self.attack_targets_of(clean)
+            if self.defense_adaptive:  # the loss of the model on the reconstruction, differentiated through it
+                objective = PreprocessedObjective(objective_for(self.attack_model, targets, self.terms), self.defense)
+                result = self.attack(clean["img"], objective)
+            else:
+                result, _ = attack_batch(self.attack, self.attack_model, targets, self.terms)
             return (clean["img"] + result.delta.detach()).clamp_(*self.attack.clip)
 
     def attack_targets_of(self, batch: dict) -> dict:
@@ -114,6 +153,13 @@ class AdvClassificationValidator(AdversarialValidation, TASKS["classify"].valida
     """Ultralytics' ClassificationValidator (top-1, top-5) on adversarial images, attacked on the cross-entropy."""
 
     task_name = "classify"
+
+    def update_metrics(self, preds: torch.Tensor, batch: dict) -> None:
+        """Score the batch like Ultralytics, a rejected image with no class: wrong at top-1 and top-5."""
+        rejected = batch.get("rejected")
+        super().update_metrics(preds, {**batch, "rejected": None})
+        if rejected is not None:
+            self.pred[-1][rejected.cpu()] = -1
 
 
 class AdvDetectionValidator(AdversarialValidation, COCOScoring, TASKS["detect"].validator):

@@ -30,7 +30,7 @@ def make_run(setting: tuple[str, float], seed: int, method: str, on: str = "") -
 
 
 def defense_run(seed: int, method: str) -> dict:
-    """One fine-tune of a defense that trains without an attack (Table 1's Def-Distill): no attack settings."""
+    """One run of a defense that trains without an attack (Table 1's Def-Distill and MagNet): no attack settings."""
     return {"seed": seed, "method": method}
 
 
@@ -38,9 +38,10 @@ def plan(profile: dict, vary: dict | None = None) -> list[dict]:
     """Return every fine-tune run of a profile, most telling first, so a stopped protocol has the key rows.
 
     (a) vanilla, (b) Adv-Train and (c) AdvAmd at the first setting for every seed; then the profile's `defenses`
-    (Table 1's other rows, no attack in training) for every seed; then (b) and (c) at the other settings, the other
-    Table 3 rows at the first setting and at the others (seed 0). With `vary` (settings to override), only (c) at the
-    first setting with those settings, and the control, for each seed.
+    (Table 1's other rows, no attack in training: Def-Distill; MagNet, whose autoencoder defends the same-seed control)
+    for every seed; then (b) and (c) at the other settings, the other Table 3 rows at the first setting and at the
+    others (seed 0). With `vary` (settings to override), only (c) at the first setting with those settings, and the
+    control, for each seed.
     """
     first, *others = profile["train"]
     others.sort(key=lambda s: (s[1], s[0]))  # the smaller budget first
@@ -71,8 +72,8 @@ def plan(profile: dict, vary: dict | None = None) -> list[dict]:
 
 
 def eval_eps(run: dict, profile: dict, vary: dict | None = None) -> list[float]:
-    """The budgets a run is evaluated at: its own, or for a run trained without an attack (the control, Def-Distill)
-    every budget planned (a varied ε included)."""
+    """The budgets a run is evaluated at: its own, or for a run trained without an attack (the control, Def-Distill,
+    MagNet) every budget planned (a varied ε included)."""
     if METHODS[run["method"]].attacks:
         return [run["eps"]]
     return sorted({eps for _, eps in profile["train"]} | {(vary or {}).get("eps", profile["train"][0][1])})

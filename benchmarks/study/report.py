@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 
 from . import paths
-from .arms import EVAL_STEPS, PROFILES, SCHEDULE, TABLE3, TASKS, THROUGH_TARGET, TRAIN_STEPS
+from .arms import EVAL_STEPS, MAGNET, PROFILES, SCHEDULE, TABLE3, TASKS, THROUGH_TARGET, TRAIN_STEPS
 from .plans import study_arms, study_budgets
 from .recommend import deltas, recommend, write_recommended
 from .records import control, load
@@ -134,12 +134,19 @@ def protocol(p: dict) -> str:
     """Describe a profile's protocol in one paragraph."""
     settings = [f"{a.upper()} ε = {eps}" for a, eps in p["train"]]
     rows = "Adv-Train and the seven Table 3 rows (AdvAmd is the last)" if p["ablations"] else "Adv-Train and AdvAmd"
-    defenses = (
-        f" {', '.join(p['defenses'])} (Def-Distill: the class scores at T = 100 learn M_T's, no attack) fine-tunes M_T "
-        "the same way on every seed and, trained without an attack, is evaluated at every ε like the control; our "
-        "attacks run on the deployed model at T = 1, and PGD starts from a random point of the ε ball (distillation "
-        "masks gradients, Carlini and Wagner 2016)."
-        if p.get("defenses")
+    defenses = p.get("defenses", ())
+    text = (
+        " Def-Distill (the class scores at T = 100 learn M_T's, no attack) fine-tunes M_T the same way on every seed "
+        "and, trained without an attack, is evaluated at every ε like the control; our attacks run on the deployed "
+        "model at T = 1, and PGD starts from a random point of the ε ball (distillation masks gradients, Carlini and "
+        "Wagner 2016)."
+        if "distill" in defenses
+        else ""
+    ) + (
+        f" MagNet trains its autoencoder on the same scenes (Adam, lr0 1e-3, {MAGNET['epochs']} epochs, seeds as the "
+        "control) and defends the same-seed control: attacks are made on the control (the paper's setting), an image "
+        "it rejects counts as having no detection."
+        if "magnet" in defenses
         else ""
     )
     pgd = f" (PGD: {TRAIN_STEPS['pgd']} steps)" if any(a == "pgd" for a, _ in p["train"]) else ""
@@ -154,7 +161,7 @@ def protocol(p: dict) -> str:
         f"at {SCHEDULE['imgsz']} px. The control (vanilla), {rows} fine-tune M_T for {p['ft_epochs']} epochs "
         f"on the same scenes (AdamW, lr0 5e-4, batch {SCHEDULE['batch']}, no warmup, no mosaic), attacking M_T "
         f"with {', '.join(settings)}{pgd}; {seeds}. Each is evaluated on benign val and "
-        f"on val attacked with FGSM and PGD-{EVAL_STEPS} at the ε it trained with; the control at every ε.{defenses}"
+        f"on val attacked with FGSM and PGD-{EVAL_STEPS} at the ε it trained with; the control at every ε.{text}"
     )
 
 
@@ -228,7 +235,24 @@ def paper_table(entries: list[dict]) -> list[str]:
         on = "MBL" if name == "advamd" else name.removeprefix("ablation-") if name.startswith("ablation-") else ""
         switches = ["✓" if k in on else "" for k in "MBL"]
         lines.append(f"| {name} | " + " | ".join(switches + cells) + " |")
-    return lines
+    return lines + rejection_note(runs, [f"{attack_label(a)} ε={eps}" for a, eps in settings], settings)
+
+
+def rejection_note(runs: list[dict], heads: list[str], settings: list[tuple]) -> list[str]:
+    """The share of val images MagNet rejected, benign and under each attack (mean over seeds), below the table: its
+    row scores a rejected image as having no detection."""
+    from yolo_advamd.validate import column_name
+
+    magnet = [e for e in runs if e["name"] == "magnet" and e.get("rejected")]
+    if not magnet:
+        return []
+    columns = [("benign", "benign"), *((h, column_name(a, eps)) for h, (a, eps) in zip(heads, settings))]
+    rates = [
+        f"{h} {statistics.mean(r):.2f} %"
+        for h, c in columns
+        if (r := [e["rejected"][c] for e in magnet if c in e["rejected"]])
+    ]
+    return ["", f"MagNet rejected (benign val, then val attacked on the model): {', '.join(rates)}."]
 
 
 def groups(entries: list[dict]) -> dict:

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from . import paths
-from .arms import EVAL_STEPS, HEADLINE, PROFILES, SCHEDULE, THROUGH_TARGET, target_recipe
+from .arms import EVAL_STEPS, HEADLINE, MAGNET, PROFILES, SCHEDULE, THROUGH_TARGET, target_recipe
 from .plans import (
     check_study,
     eval_eps,
@@ -80,9 +80,16 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
                 "project": project,
                 "name": name,
                 **settings,
+                **(MAGNET if run["method"] == "magnet" else {}),
             }
         )
-        scores = evaluate(weights, data, eval_eps(run, profile, vary), f"{profile_name}-{name}")
+        budgets, extra = eval_eps(run, profile, vary), {}
+        if run["method"] == "magnet":  # the same-seed control, scored through the autoencoder
+            defended = on_disk(done[key({**run, "method": "vanilla"})]["weights"])  # vanilla//seedN
+            scores, extra["rejected"] = evaluate_defended(defended, weights, data, budgets, f"{profile_name}-{name}")
+            extra["defends"] = stored(defended)
+        else:
+            scores = evaluate(weights, data, budgets, f"{profile_name}-{name}")
         done[k] = {
             "key": k,
             "profile": profile_name,
@@ -91,6 +98,7 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
             "train_seconds": seconds,
             "weights": stored(weights),
             "map": scores,
+            **extra,
         }
         record(done[k])
         report()
@@ -275,22 +283,36 @@ def evaluate(
     with every object's class moved to the next one when `shifted` (a detector's; benchmarks/label_leak.py)."""
     from label_leak import shifted_labels
 
+    with shifted_labels() if shifted else nullcontext():
+        res = validation(weights, data, eps, name, imgsz=imgsz, attack_model=attack_model and str(attack_model))
+    return headline_scores(res)
+
+
+def evaluate_defended(weights: Path, defense: Path, data: str, eps: list[float], name: str) -> tuple[dict, dict]:
+    """Scores (%) of `weights` through MagNet's `defense` (attacks made on the model, the paper's setting) as
+    `evaluate` gives them, and the share of val images the defense rejected (%), per table column."""
+    from yolo_advamd.validators import REJECTED
+
+    res = validation(weights, data, eps, name, defense=str(defense))
+    return headline_scores(res), {col: 100 * s[REJECTED] for col, s in res["rows"][0]["stats"].items()}
+
+
+def validation(weights: Path, data: str, eps: list[float], name: str, **settings) -> dict:
+    """`validate_advamd` of `weights` on benign val and on FGSM and PGD-EVAL_STEPS at `eps`, with `settings`, written
+    to runs/reproduce-val/<name>."""
     from yolo_advamd.validate import validate_advamd
 
-    with shifted_labels() if shifted else nullcontext():
-        res = validate_advamd(
-            str(weights),
-            data,
-            attacks="fgsm,pgd",
-            eps=eps,
-            steps=EVAL_STEPS,
-            imgsz=imgsz,
-            attack_model=attack_model and str(attack_model),
-            project=str(paths.ROOT / "runs" / "reproduce-val"),
-            name=name,
-            exist_ok=True,
-        )
-    return headline_scores(res)
+    return validate_advamd(
+        str(weights),
+        data,
+        attacks="fgsm,pgd",
+        eps=eps,
+        steps=EVAL_STEPS,
+        project=str(paths.ROOT / "runs" / "reproduce-val"),
+        name=name,
+        exist_ok=True,
+        **settings,
+    )
 
 
 def evaluate_corruptions(weights: Path, data: str, name: str, imgsz: int = 160) -> dict:
@@ -325,7 +347,11 @@ def complete(entry: dict, eps: list[float], data: str) -> dict:
             print(f"reproduce.py: {entry['key']} lacks ε = {missing} and its weights {weights} are gone: left as is")
             return entry
         name = f"{entry['profile']}-{entry['key'].replace('/', '_')}"
-        entry = {**entry, "map": {**evaluate(weights, data, missing, name), **entry["map"]}}
+        if "defends" in entry:  # MagNet: its control, through the autoencoder
+            scores, rejected = evaluate_defended(on_disk(entry["defends"]), weights, data, missing, name)
+            entry = {**entry, "map": {**scores, **entry["map"]}, "rejected": {**rejected, **entry["rejected"]}}
+        else:
+            entry = {**entry, "map": {**evaluate(weights, data, missing, name), **entry["map"]}}
         record(entry)
     return entry
 

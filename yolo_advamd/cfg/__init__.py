@@ -110,10 +110,24 @@ def check_advamd_cfg(cfg: dict, task: str | None = None) -> dict:
     ab = cfg["abar_batches"]
     if not isinstance(ab, int) or isinstance(ab, bool) or ab < 1:
         raise ValueError(f"abar_batches={ab} must be a whole number >= 1: A-bar is estimated from that many batches")
+    check_magnet(cfg)
     check_method(cfg, task)
     if task in TASKS and TASKS[task].classifier:  # a classifier has no box to attack
         check_terms(cfg["attack_terms"], classifier=True)
     return cfg
+
+
+def check_magnet(cfg: dict) -> None:
+    """Refuse MagNet settings out of their range, naming the key (`magnet_fpr`, `magnet_noise`, `magnet_p`)."""
+    fpr, noise, p = cfg["magnet_fpr"], cfg["magnet_noise"], cfg["magnet_p"]
+    if not is_number(fpr) or not 0 < fpr < 1:
+        raise ValueError(
+            f"magnet_fpr={fpr} must be in (0, 1): the share of benign val images MagNet may reject, e.g. 0.005"
+        )
+    if not is_number(noise) or not noise >= 0:
+        raise ValueError(f"magnet_noise={noise} must be a number >= 0: the noise's standard deviation, e.g. 0.1")
+    if p not in (1, 2) or isinstance(p, bool):
+        raise ValueError(f"magnet_p={p} must be 1 or 2: the exponent of the reconstruction error")
 
 
 def check_keys(base: dict, custom: dict, source: str = "argument", listed: Iterable[str] | None = None) -> None:

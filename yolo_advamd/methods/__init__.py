@@ -9,10 +9,11 @@ from yolo_advamd.methods.advtrain import AdvTrain
 from yolo_advamd.methods.base import Method
 from yolo_advamd.methods.detadvprop import DetAdvProp
 from yolo_advamd.methods.distill import Distill
+from yolo_advamd.methods.magnet import MagNet
 from yolo_advamd.methods.udfa import UDFA
 from yolo_advamd.methods.vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (AdvAmd, AdvTrain, DetAdvProp, Distill, UDFA, Vanilla)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (AdvAmd, AdvTrain, DetAdvProp, Distill, MagNet, UDFA, Vanilla)}
 
 __all__ = ("METHODS", "Method", "check_method")
 

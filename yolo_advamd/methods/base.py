@@ -26,7 +26,8 @@ class Method:
         attacks (bool): Whether a step attacks its batch (`AttackStage`); False for a method whose views need no
             adversarial images (distillation).
         needs_teacher (bool): Whether it needs the frozen starting checkpoint as a teacher (`model=` must be a `.pt`).
-        teacher_role (str): What it does with the teacher, for the refusal of a start without one.
+        start_role (str): What it does with the starting checkpoint when it needs one (a teacher, a model to defend),
+            for the refusal of a start without one; empty: any start.
         args (SimpleNamespace): The run's settings.
         teacher (torch.nn.Module | None): The teacher (`needs_teacher`), set by the trainer at `setup`.
         targets: What `prepare` made for the current batch (UDFA: the teacher's features; distillation: its logits).
@@ -40,7 +41,7 @@ class Method:
     amends = True
     attacks = True
     needs_teacher = False
-    teacher_role = ""
+    start_role = ""
 
     def __init__(self, args: SimpleNamespace):
         """Bind the method to a run's resolved settings; a teacher comes at `setup`."""
@@ -71,12 +72,19 @@ class Method:
     @classmethod
     def check_start(cls, overrides: dict) -> None:
         """Refuse a run whose start the method cannot use (`overrides`: the user's settings), before any work: one
-        without a teacher when the method needs one (`model=` is not a checkpoint and the run is not resumed)."""
-        if cls.needs_teacher and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
+        without a checkpoint when the method needs one (`start_role`; `model=` is not a `.pt`, the run not resumed)."""
+        if cls.start_role and not str(overrides.get("model", "")).endswith(".pt") and not overrides.get("resume"):
             raise ValueError(
-                f"method={cls.name} {cls.teacher_role}, the starting checkpoint, and model={overrides.get('model')} "
+                f"method={cls.name} {cls.start_role}, the starting checkpoint, and model={overrides.get('model')} "
                 "has none: pass a trained checkpoint, e.g. model=runs/detect/train/weights/best.pt"
             )
+
+    @classmethod
+    def trainer(cls, task: str) -> type:
+        """Return the trainer class that runs the method for `task`: the task's AdvAmd trainer."""
+        from yolo_advamd.trainer import TRAINERS
+
+        return TRAINERS[task]
 
     @classmethod
     def routes_views(cls, cfg: dict) -> bool:

@@ -46,7 +46,7 @@ class Distill(Method):
     fixed = {"mediate": False, "aux_bn": False, "advamd_loss": False}
     attacks = False
     needs_teacher = True
-    teacher_role = "learns the class scores of a teacher"
+    start_role = "learns the class scores of a teacher"
 
     @classmethod
     def check_start(cls, overrides: dict) -> None:

@@ -27,7 +27,7 @@ class UDFA(Method):
     fixed = {"attack_model": "current", "mediate": False, "advamd_loss": False}
     tasks = ("detect", "segment")
     needs_teacher = True
-    teacher_role = "aligns the model with a teacher"
+    start_role = "aligns the model with a teacher"
 
     @classmethod
     def routes_views(cls, cfg: dict) -> bool:
