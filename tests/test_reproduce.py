@@ -677,7 +677,7 @@ def test_full_profile_trains_def_distill_on_every_seed_without_an_attack_and_tab
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
     monkeypatch.setattr(paths, "ROOT", files)
-    monkeypatch.setitem(arms.PROFILES, "full", {**full, "ablations": False})
+    monkeypatch.setitem(arms.PROFILES, "full", {**full, "ablations": False, "defenses": ("distill",)})
     (files / "targets").mkdir()
     (files / "targets" / "full.pt").touch()
     records.record(
@@ -730,7 +730,7 @@ def test_magnet_row_defends_the_same_seed_control_and_reports_its_rejection_rate
         cols = ["benign", *(f"{a} eps={e:g}" for a in ("fgsm", "pgd") for e in eps)]
         return {c: 45.0 for c in cols}, {c: 0.5 if c == "benign" else 30.0 for c in cols}
 
-    monkeypatch.setitem(arms.PROFILES, "tiny", {**full, "seeds": (0,), "ablations": False})
+    monkeypatch.setitem(arms.PROFILES, "tiny", {**full, "seeds": (0,), "ablations": False, "defenses": ("magnet",)})
     monkeypatch.setattr(runner, "train", fake_train)
     monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
     monkeypatch.setattr(runner, "evaluate_defended", fake_defended)
