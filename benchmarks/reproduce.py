@@ -12,6 +12,8 @@
                                                     # row of its own against the same control ("what we tried")
     python benchmarks/reproduce.py --quick --seeds 0 1 2                     # (a), (b), (c) over three seeds
     nohup python benchmarks/reproduce.py --study &  # where does adversarial training lift benign mAP? six arms, hours
+    python benchmarks/reproduce.py --rerun vanilla  # also train again the recorded controls whose weights are gone
+                                                    # (MagNet defends them; `--study ARM --rerun vanilla` for an arm)
     python benchmarks/reproduce.py --quick --fresh  # run a profile anew (a fresh clone has no quick M_T): its
                                                     # records move to docs/results/archive/, out of the report
 
@@ -57,11 +59,9 @@ def main() -> None:
         nargs="+",
         default=(),
         metavar="METHOD",
-        help="with --study: train again the recorded runs of these methods whose weights are gone (e.g. vanilla)",
+        help="train again the recorded runs of these methods whose weights are gone (e.g. vanilla: MagNet defends it)",
     )
     opt = parser.parse_args()
-    if opt.rerun and opt.study is None:
-        parser.error("--rerun retrains study runs: add --study ARM, e.g. --study retrain --rerun vanilla")
     if opt.study is not None and not opt.report:
         try:
             run_study(opt.study, tuple(opt.rerun))
@@ -80,7 +80,7 @@ def main() -> None:
             resolve_advamd_cfg(vary)  # a bad key or value fails now, not after M_T
             if opt.fresh and (dest := archive("quick" if opt.quick else "full")):
                 print(f"reproduce.py: the earlier records are in {dest}")
-            run_protocol("quick" if opt.quick else "full", vary, opt.seeds)
+            run_protocol("quick" if opt.quick else "full", vary, opt.seeds, tuple(opt.rerun))
             if opt.quick and not vary:
                 run_study(["quick-seg", "quick-cls"])  # the segmentation and classification rows
         except (SyntaxError, ValueError, FileNotFoundError) as e:

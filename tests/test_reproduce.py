@@ -607,16 +607,13 @@ def test_command_line_keeps_its_options_and_refuses_a_bad_one_before_any_work():
         assert option in usage
     report_time = (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns
     errors = []
-    for args in (["--study", "nowhere"], ["--quick", "--vary", "beta3"], ["--rerun", "vanilla"]):
+    for args in (["--study", "nowhere"], ["--quick", "--vary", "beta3"]):
         run = subprocess.run([*script, *args], capture_output=True, text=True)
         assert run.returncode == 2 and not run.stdout
         errors.append(run.stderr.splitlines()[-1])
     assert errors[0].startswith("reproduce.py: error: argument --study: invalid choice: 'nowhere' (choose from")
     assert all(f"'{arm}'" in errors[0] for arm in [*arms.ARMS, "capacity"])
     assert errors[1] == "reproduce.py: error: --vary beta3: give KEY=VALUE, e.g. --vary beta3=0.5"
-    assert errors[2].endswith(
-        "error: --rerun retrains study runs: add --study ARM, e.g. --study retrain --rerun vanilla"
-    )
     assert (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns == report_time  # no report was written
 
 
@@ -748,3 +745,61 @@ def test_magnet_row_defends_the_same_seed_control_and_reports_its_rejection_rate
     assert "| magnet |  |  |  | +25.00 |" in text  # Δ adv at FGSM ε=0.01 vs the same-seed control (45 - 20)
     assert "MagNet rejected (benign val, then val attacked on the model): benign 0.50 %, fgsm ε=0.01 30.00 %" in text
     assert "MagNet trains its autoencoder on the same scenes" in text
+
+
+def test_magnet_needs_its_control_on_disk_and_rerun_trains_the_control_again(files, monkeypatch):
+    """MagNet defends the same-seed control: when that control's weights are gone the protocol stops and names
+    `--rerun vanilla`, which trains the control again (its first scores kept) and then MagNet."""
+    full = arms.PROFILES["full"]
+    monkeypatch.setitem(arms.PROFILES, "tiny", {**full, "seeds": (0,), "ablations": False, "defenses": ("magnet",)})
+    trained = []
+
+    def fake_train(overrides):
+        trained.append(overrides["name"])
+        weights = files / overrides["name"] / "weights" / "best.pt"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.touch()
+        return weights, 1.0
+
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "evaluate", lambda w, d, eps, n: {"benign": 50.0, "fgsm eps=0.01": 20.0})
+    monkeypatch.setattr(runner, "evaluate_defended", lambda w, m, d, eps, n: ({"benign": 45.0}, {"benign": 1.0}))
+    monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
+    monkeypatch.setattr(paths, "ROOT", files)
+    (files / "targets").mkdir()
+    (files / "targets" / "tiny.pt").touch()
+    target = {"weights": "targets/tiny.pt", "train_seconds": 1, "curve": [49.0, 50.0], "map": {"benign": 50.0}}
+    records.record({"key": "target", "profile": "tiny", **target})
+    for run in plans.plan(arms.PROFILES["tiny"]):  # every run recorded but MagNet, the control's weights gone
+        if run["method"] != "magnet":
+            name = plans.method_name(run)
+            records.record(
+                {
+                    "key": plans.key(run),
+                    "profile": "tiny",
+                    **run,
+                    "name": name,
+                    "weights": f"gone/{name}.pt",
+                    "train_seconds": 1,
+                    "map": {
+                        "benign": 49.0,
+                        "fgsm eps=0.01": 20.0,
+                        "fgsm eps=0.1": 5.0,
+                        "pgd eps=0.01": 9.0,
+                        "pgd eps=0.1": 1.0,
+                    },
+                }
+            )
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"MagNet defends the same-seed control, whose weights .* are gone: "
+        r"add --rerun vanilla",
+    ):
+        runner.run_protocol("tiny")
+    assert trained == ["magnet__seed0"]  # the autoencoder trained, then the missing control stopped it
+    runner.run_protocol("tiny", rerun=("vanilla",))
+    assert trained == ["magnet__seed0", "vanilla__seed0", "magnet__seed0"]  # the control again, then MagNet
+    by_key = {e["key"]: e for e in records.load() if e["profile"] == "tiny"}
+    assert by_key["vanilla//seed0"]["rerun_of"]["map"]["benign"] == 49.0 and by_key["magnet//seed0"]["map"] == {
+        "benign": 45.0
+    }

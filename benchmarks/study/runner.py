@@ -30,9 +30,14 @@ from .plans import (
 from .records import load, on_disk, record, stored
 from .report import report
 
+RERUN_KEPT = ("map", "train_seconds", "machine", "commit")  # what a record trained again keeps of the first one
 
-def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] | None = None) -> None:
-    """Train M_T if needed, then every planned run not yet recorded, appending each as it finishes."""
+
+def run_protocol(
+    profile_name: str, vary: dict | None = None, seeds: list[int] | None = None, rerun: tuple[str, ...] = ()
+) -> None:
+    """Train M_T if needed, then every planned run not yet recorded, appending each as it finishes; a recorded run of
+    a method in `rerun` whose weights are gone is trained again (see `run_study`)."""
     import yolo_advamd  # noqa: F401
     from yolo_advamd.cli import use_all_cores
     from yolo_advamd.data import resolve_dataset
@@ -62,7 +67,9 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
         )
     done["target"] = complete(done["target"], budgets, data)
     for run in plan(profile, vary):
-        if (k := key(run)) in done:
+        k = key(run)
+        earlier = done[k] if k in done and done[k].get("name") in rerun and weights_gone(done[k]) else None
+        if k in done and not earlier:
             done[k] = complete(done[k], eval_eps(run, profile, vary), data)
             continue
         name = k.replace("/", "_")
@@ -86,6 +93,11 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
         budgets, extra = eval_eps(run, profile, vary), {}
         if run["method"] == "magnet":  # the same-seed control, scored through the autoencoder
             defended = on_disk(done[key({**run, "method": "vanilla"})]["weights"])  # vanilla//seedN
+            if not defended.is_file():
+                raise FileNotFoundError(
+                    f"MagNet defends the same-seed control, whose weights {defended} are gone: add --rerun vanilla "
+                    "to train it again first"
+                )
             scores, extra["rejected"] = evaluate_defended(defended, weights, data, budgets, f"{profile_name}-{name}")
             extra["defends"] = stored(defended)
         else:
@@ -99,6 +111,7 @@ def run_protocol(profile_name: str, vary: dict | None = None, seeds: list[int] |
             "weights": stored(weights),
             "map": scores,
             **extra,
+            **({"rerun_of": {f: earlier[f] for f in RERUN_KEPT if f in earlier}} if earlier else {}),
         }
         record(done[k])
         report()
@@ -174,7 +187,7 @@ def run_study(names: list[str] | None = None, rerun: tuple[str, ...] = ()) -> No
             "map": evaluate(weights, data, study_budgets(a, label), f"{arm}-{name}", imgsz),
         }
         if earlier := gone.get((arm, entry["key"])):
-            entry["rerun_of"] = {k: earlier[k] for k in ("map", "train_seconds", "machine", "commit") if k in earlier}
+            entry["rerun_of"] = {f: earlier[f] for f in RERUN_KEPT if f in earlier}
         record({**entry, **added_scores(entry, a)})
         report()
     # then runs recorded before their arm measured through M_T or corruptions, while their weights exist
