@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -540,6 +541,34 @@ def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other
     assert why == "an mPC lift of +2.00 ± 0.10 over 3 seeds, the largest measured (benign -0.05 ± 0.10)"
     assert recommend.lift(recommend.deltas(records.load(), "retrain", "advtrain"), "benign") == ""
     assert recommend.lift({"benign": [1.0, 1.2], "mpc": []}, "benign") == ""  # above its spread, but 2 seeds: no lift
+
+
+def test_the_classification_arm_counts_for_the_recommendation_and_its_hyp_names_its_data(files):
+    """Round 2's classification arm (`cls-r2`, a task arm of 3 seeds) is one of the arms the rule chooses from: its
+    mPC lift is recommended, and hyps/recommended.yaml says it was measured on digits-cls."""
+    for seed, (b, m) in enumerate(((0.5, 11.0), (-0.3, 12.5), (0.1, 11.8))):
+        for name, benign, mpc in (("vanilla", 97.0, 68.0), ("advamd attack_labels=pred", 97.0 + b, 68.0 + m)):
+            records.record(
+                {
+                    "profile": "cls-r2",
+                    "key": f"{name}/seed{seed}",
+                    "name": name,
+                    "seed": seed,
+                    "attack": "fgsm",
+                    "eps": 0.01,
+                    "settings": {},
+                    "train_seconds": 10,
+                    "map": {"benign": benign},
+                    "corruption": {"mPC": mpc, "rPC": mpc / benign},
+                }
+            )
+    arm, label, why = recommend.recommend(records.load())
+    assert (arm, label) == ("cls-r2", "advamd attack_labels=pred") and why.startswith("an mPC lift of +11.77")
+    control = {"profile": "retrain", "key": "vanilla/seed0", "name": "vanilla", "seed": 0, "map": {"benign": 88.0}}
+    records.record({**control, "settings": {}, "train_seconds": 10})  # a study arm's run: the study's section
+    assert "**Recommended**" in report.report()
+    hyp = paths.RECOMMENDED.read_text()
+    assert "# Regime on digits-cls: " in hyp and yaml.safe_load(hyp)["attack_labels"] == "pred"
 
 
 def test_rerun_trains_again_the_runs_whose_weights_are_gone_and_keeps_their_first_scores(files, monkeypatch):

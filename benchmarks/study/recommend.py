@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import yaml
 
 from . import paths
+from .arms import TASKS
 from .plans import study_arms
 from .records import control
+
+
+def recommendable(records: list[dict]) -> dict:
+    """The arms the rule chooses from: every study arm, and the task arms (round 2's classification arm, 3 seeds)."""
+    return {**study_arms(records), **TASKS}
 
 
 def recommend(records: list[dict]) -> tuple[str, str, str] | None:
@@ -28,7 +35,7 @@ def recommend(records: list[dict]) -> tuple[str, str, str] | None:
         (tuple | None): (arm, method, the reason in words), or None before any study run is recorded.
     """
     rows, lifts = [], []
-    for arm, a in study_arms(records).items():
+    for arm, a in recommendable(records).items():
         for label in a["methods"]:
             if (d := deltas(records, arm, label))["benign"]:
                 b, f = d["benign"], d["fgsm"]
@@ -99,6 +106,6 @@ def write_recommended(a: dict, arm: str, label: str, why: str) -> None:
     header = (
         f"# Recommended by benchmarks/reproduce.py (rule: `recommend`) from docs/results/results.jsonl:\n"
         f"# {label} in the study's `{arm}` regime ({a['about']}),\n# chosen for {why}.\n"
-        f"# Regime on digits-det: {recipe}; see docs/RESULTS.md.\n"
+        f"# Regime on {Path(a.get('data', 'data/digits-det.yaml')).stem}: {recipe}; see docs/RESULTS.md.\n"
     )
     paths.RECOMMENDED.write_text(header + yaml.safe_dump(settings, sort_keys=False))

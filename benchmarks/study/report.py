@@ -11,7 +11,7 @@ import statistics
 from . import paths
 from .arms import EVAL_STEPS, MAGNET, PROFILES, SCHEDULE, TABLE3, TASKS, THROUGH_TARGET, TRAIN_STEPS
 from .plans import study_arms, study_budgets
-from .recommend import deltas, recommend, write_recommended
+from .recommend import deltas, recommend, recommendable, write_recommended
 from .records import control, load
 
 MPC_NOTE = (
@@ -343,7 +343,7 @@ def lift_section(records: list[dict]) -> list[str]:
             f"\n**Recommended** (`hyps/recommended.yaml`, by the rule in `recommend`, fixed before the "
             f"confirmation seeds ran): {label} in the `{arm}` regime: {why}."
         )
-        write_recommended(arms[arm], arm, label, why)
+        write_recommended(recommendable(records)[arm], arm, label, why)
     return lines + ["", *notes, ""]
 
 
