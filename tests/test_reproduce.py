@@ -295,6 +295,14 @@ def test_study_records_each_run_once_with_its_arm_start_curves_and_scores_throug
     assert "transfer" not in after["vanilla/seed7"] and "are gone: left as is" in capsys.readouterr().out
 
 
+def finished_run(run: Path) -> tuple[Path, float]:
+    """What a finished training leaves for the runner: best.pt and a one-epoch results.csv; its best.pt and time."""
+    (run / "weights").mkdir(parents=True, exist_ok=True)
+    (run / "weights" / "best.pt").touch()
+    (run / "results.csv").write_text("epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,10,1.0,0.5\n")
+    return run / "weights" / "best.pt", 10.0
+
+
 def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_and_the_report_its_delta(
     files, monkeypatch, capsys
 ):
@@ -309,11 +317,7 @@ def test_study_runs_get_a_corruption_map_backfilled_while_their_weights_exist_an
         return {"benign": 50.0, "fog s1": mpc, "mPC": mpc, "rPC": 100 * mpc / 50}
 
     def fake_train(overrides):
-        run = files / "runs" / overrides["name"]
-        (run / "weights").mkdir(parents=True, exist_ok=True)
-        (run / "weights" / "best.pt").touch()
-        (run / "results.csv").write_text("epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,10,1.0,0.5\n")
-        return run / "weights" / "best.pt", 10.0
+        return finished_run(files / "runs" / overrides["name"])
 
     monkeypatch.setattr(paths, "ROOT", files)
     monkeypatch.setattr(runner, "train", fake_train)
@@ -579,11 +583,7 @@ def test_rerun_trains_again_the_runs_whose_weights_are_gone_and_keeps_their_firs
 
     def fake_train(overrides):
         trained.append(overrides["name"])
-        run = files / "runs" / overrides["name"]
-        (run / "weights").mkdir(parents=True, exist_ok=True)
-        (run / "weights" / "best.pt").touch()
-        (run / "results.csv").write_text("epoch,time,train/box_loss,metrics/mAP50-95(B)\n1,10,1.0,0.5\n")
-        return run / "weights" / "best.pt", 10.0
+        return finished_run(files / "runs" / overrides["name"])
 
     monkeypatch.setattr(paths, "ROOT", files)
     monkeypatch.setattr(runner, "train", fake_train)
