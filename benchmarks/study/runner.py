@@ -74,6 +74,13 @@ def run_protocol(
             continue
         name = k.replace("/", "_")
         settings = {k: v for k, v in run.items() if k != "vary"}
+        if run["method"] == "magnet":  # it defends the same-seed control: its weights first, before any training
+            defended = on_disk(done[key({**run, "method": "vanilla"})]["weights"])  # vanilla//seedN
+            if not defended.is_file():
+                raise FileNotFoundError(
+                    f"MagNet defends the same-seed control, whose weights {defended} are gone: add --rerun vanilla "
+                    "to train it again first"
+                )
         weights, seconds = train(
             {
                 "model": target,
@@ -92,12 +99,6 @@ def run_protocol(
         )
         budgets, extra = eval_eps(run, profile, vary), {}
         if run["method"] == "magnet":  # the same-seed control, scored through the autoencoder
-            defended = on_disk(done[key({**run, "method": "vanilla"})]["weights"])  # vanilla//seedN
-            if not defended.is_file():
-                raise FileNotFoundError(
-                    f"MagNet defends the same-seed control, whose weights {defended} are gone: add --rerun vanilla "
-                    "to train it again first"
-                )
             scores, extra["rejected"] = evaluate_defended(defended, weights, data, budgets, f"{profile_name}-{name}")
             extra["defends"] = stored(defended)
         else:
