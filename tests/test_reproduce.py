@@ -614,14 +614,24 @@ def test_rerun_trains_again_the_runs_whose_weights_are_gone_and_keeps_their_firs
         )
     (files / "runs" / "old-vanilla1" / "weights").mkdir(parents=True)
     (files / "runs" / "old-vanilla1" / "weights" / "best.pt").touch()  # vanilla seed 1 kept its weights
-    runner.run_study(["scratch"], rerun=("vanilla",))
-    assert trained == ["vanilla_seed0"]  # detadvprop's weights are gone too, but it was not asked for
+
+    def interrupted(overrides):
+        """Stopped midway: Ultralytics has written a best.pt of the epochs so far, nothing is recorded."""
+        finished_run(files / "runs" / overrides["name"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(["scratch"], rerun=("vanilla",))
+    monkeypatch.setattr(runner, "train", fake_train)
+    runner.run_study(["scratch"], rerun=("vanilla",))  # started again: still a rerun, in the same folder
+    assert trained == ["vanilla_seed0_rerun"]  # detadvprop's weights are gone too, but it was not asked for
     by_key = {e["key"]: e for e in records.load()}
     again = by_key["vanilla/seed0"]
     assert again["map"]["benign"] == 51.0 and again["rerun_of"]["map"] == {"benign": 50.0}
-    assert again["weights"] == "runs/vanilla_seed0/weights/best.pt" and "rerun_of" not in by_key["vanilla/seed1"]
+    assert again["weights"] == "runs/vanilla_seed0_rerun/weights/best.pt" and "rerun_of" not in by_key["vanilla/seed1"]
     runner.run_study(["scratch"], rerun=("vanilla",))
-    assert trained == ["vanilla_seed0"]  # its weights are on disk now: not trained a third time
+    assert trained == ["vanilla_seed0_rerun"]  # its weights are on disk now: not trained a third time
     assert (
         "Trained again with the same settings" in report.report() and "vanilla seed 0 50.00 → 51.00" in report.report()
     )
@@ -827,7 +837,7 @@ def test_magnet_needs_its_control_on_disk_and_rerun_trains_the_control_again(fil
         runner.run_protocol("tiny")
     assert trained == []  # stopped before its autoencoder trained
     runner.run_protocol("tiny", rerun=("vanilla",))
-    assert trained == ["vanilla__seed0", "magnet__seed0"]  # the control again, then MagNet
+    assert trained == ["vanilla__seed0_rerun", "magnet__seed0"]  # the control again, then MagNet
     by_key = {e["key"]: e for e in records.load() if e["profile"] == "tiny"}
     assert by_key["vanilla//seed0"]["rerun_of"]["map"]["benign"] == 49.0 and by_key["magnet//seed0"]["map"] == {
         "benign": 45.0

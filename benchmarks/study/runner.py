@@ -31,6 +31,9 @@ from .records import load, on_disk, record, stored
 from .report import report
 
 RERUN_KEPT = ("map", "train_seconds", "machine", "commit")  # what a record trained again keeps of the first one
+# a run trained again goes to a folder of its own: the recorded weights stay gone until its new record names the new
+# ones, so a rerun stopped midway is still a rerun when the runner starts again, and resumes
+RERUN_SUFFIX = "_rerun"
 
 
 def run_protocol(
@@ -72,7 +75,7 @@ def run_protocol(
         if k in done and not earlier:
             done[k] = complete(done[k], eval_eps(run, profile, vary), data)
             continue
-        name = k.replace("/", "_")
+        name = k.replace("/", "_") + RERUN_SUFFIX * bool(earlier)
         settings = {k: v for k, v in run.items() if k != "vary"}
         if run["method"] == "magnet":  # it defends the same-seed control: its weights first, before any training
             defended = on_disk(done[key({**run, "method": "vanilla"})]["weights"])  # vanilla//seedN
@@ -165,6 +168,7 @@ def run_study(names: list[str] | None = None, rerun: tuple[str, ...] = ()) -> No
             raise FileNotFoundError(f"study arm {arm!r} starts from {kept}, which is not on disk")
         settings = study_settings(a, label, seed)
         name = re.sub(r"[^\w.=-]+", "_", f"{label}_seed{seed}".replace("ε", "eps").replace("/", "-"))
+        name += RERUN_SUFFIX * ((arm, study_key(label, seed)) in gone)
         weights, seconds = train(
             {**settings, "data": data, "project": str(paths.ROOT / "runs" / f"study-{arm}"), "name": name}
         )
