@@ -197,9 +197,11 @@ def test_paper_table_pairs_each_training_setting_with_the_same_attack(files):
         }
     )
     text = report.report()
+    # as in the paper, Δ adv is the attacked score minus the baseline (the control's benign score): 8 - 50
     assert "| method | M | B | L | Δ adv, pgd-3 ε=0.1 | Δ benign, pgd-3 ε=0.1 |" in text
-    assert "| advamd | ✓ | ✓ | ✓ | +7.00 | -1.00 |" in text
+    assert "| advamd | ✓ | ✓ | ✓ | -42.00 | -1.00 |" in text
     assert "| ablation-ML | ✓ |  | ✓ |  |  |" in text
+    assert "| None | -49.00 | +0.00 |" in text  # Table 1's first row: the control attacked, against its own benign
 
 
 def test_study_screens_every_arm_on_seed_0_then_confirms_the_promising_methods(files):
@@ -737,10 +739,15 @@ def test_full_profile_trains_def_distill_on_every_seed_without_an_attack_and_tab
     assert set(entry["map"]) >= {"benign", "fgsm eps=0.01", "fgsm eps=0.1", "pgd eps=0.01", "pgd eps=0.1"}
     text = report.report()
     heads = ("fgsm ε=0.01", "fgsm ε=0.1", "pgd-3 ε=0.01", "pgd-3 ε=0.1")
-    assert "| method | M | B | L | " + " | ".join(f"Δ adv, {h}" for h in heads) + " |" in text
-    row = next(line for line in text.splitlines() if line.startswith("| distill |  |"))  # after Adv-Train, as Table 1
-    assert row == "| distill |  |  |  |" + " +2.00 ± 0.00 |" * 2 + " +1.00 ± 0.00 |" * 2 + " -1.00 ± 0.00 |" * 4
-    assert "distill is Table 1's Def-Distill, trained once without an attack" in text
+    assert "| defense | " + " | ".join(f"Δ adv, {h}" for h in heads) + " |" in text
+    lines = text.splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("| defense |")))
+    rows = [line.split(" |")[0] for line in lines[first + 2 : lines.index("", first)]]
+    assert rows == ["| None", "| Adv-Train", "| Def-Distill", "| AdvAmd"]  # the paper's order, AdvAmd beside
+    row = next(line for line in text.splitlines() if line.startswith("| Def-Distill |"))
+    # Δ adv vs the baseline, the control's benign 50: FGSM 12 - 50, PGD 11 - 50; Δ benign 49 - 50 in every column
+    assert row == "| Def-Distill |" + " -38.00 ± 0.00 |" * 2 + " -39.00 ± 0.00 |" * 2 + " -1.00 ± 0.00 |" * 4
+    assert "Def-Distill and MagNet train once per seed without an attack" in text
     assert "| distill | — | 1 | -1.00 | +2.00 | +2.00 | +1.00 | +1.00 | 0.0 |" in text  # every run, Δ per column
     assert (files / "plot.png").stat().st_size > 0
 
@@ -781,7 +788,7 @@ def test_magnet_row_defends_the_same_seed_control_and_reports_its_rejection_rate
     entry = next(e for e in records.load() if e["key"] == "magnet//seed0")
     assert entry["rejected"]["benign"] == 0.5 and entry["map"]["pgd eps=0.1"] == 45.0
     text = report.report()
-    assert "| magnet |  |  |  | +25.00 |" in text  # Δ adv at FGSM ε=0.01 vs the same-seed control (45 - 20)
+    assert "| MagNet | -5.00 |" in text  # Δ adv at FGSM ε=0.01 vs the baseline, the control's benign (45 - 50)
     assert "MagNet rejected (benign val, then val attacked on the model): benign 0.50 %, fgsm ε=0.01 30.00 %" in text
     assert "MagNet trains its autoencoder on the same scenes" in text
 

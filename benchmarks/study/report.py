@@ -20,8 +20,10 @@ MPC_NOTE = (
     "percentage of the run's benign score); the vanilla row gives their absolute values."
 )  # in the report once a run has a corruption map
 DEFENSE_NOTE = (
-    " distill is Table 1's Def-Distill, trained once without an attack: its Δ benign is the same in every column, "
-    "its Δ adv is on each attack (PGD from a random start) of the deployed model at T = 1."
+    " Def-Distill and MagNet train once per seed without an attack, so each fills every column with one model: "
+    "Def-Distill's Δ adv is on each attack (PGD from a random start) of the deployed model at T = 1; MagNet's on "
+    "each attack made on the control (the paper's setting) and scored through its autoencoder, an image it rejects "
+    "counting as having no detection."
 )  # in a profile's Table 1 analogue once a defense trained without an attack is recorded
 
 
@@ -82,18 +84,7 @@ def profile_section(name: str, entries: list[dict]) -> list[str]:
         ]
     lines += ["### Verdict: benign mAP50-95 of each method vs the control", ""]
     lines += verdict(entries, target and target["map"]["benign"]) or ["No fine-tune recorded yet."]
-    lines += [
-        "",
-        "### Tables 1 and 3 analogue: Δ mAP50-95 vs the control, as laid out in the paper",
-        "",
-        "Each column: trained on that attack and ε; `Δ adv` is on val attacked the same way. Mean ± spread "
-        "over the recorded seeds (one seed where no spread is shown). M = mediate samples, B = auxiliary BN, "
-        "L = AdvAmd loss; advtrain is Table 1's Adv-Train (all off)."
-        + DEFENSE_NOTE
-        * any("attack" not in e and e["name"] != "vanilla" for e in entries),
-        "",
-    ]
-    lines += paper_table(entries)
+    lines += ["", *paper_tables(entries)]
     lines += [
         "",
         "### Every run: Δ mAP50-95 vs the control",
@@ -198,44 +189,69 @@ def verdict(entries: list[dict], start: float | None = None) -> list[str]:
     return lines
 
 
-def paper_table(entries: list[dict]) -> list[str]:
-    """Table 3 (and Table 1's Adv-Train row) laid out as in the paper: each method trained on an attack and ε, then
-    Δ vs the control on val attacked the same way, and on benign val; mean (± spread) over the recorded seeds."""
-    from yolo_advamd.validate import column_name
+TABLE1 = {"vanilla": "None", "advtrain": "Adv-Train", "distill": "Def-Distill", "magnet": "MagNet", "advamd": "AdvAmd"}
+PAPER_NOTE = (
+    "Each column: trained on that attack and ε. As in the paper, `Δ adv` is the score on val attacked the same way "
+    "minus the baseline (the same-seed control's benign score) and `Δ benign` the benign score minus the baseline. "
+    "Mean ± spread over the recorded seeds (one seed where no spread is shown)."
+)
 
-    runs = [e for e in entries if e["name"] != "vanilla" and not e.get("vary") and control(entries, e)]
-    if not (settings := sorted({(e["attack"], e["eps"]) for e in runs if "attack" in e})):
+
+def paper_tables(entries: list[dict]) -> list[str]:
+    """Tables 1 and 3 laid out as in the paper: Table 1's defenses (None is the control) beside AdvAmd, then Table 3's
+    components of AdvAmd (M mediate samples, B auxiliary BN, L AdvAmd loss)."""
+    runs = [e for e in entries if not e.get("vary") and control(entries, e)]
+    if not (settings := sorted({(e["attack"], e["eps"]) for e in runs if trained_on(e) != "—"})):
         return ["No fine-tune recorded yet."]
-    defenses = sorted({e["name"] for e in runs if "attack" not in e})  # one model each, scored on every attack
-    names = ["advtrain", *defenses, *(f"ablation-{r}" for r in TABLE3[:-1]), "advamd"]
     heads = [f"{attack_label(a)} ε={eps}" for a, eps in settings]
+    columns = " | ".join(f"Δ adv, {h}" for h in heads) + " | " + " | ".join(f"Δ benign, {h}" for h in heads) + " |"
+    baseline = spread([e["map"]["benign"] for e in runs if e["name"] == "vanilla"])
+    defenses = [n for n in TABLE1 if n not in {"vanilla", "advtrain", "advamd"} and any(e["name"] == n for e in runs)]
     lines = [
-        "| method | M | B | L | "
-        + " | ".join(f"Δ adv, {h}" for h in heads)
-        + " | "
-        + " | ".join(f"Δ benign, {h}" for h in heads)
-        + " |",
+        "### Table 1 analogue: defenses beside AdvAmd, as laid out in the paper",
+        "",
+        f"{PAPER_NOTE} Baseline: {baseline}." + DEFENSE_NOTE * bool(defenses),
+        "",
+        "| defense | " + columns,
+        "|---" * (1 + 2 * len(settings)) + "|",
+    ]
+    for name in ("vanilla", "advtrain", *defenses, "advamd"):
+        lines.append(f"| {TABLE1[name]} | " + " | ".join(paper_cells(entries, runs, name, settings)) + " |")
+    lines += rejection_note(runs, heads, settings)
+    lines += [
+        "",
+        "### Table 3 analogue: AdvAmd's components, as laid out in the paper",
+        "",
+        f"{PAPER_NOTE} M = mediate samples, B = auxiliary BN, L = AdvAmd loss (Adv-Train, all off, is in Table 1).",
+        "",
+        "| method | M | B | L | " + columns,
         "|---" * (4 + 2 * len(settings)) + "|",
     ]
-    for name in names:
-        cells = []
-        for col in ("adv", "benign"):
-            for attack, eps in settings:
-                c = "benign" if col == "benign" else column_name(attack, eps)
-                d = [
-                    e["map"][c] - control(entries, e)["map"][c]
-                    for e in runs
-                    if e["name"] == name
-                    and e.get("attack", attack) == attack
-                    and e.get("eps", eps) == eps
-                    and c in e["map"]
-                    and c in control(entries, e)["map"]
-                ]
-                cells.append(spread(d, signed=True) if d else "")
-        on = "MBL" if name == "advamd" else name.removeprefix("ablation-") if name.startswith("ablation-") else ""
-        switches = ["✓" if k in on else "" for k in "MBL"]
-        lines.append(f"| {name} | " + " | ".join(switches + cells) + " |")
-    return lines + rejection_note(runs, [f"{attack_label(a)} ε={eps}" for a, eps in settings], settings)
+    for row in TABLE3:
+        name = "advamd" if row == "MBL" else f"ablation-{row}"
+        switches = ["✓" if k in row else "" for k in "MBL"]
+        lines.append(f"| {name} | " + " | ".join(switches + paper_cells(entries, runs, name, settings)) + " |")
+    return lines
+
+
+def paper_cells(entries: list[dict], runs: list[dict], name: str, settings: list[tuple]) -> list[str]:
+    """One row of the paper's tables: per setting, Δ adv (attacked score minus the same-seed control's benign score),
+    then per setting Δ benign; a run trained without an attack (the control, a defense) fills every column."""
+    from yolo_advamd.validate import column_name
+
+    cells = []
+    for col in ("adv", "benign"):
+        for attack, eps in settings:
+            c = "benign" if col == "benign" else column_name(attack, eps)
+            d = [
+                e["map"][c] - control(entries, e)["map"]["benign"]
+                for e in runs
+                if e["name"] == name
+                and c in e["map"]
+                and (trained_on(e) == "—" or (e["attack"], e["eps"]) == (attack, eps))
+            ]
+            cells.append(spread(d, signed=True) if d else "")
+    return cells
 
 
 def rejection_note(runs: list[dict], heads: list[str], settings: list[tuple]) -> list[str]:
