@@ -85,7 +85,7 @@ def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -
         ("advamd", "pgd", "benign", ["med_loss", "adv_loss"]),
         ("detadvprop", "fgsm", "benign", ["adv_loss"]),  # attack_terms=max: two attacks, then both views
         ("udfa", "fgsm", "adv", ["align_loss"]),
-        ("distill", "fgsm", "benign", ["distill_loss"]),  # no attack: one view, the soft class term logged beside
+        ("distill", "fgsm", "benign", ["soft_loss"]),  # no attack: one view, the soft class term logged beside
     ],
 )
 def test_step_gradients_agree_across_ranks(tmp_path, method, attack, loop_view, extra):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from helpers import boxes_batch, results
 from ultralytics.cfg import get_cfg
-from ultralytics.nn.tasks import ClassificationModel, DetectionModel
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SegmentationModel
 from ultralytics.utils import YAML
 
 from yolo_advamd.cfg import resolve_advamd_cfg
@@ -46,7 +46,7 @@ def test_soft_targets_on_a_two_element_example_is_the_hand_computation():
     s = [4 * bce(1.0, 0.5), 4 * bce(-0.5, sigmoid(3.0))]  # T² BCE(z_S / T, sigmoid(z_T)): the teacher at its own T
     h = [bce(2.0, 0.8), bce(-1.0, 0.7)]
     assert torch.allclose(out, torch.tensor([[[0.75 * s[0] + 0.25 * h[0], 0.75 * s[1] + 0.25 * h[1]]]]), rtol=1e-6)
-    assert soft.items["distill_loss"].item() == pytest.approx(sum(s) / 1.5 * 0.5, rel=1e-6)  # normalized as YOLO's
+    assert soft.items["soft_loss"].item() == pytest.approx(sum(s) / 1.5 * 0.5, rel=1e-6)  # normalized as YOLO's
     assert soft.items["cls_loss"].item() == pytest.approx(sum(h) / 1.5 * 0.5, rel=1e-6)
 
 
@@ -67,7 +67,7 @@ def test_soft_cross_entropy_of_a_classifier_is_the_hand_computation():
         soft -= 9 * sum(pi * li for pi, li in zip(p, log_softmax([v / 3 for v in s]))) / 2
         hard -= log_softmax(s)[y] / 2
     assert loss.item() == pytest.approx(0.6 * soft + 0.4 * hard, rel=1e-6)
-    assert (items["distill_loss"].item(), items["loss"].item()) == (pytest.approx(soft), pytest.approx(hard))
+    assert (items["soft_loss"].item(), items["loss"].item()) == (pytest.approx(soft), pytest.approx(hard))
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_detection_class_term_is_the_soft_bce_over_every_anchor_and_box_and_dfl_
     scale = model.args.cls / target.sum().clamp(min=1) * 2  # YOLO's normalization, cls gain and batch size
     assert torch.allclose(loss[1], (0.8 * soft + 0.2 * hard) * scale, rtol=1e-5)
     assert torch.equal(loss[[0, 2]], stock[[0, 2]])  # box and DFL on the ground truth, as stock
-    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "distill_loss"]
-    assert items["distill_loss"] == pytest.approx(float(soft * scale / 2), rel=1e-5)
+    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "soft_loss"]
+    assert items["soft_loss"] == pytest.approx(float(soft * scale / 2), rel=1e-5)
     assert items["cls_loss"] == pytest.approx(float(stock[1] / 2), rel=1e-5)  # the ground-truth term, as val logs it
 
 
@@ -135,7 +135,7 @@ def test_distill_step_attacks_nothing_and_trains_the_benign_view_on_the_teachers
     model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
     model.args = SimpleNamespace(**{**vars(get_cfg()), **resolve_advamd_cfg({"method": "distill", "temperature": 4})})
     run = METHODS["distill"](model.args)
-    assert not run.attacks and run.needs_target() and run.columns() == ("distill_loss",)
+    assert not run.attacks and run.needs_target() and run.columns() == ("soft_loss",)
     run.setup(freeze_target(model))
     module = wrap_criterion(model).train()
     ViewGuard(module)
@@ -144,7 +144,30 @@ def test_distill_step_attacks_nothing_and_trains_the_benign_view_on_the_teachers
     assert backwarded == [] and view["view"].name == "benign" and "img_adv" not in view  # the loop trains it
     loss, items = module(view)
     hand, _ = distilled(module, module.predict(batch["img"]), batch, teacher_logits(run.teacher, batch), 4.0, 0.0)
-    assert torch.allclose(loss, hand, rtol=1e-5) and "distill_loss" in items
+    assert torch.allclose(loss, hand, rtol=1e-5) and "soft_loss" in items
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolov8n-seg.yaml", "yolo26n.yaml", "yolov8n-cls.yaml"])
+def test_the_student_starts_at_the_soft_terms_optimum_with_t_times_the_teachers_class_logits(cfg):
+    """A new run's student: its class logits T times the teacher's (every branch of the head, an end-to-end one's
+    too), everything else its own, so the soft term's gradient is zero at the start."""
+    torch.manual_seed(0)
+    kind = ClassificationModel if "cls" in cfg else SegmentationModel if "seg" in cfg else DetectionModel
+    model = kind(cfg, nc=NC, verbose=False).train()
+    img = torch.rand(2, 3, 64, 64)
+    teacher = deepcopy(model)
+    run = METHODS["distill"](SimpleNamespace(**resolve_advamd_cfg({"method": "distill", "temperature": 7})))
+    run.start([model])
+    with torch.no_grad():
+        before, after = teacher(img), model(img)
+    for z, zt in zip(class_logits(after), class_logits(before), strict=True):
+        assert torch.allclose(z, 7 * zt, rtol=1e-4, atol=1e-4)
+    if isinstance(after, dict):  # boxes and masks: the student's own
+        for a, b in [(after[k], before[k]) for k in ("one2many", "one2one") if k in after] or [(after, before)]:
+            assert all(torch.equal(a[k], b[k]) for k in ("boxes", "mask_coefficient") if k in a)
+    pred = class_logits(after)[0].clone().requires_grad_()
+    SoftTargets(class_logits(before)[0], 7.0, 0.0, 1.0)(pred, torch.zeros_like(pred)).sum().backward()
+    assert pred.grad.abs().max() < 1e-3 * 7  # T * (sigmoid(z_S / T) - sigmoid(z_T)): 0 up to rounding
 
 
 def test_a_classifiers_distillation_reads_its_eval_mode_logits():
@@ -221,8 +244,8 @@ def test_distill_trains_each_task_offline_for_an_epoch_from_the_command_line(tmp
     row = results(tmp_path / "run")[0]
     benign = {"detect": ["box_loss", "cls_loss", "dfl_loss"], "classify": ["loss"]}
     benign["segment"] = ["box_loss", "seg_loss", "cls_loss", "dfl_loss", "sem_loss"]
-    assert [k.removeprefix("train/") for k in row if k.startswith("train/")] == [*benign[task], "distill_loss"]
-    assert float(row["train/distill_loss"]) > 0 and not any(k.startswith("val/distill") for k in row)
+    assert [k.removeprefix("train/") for k in row if k.startswith("train/")] == [*benign[task], "soft_loss"]
+    assert float(row["train/soft_loss"]) > 0 and not any(k.startswith("val/distill") for k in row)
     assert "A-bar" not in r.stderr + r.stdout  # no attack, no calibration
     saved = YAML.load(tmp_path / "run" / "args.yaml")
     assert (saved["method"], saved["temperature"], saved["distill_hard"]) == ("distill", 10, 0.1)

@@ -67,6 +67,17 @@ def detection(module, images, b, routed=False, weights=None) -> torch.Tensor:
     return criterion(preds, {**b, "img": images})[0].sum()
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_loss_column_fits_the_progress_bar_header(method):
+    """Ultralytics prints each loss under an 11-character header: a longer name runs into the column before it."""
+    from yolo_advamd.nn.autoencoder import Autoencoder
+
+    columns = METHODS[method](SimpleNamespace(**resolve_advamd_cfg({"method": method}))).columns()
+    if method == "magnet":  # its loss is the autoencoder's
+        columns = tuple(Autoencoder().loss({"img": torch.rand(1, 3, 8, 8)})[1])
+    assert all(len(c) <= 11 for c in columns), columns
+
+
 def test_advamd_step_is_the_weighted_sum_of_its_three_views():
     module, view, total, _ = step("advamd", abar_scope="all", attack_model="current")
     b, abar = batch(), torch.linspace(0.5, 1.5, NC)
@@ -173,7 +184,7 @@ def test_advamd_deepfool_trains_with_the_exact_variant_unless_deepfool_fast(tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "method, column", [("detadvprop", "adv_loss"), ("udfa", "align_loss"), ("distill", "distill_loss")]
+    "method, column", [("detadvprop", "adv_loss"), ("udfa", "align_loss"), ("distill", "soft_loss")]
 )
 def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tiny_data, method, column):
     from yolo_advamd.export import export_model, pickled_globals
@@ -205,6 +216,9 @@ def test_method_trains_resumes_validates_and_exports_a_stock_model(tmp_path, tin
     assert resumed.stage is None if method == "distill" else resumed.stage.attack_model == "current"  # no attack
     if teacher is not None:  # the teacher is M_T, restored on resume, not the model at the interruption
         assert all(torch.equal(v, teacher[k]) for k, v in resumed.target.state_dict().items())
+    if method == "distill":  # its class logits started at T times the teacher's, once: not again on resume
+        student, own = (m.model[-1].cv3[0][-1].bias.norm() for m in (resumed.model, resumed.target))
+        assert 0.9 < student / own / resumed.args.temperature < 1.1
     stock = export_model(str(resumed.best), format="pt")
     assert not [g for g in pickled_globals(stock) if g.startswith("yolo_advamd")]
     table = validate_advamd(stock, tiny_data, attacks="fgsm,pgd", eps=0.01, imgsz=64, project=str(tmp_path), name="val")

@@ -32,7 +32,7 @@ class ViewLoss:
     `View.column` (`med_loss`, `adv_loss`, UDFA's adversarial view as `align_loss`).
     A view with `distill` (defensive distillation) trains its class term on the teacher's soft targets
     (`yolo_advamd.distill`) and logs the ground-truth class term under the task's own name and the soft one as
-    `distill_loss`.
+    `soft_loss`.
 
     Attributes:
         criterion: The wrapped criterion (`v8DetectionLoss`, `E2ELoss`, ...); other attributes are delegated to it.

@@ -139,6 +139,8 @@ class AdvAmdMixin:
             if state.get("target") is not None:
                 self.target.load_state_dict(state["target"])
         self.method.setup(self.target)
+        if not self.resume:  # distillation's student starts at its optimum; a resumed run has its weights
+            self.method.start([model, *([self.ema.ema] if self.ema else [])])
         self.stage = self.attack_stage() if self.method.attacks else None  # distillation attacks nothing
         self.guard = ViewGuard(model)  # view batches pick their BN; a non-finite view leaves BN statistics alone
         if state.get("vulnerability") is not None:

@@ -101,6 +101,9 @@ class Method:
         if self.needs_teacher:
             self.teacher = target
 
+    def start(self, models: list) -> None:
+        """Adjust the weights a new run starts from, in the model and its EMA alike (a resumed run keeps its own)."""
+
     def attack_aux_bn(self) -> bool:
         """Whether the current model is attacked through its auxiliary BNs."""
         return False

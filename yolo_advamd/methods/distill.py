@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from yolo_advamd.distill import teacher_logits
+from yolo_advamd.distill import scale_class_logits, teacher_logits
 from yolo_advamd.methods.base import Method
 from yolo_advamd.views import View
 
@@ -31,8 +31,9 @@ class Distill(Method):
         - The teacher is the frozen starting checkpoint run in eval mode, the deployed model as it was; the student
           starts from it with the same architecture. Papernot et al. train the teacher at T and take its soft labels
           at T; ours was trained at T = 1, so its soft labels are its scores at 1 (`yolo_advamd.distill`): the
-          student at T learns them, its logits grow T-fold, and at T = 1 its scores saturate, as theirs do. (The
-          teacher read at T would give targets near 1/2 and keep the student's logits at its own: no defense.)
+          student at T learns them with logits T times the teacher's, and at T = 1 its scores saturate, as theirs
+          do. (The teacher read at T would give targets near 1/2 and keep the student's logits at its own: no
+          defense.) The student starts there (`start`): a fine-tune does not grow logits 100-fold.
         - The deployed model runs at T = 1: nothing of T is in the checkpoint, which exports as a stock model.
     Distillation masks gradients rather than removing them (Carlini and Wagner, 2016): white-box attacks on the
     deployed model at T = 1 are the honest measure, and PGD starts from a random point of the ε ball.
@@ -59,13 +60,18 @@ class Distill(Method):
                 f"drop {given[0]}= (attacks are for validation: val_advamd.py attacks=fgsm,pgd)"
             )
 
+    def start(self, models: list) -> None:
+        """Start the student at the soft term's optimum: its class logits T times the teacher's."""
+        for model in models:
+            scale_class_logits(model, self.args.temperature)
+
     def views(self, reuse_gradient: bool) -> tuple[str, ...]:
         """One view, the benign images, trained by the loop's own pass."""
         return ("benign",)
 
     def columns(self) -> tuple[str, ...]:
-        """The soft class term's column, `distill_loss` (the task's class column keeps the ground-truth term)."""
-        return ("distill_loss",)
+        """The soft class term's column, `soft_loss` (the task's class column keeps the ground-truth term)."""
+        return ("soft_loss",)
 
     def prepare(self, batch: dict) -> None:
         """Run the teacher on the images: the soft targets of the student's class scores."""
