@@ -75,6 +75,7 @@ def ddp_worker(rank: int, init_file: str, method: str, attack: str, out: dict) -
         "loop_view": view["view"].name,
         "items": list(items),
     }
+    dist.barrier()  # both ranks leave together (a rank torn down while the other still ran can abort)
     dist.destroy_process_group()
 
 

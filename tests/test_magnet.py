@@ -250,6 +250,7 @@ def gather_worker(rank: int, init_file: str, out: dict) -> None:
     validator.gather_stats()
     if rank == 0:
         out.update(validator.get_stats())
+    dist.barrier()  # both ranks leave together: a rank torn down while the other still ran aborted (SIGABRT) once
     dist.destroy_process_group()
 
 
