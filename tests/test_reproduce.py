@@ -849,3 +849,38 @@ def test_magnet_needs_its_control_on_disk_and_rerun_trains_the_control_again(fil
     assert by_key["vanilla//seed0"]["rerun_of"]["map"]["benign"] == 49.0 and by_key["magnet//seed0"]["map"] == {
         "benign": 45.0
     }
+
+
+def test_masking_scores_each_defense_run_on_attacks_made_on_its_same_seed_control(files, monkeypatch, capsys):
+    """benchmarks/masking.py: Def-Distill's white-box scores beside the scores under attacks transferred from the
+    control of its seed, and the control's own."""
+    import masking
+
+    seen = []
+
+    def fake_evaluate(weights, data, eps, name, attack_model=None):
+        seen.append((weights.name, attack_model.name, eps))
+        return {"benign": 78.0, "fgsm eps=0.01": 31.0, "pgd eps=0.01": 12.0}
+
+    monkeypatch.setattr(masking, "evaluate", fake_evaluate)
+    monkeypatch.setattr("yolo_advamd.data.resolve_dataset", lambda d: d)
+    monkeypatch.setattr(paths, "ROOT", files)
+    for name, scores in (("vanilla", (84.0, 40.0, 18.0)), ("distill", (78.0, 64.0, 60.0))):
+        (files / f"{name}.pt").touch()
+        records.record(
+            {
+                "key": f"{name}//seed0",
+                "profile": "full",
+                "name": name,
+                "seed": 0,
+                "weights": f"{name}.pt",
+                "train_seconds": 1,
+                "map": dict(zip(("benign", "fgsm eps=0.01", "pgd eps=0.01"), scores)),
+            }
+        )
+    masking.main("distill", 0.01)
+    assert seen == [("distill.pt", "vanilla.pt", [0.01])]  # attacks made on the same-seed control
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row == ["0", "78.00", "64.00", "31.00", "40.00", "60.00", "12.00", "18.00"]
+    with pytest.raises(SystemExit, match="no run of method=udfa"):
+        masking.main("udfa", 0.01)
