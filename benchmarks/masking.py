@@ -7,6 +7,7 @@ on itself and falls under the transferred ones; a robust one keeps its score und
 
 Usage:
     python benchmarks/masking.py                     # Def-Distill, FGSM and PGD-3 at eps 0.01, every seed recorded
+                                                     # (the table also goes to docs/results/masking_<method>.txt)
     python benchmarks/masking.py method=distill eps=0.1
 """
 
@@ -24,7 +25,8 @@ from yolo_advamd.validate import column_name
 
 
 def main(method: str = "distill", eps: float = 0.01) -> None:
-    """Print, per seed and as means, the white-box and the transferred scores of `method`'s runs and the control's."""
+    """Print, per seed and as means, the white-box and the transferred scores of `method`'s runs and the control's, and
+    write them to docs/results/masking_<method>.txt."""
     from yolo_advamd.data import resolve_dataset
 
     data = resolve_dataset(str(paths.ROOT / "data" / "digits-det.yaml"))
@@ -41,14 +43,20 @@ def main(method: str = "distill", eps: float = 0.01) -> None:
         transfer = evaluate(weights, data, [eps], f"masking-{method}-seed{e['seed']}", attack_model=defended)
         c = control(entries, e)["map"]
         rows.append([e["map"]["benign"], *(v for col in cols for v in (e["map"][col], transfer[col], c[col]))])
-        print(f"seed {e['seed']} done", file=sys.stderr)
     heads = [f"{h} {a}" for a in ("FGSM", "PGD-3") for h in ("white-box", "transfer", "control white-box")]
-    print(f"method={method} eps={eps}: mAP50-95 (%) on val; transfer = attacks made on the same-seed control")
-    print(f"{'seed':>6} {'benign':>8} " + " ".join(f"{h:>22}" for h in heads))
-    for e, r in zip(runs, rows):
-        print(f"{e['seed']:>6} " + f"{r[0]:>8.2f} " + " ".join(f"{v:>22.2f}" for v in r[1:]))
     means = [statistics.mean(col) for col in zip(*rows)]
-    print(f"{'mean':>6} " + f"{means[0]:>8.2f} " + " ".join(f"{v:>22.2f}" for v in means[1:]))
+    lines = [
+        f"method={method} eps={eps}: mAP50-95 (%) on val; transfer = attacks made on the same-seed control",
+        f"{'seed':>6} {'benign':>8} " + " ".join(f"{h:>22}" for h in heads),
+        *(
+            f"{s:>6} {r[0]:>8.2f} " + " ".join(f"{v:>22.2f}" for v in r[1:])
+            for s, r in zip([e["seed"] for e in runs] + ["mean"], rows + [means])
+        ),
+    ]
+    out = paths.ROOT / "docs" / "results" / f"masking_{method}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\n(written to {out})")
 
 
 if __name__ == "__main__":

@@ -882,5 +882,6 @@ def test_masking_scores_each_defense_run_on_attacks_made_on_its_same_seed_contro
     assert seen == [("distill.pt", "vanilla.pt", [0.01])]  # attacks made on the same-seed control
     row = capsys.readouterr().out.splitlines()[2].split()
     assert row == ["0", "78.00", "64.00", "31.00", "40.00", "60.00", "12.00", "18.00"]
+    assert (files / "docs" / "results" / "masking_distill.txt").read_text().splitlines()[2].split() == row
     with pytest.raises(SystemExit, match="no run of method=udfa"):
         masking.main("udfa", 0.01)
