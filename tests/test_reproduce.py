@@ -885,3 +885,16 @@ def test_masking_scores_each_defense_run_on_attacks_made_on_its_same_seed_contro
     assert (files / "docs" / "results" / "masking_distill.txt").read_text().splitlines()[2].split() == row
     with pytest.raises(SystemExit, match="no run of method=udfa"):
         masking.main("udfa", 0.01)
+
+
+def test_saturation_validates_a_checkpoint_with_its_class_logits_times_t(digits, tmp_path):
+    """benchmarks/saturation.py: at T = 1 the plain validation's numbers; at T = 100 its scores saturated."""
+    import saturation
+    from ultralytics import YOLO
+
+    lines = saturation.main(str(digits["stock"]), digits["data"], 64, [1, 100], project=str(tmp_path))
+    plain = YOLO(str(digits["stock"])).val(
+        data=digits["data"], imgsz=64, half=False, plots=False, project=str(tmp_path)
+    )
+    assert lines[1].startswith(f"T = 1: mAP50-95 {100 * plain.box.map:.2f}, mAP50 {100 * plain.box.map50:.2f}")
+    assert lines[2].startswith("T = 100: mAP50-95 ") and len(lines) == 3
