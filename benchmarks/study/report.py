@@ -11,7 +11,7 @@ import statistics
 from . import paths
 from .arms import EVAL_STEPS, MAGNET, PROFILES, SCHEDULE, TABLE3, TASKS, THROUGH_TARGET, TRAIN_STEPS
 from .plans import study_arms, study_budgets
-from .recommend import deltas, recommend, recommendable, write_recommended
+from .recommend import deltas, lift, recommend, recommendable, write_recommended
 from .records import control, load
 
 MPC_NOTE = (
@@ -329,12 +329,15 @@ def lift_section(records: list[dict]) -> list[str]:
             wall = f"{statistics.median(walls):.2f}" if walls else "—"
             b = d["benign"]
             mean, sd = statistics.mean(b), (statistics.stdev(b) if len(b) > 1 else None)
+            lifted = [k for k in ("benign", "mpc") if lift(d, k)]  # the round-2 rule: on benign or on mPC
             word = (
-                "1 seed: no verdict"
+                "**lift**" + " on mPC" * (lifted == ["mpc"])
+                if lifted
+                else "1 seed: no verdict"
                 if sd is None
                 else "above the spread (a lift needs 3 seeds)"
                 if mean > sd and len(b) < 3
-                else "**lift**"
+                else "above the spread, paid for on mPC"
                 if mean > sd
                 else "below"
                 if mean < -sd
