@@ -549,10 +549,10 @@ def test_round_2_rule_counts_a_lift_on_mpc_and_refuses_one_paid_for_on_the_other
     assert recommend.lift(recommend.deltas(records.load(), "retrain", "advtrain"), "benign") == ""
     assert recommend.lift({"benign": [1.0, 1.2], "mpc": []}, "benign") == ""  # above its spread, but 2 seeds: no lift
     table = report.report().split("## Where does it lift?")[1]  # the report's verdicts follow the same rule
-    assert "| retrain | advamd | 3 | -0.05 ± 0.10 |" in table and table.split("| retrain | advamd |")[1].split("\n")[
-        0
-    ].endswith("| **lift** on mPC |")
-    assert table.split("| retrain | advtrain |")[1].split("\n")[0].endswith("| above the spread, paid for on mPC |")
+    verdicts = {
+        row.split(" | ")[1]: row.rsplit("|", 2)[1].strip() for row in table.splitlines() if "| retrain |" in row
+    }
+    assert verdicts["advamd"] == "**lift** on mPC" and verdicts["advtrain"] == "above the spread, paid for on mPC"
 
 
 def test_the_classification_arm_counts_for_the_recommendation_and_its_hyp_names_its_data(files):
