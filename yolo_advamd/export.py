@@ -41,7 +41,6 @@ from torch import nn
 from ultralytics.utils import LOGGER
 
 from yolo_advamd.checkpoint import check_local_weights, load_defense, strip_advamd, task_of
-from yolo_advamd.nn.autoencoder import reconstruction_error
 
 STOCK_KEYS = (  # top-level keys of an Ultralytics checkpoint (BaseTrainer.save_model, strip_optimizer)
     "date",
@@ -235,8 +234,7 @@ class Screen(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the reconstruction (B, C, H, W) and the error mean |x - reconstruction|^p per image (B,)."""
-        reconstruction = self.autoencoder(x)
-        return reconstruction, reconstruction_error(x, reconstruction, self.autoencoder.p)
+        return self.autoencoder.screen(x)
 
 
 def export_defense(autoencoder: nn.Module, file: str | Path, opset: int | None = None) -> Path:

@@ -101,8 +101,9 @@ class MagNetValidator(BaseValidator):
 
     def update_metrics(self, preds: torch.Tensor, batch: dict) -> None:
         """Record each image's detector error and squared error."""
-        self.errors.append(reconstruction_error(batch["img"], preds, self.p).cpu())
-        self.squared.append(reconstruction_error(batch["img"], preds, 2).cpu())
+        errors = reconstruction_error(batch["img"], preds, self.p)
+        self.errors.append(errors.cpu())
+        self.squared.append((errors if self.p == 2 else reconstruction_error(batch["img"], preds, 2)).cpu())
 
     def gather_stats(self) -> None:
         """Gather every DDP rank's errors on rank 0, which sets the threshold."""

@@ -99,11 +99,11 @@ class AdversarialValidation:
         if self.attack is not None:
             batch["img"] = self.adversarial(batch).to(batch["img"].dtype)
         if defense is not None:
-            images = batch["img"].float()
-            batch["rejected"] = defense.errors(images) > defense.threshold
-            batch["img"] = defense(images).to(batch["img"].dtype)
+            reconstruction, errors = defense.screen(batch["img"].float())
+            batch["rejected"] = errors > defense.threshold
+            batch["img"] = reconstruction.to(batch["img"].dtype)
             self.rejected += int(batch["rejected"].sum())
-            self.screened += len(images)
+            self.screened += len(errors)
         return batch
 
     def update_metrics(self, preds: list[dict], batch: dict) -> None:

@@ -68,9 +68,15 @@ class Autoencoder(nn.Module):
         mse = F.mse_loss(preds.float(), clean.float())
         return mse * len(clean), {"recon_loss": mse.detach()}
 
+    def screen(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the reconstruction of images `x` (the reformer's output) and each image's error, mean |x - AE(x)|^p
+        (B,) (the detector's score), from one forward pass."""
+        reconstruction = self(x)
+        return reconstruction, reconstruction_error(x, reconstruction, self.p)
+
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         """Return the reconstruction error of each image, mean |x - AE(x)|^p (B,): the detector's score."""
-        return reconstruction_error(x, self(x), self.p)
+        return self.screen(x)[1]
 
 
 def reconstruction_error(x: torch.Tensor, reconstruction: torch.Tensor, p: int) -> torch.Tensor:
